@@ -1,0 +1,55 @@
+"""detr: DETR (DEtection TRansformer, Carion et al. 2020) in PyTorch.
+
+Faithful to the paper and the facebookresearch/detr reference code; API of the
+Lucid DETR documentation (``DETRConfig``, ``DETR``, ``detr_r50`` ...).
+"""
+
+from .backbone import ResNetBackbone
+from .coco import COCO_CATEGORIES, COCO_CLASS_NAMES
+from .criterion import SetCriterion
+from .factory import build_detr, create_model, detr_r50, detr_r50_dc5, detr_r101, detr_r101_dc5, list_models, register_model
+from .matcher import HungarianMatcher
+from .model import DETR, DETRConfig
+from .position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
+from .postprocess import postprocess
+from .preprocess import Batch, ImagePreprocessor, preprocess_images
+from .transformer import Transformer
+from .weights import (
+    CheckpointError,
+    convert_hf_state_dict,
+    convert_reference_state_dict,
+    load_weights,
+    read_state_dict,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DETR",
+    "DETRConfig",
+    "Batch",
+    "CheckpointError",
+    "COCO_CATEGORIES",
+    "COCO_CLASS_NAMES",
+    "HungarianMatcher",
+    "ImagePreprocessor",
+    "PositionEmbeddingLearned",
+    "PositionEmbeddingSine",
+    "ResNetBackbone",
+    "SetCriterion",
+    "Transformer",
+    "build_detr",
+    "convert_hf_state_dict",
+    "convert_reference_state_dict",
+    "create_model",
+    "detr_r50",
+    "detr_r50_dc5",
+    "detr_r101",
+    "detr_r101_dc5",
+    "list_models",
+    "load_weights",
+    "postprocess",
+    "preprocess_images",
+    "read_state_dict",
+    "register_model",
+]

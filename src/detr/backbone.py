@@ -1,0 +1,89 @@
+"""ResNet feature extractor for DETR, built on torchvision's ResNet.
+
+As in the DETR reference code, batch norm is replaced by ``FrozenBatchNorm2d``
+(fixed ImageNet statistics and affine parameters), and the stem and ``layer1``
+are frozen; ``dilation=True`` gives the DC5 variant (stride 16 in ``layer4``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torchvision
+from torch import Tensor, nn
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+# torchvision ImageNet weights used by the DETR reference release (the V1 recipe).
+RESNET_IMAGENET_WEIGHTS = {
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
+    "resnet101": "ResNet101_Weights.IMAGENET1K_V1",
+}
+
+
+def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm == "bn":
+        return nn.BatchNorm2d
+    raise ValueError(f"norm must be 'frozen_bn' (reference) or 'bn' (trainable batch norm), got {norm!r}")
+
+
+class ResNetBackbone(nn.Module):
+    """ResNet up to ``layer4``: (B, 3, H, W) -> (B, num_channels, ceil(H/32), ceil(W/32)).
+
+    Args:
+        name: one of ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``.
+        pretrained: load torchvision's ImageNet weights (a download on first use).
+        dilation: replace the stride of ``layer4`` by dilation (DC5, output stride 16).
+        train_backbone: if False, every backbone parameter is frozen (the reference's
+            ``lr_backbone=0``); otherwise only the stem and ``layer1`` are, when
+            ``freeze_stem`` (the reference; turn it off to train from scratch).
+        norm: ``"frozen_bn"`` (reference) or ``"bn"`` (trainable batch norm, for training
+            from scratch where no pretrained statistics exist).
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet50",
+        pretrained: bool = False,
+        dilation: bool = False,
+        train_backbone: bool = True,
+        norm: str = "frozen_bn",
+        freeze_stem: bool = True,
+    ) -> None:
+        super().__init__()
+        if name not in RESNET_IMAGENET_WEIGHTS:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNET_IMAGENET_WEIGHTS)}")
+        weights = RESNET_IMAGENET_WEIGHTS[name] if pretrained else None
+        try:
+            resnet = getattr(torchvision.models, name)(
+                weights=weights,
+                replace_stride_with_dilation=[False, False, dilation],
+                norm_layer=_norm_layer(norm),
+            )
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            raise RuntimeError(
+                f"could not load the ImageNet weights {weights} for the {name} backbone ({err}). "
+                "They are downloaded by torchvision into $TORCH_HOME/hub/checkpoints; without network, "
+                "copy the file there by hand or build the model with pretrained_backbone=False."
+            ) from err
+        if name in ("resnet18", "resnet34"):
+            # torchvision rejects dilation for BasicBlock, so only the bottleneck nets get DC5
+            self.num_channels = 512
+        else:
+            self.num_channels = 2048
+        self.name = name
+        self.dilation = dilation
+        self.stride = 16 if dilation else 32
+        for pname, param in resnet.named_parameters():
+            in_stem = not pname.startswith(("layer2", "layer3", "layer4"))
+            trainable = train_backbone and not (freeze_stem and in_stem)
+            param.requires_grad_(trainable)
+        self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, 3, H, W) normalised images -> (B, num_channels, H', W') features."""
+        return self.body(x)["0"]

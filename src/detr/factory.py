@@ -1,0 +1,117 @@
+"""Registered model factories: ``detr_r50``, ``detr_r101``, ``detr_r50_dc5``, ``detr_r101_dc5``.
+
+Each builds the reference architecture (ResNet with frozen batch norm, 6 + 6 layer
+post-norm transformer, d_model 256, 8 heads, FFN 2048, dropout 0.1, sine position
+encoding) and optionally loads a checkpoint through ``weights=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from .backbone import ResNetBackbone
+from .coco import COCO_CLASS_NAMES
+from .model import DETR, DETRConfig
+from .position_encoding import build_position_encoding
+from .transformer import Transformer
+from .weights import load_weights
+
+_REGISTRY: dict[str, Callable[..., DETR]] = {}
+
+
+def register_model(fn: Callable[..., DETR]) -> Callable[..., DETR]:
+    """Add a factory to the registry under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names of the registered factories."""
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **kwargs: Any) -> DETR:
+    """Build a registered model by name, e.g. ``create_model("detr_r50", num_classes=3)``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return _REGISTRY[name](**kwargs)
+
+
+def build_detr(
+    backbone_name: str,
+    dilation: bool,
+    *,
+    pretrained_backbone: bool = False,
+    num_classes: int = 91,
+    num_queries: int = 100,
+    aux_loss: bool = False,
+    weights: str | Path | Mapping[str, Tensor] | None = None,
+    class_names: Sequence[str] | None = None,
+    train_backbone: bool = True,
+    backbone_norm: str = "frozen_bn",
+    position_embedding: str = "sine",
+    d_model: int = 256,
+    nhead: int = 8,
+    num_encoder_layers: int = 6,
+    num_decoder_layers: int = 6,
+    dim_feedforward: int = 2048,
+    dropout: float = 0.1,
+    normalize_before: bool = False,
+    **loss_kwargs: Any,
+) -> DETR:
+    """Build a DETR from its parts; the registered factories fix the backbone.
+
+    ``loss_kwargs`` go to :class:`DETRConfig` (``matcher``, ``class_loss_coef``, ``bbox_loss_coef``,
+    ``giou_loss_coef``, ``eos_coef``). ``class_names`` defaults to the COCO names for 91 classes.
+    """
+    backbone = ResNetBackbone(
+        backbone_name,
+        pretrained=pretrained_backbone and weights is None,  # full weights overwrite the backbone anyway
+        dilation=dilation,
+        train_backbone=train_backbone,
+        norm=backbone_norm,
+    )
+    transformer = Transformer(
+        d_model=d_model,
+        nhead=nhead,
+        num_encoder_layers=num_encoder_layers,
+        num_decoder_layers=num_decoder_layers,
+        dim_feedforward=dim_feedforward,
+        dropout=dropout,
+        normalize_before=normalize_before,
+    )
+    config = DETRConfig(backbone, transformer, num_classes, num_queries=num_queries, aux_loss=aux_loss, **loss_kwargs)
+    if class_names is None and num_classes == len(COCO_CLASS_NAMES):
+        class_names = COCO_CLASS_NAMES
+    model = DETR(config, position_encoding=build_position_encoding(position_embedding, d_model), class_names=class_names)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+@register_model
+def detr_r50(pretrained_backbone: bool = False, num_classes: int = 91, num_queries: int = 100, aux_loss: bool = False, weights: Any = None, **kwargs: Any) -> DETR:
+    """DETR with a ResNet-50 backbone (42 AP on COCO val2017 in the reference release)."""
+    return build_detr("resnet50", False, pretrained_backbone=pretrained_backbone, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss, weights=weights, **kwargs)
+
+
+@register_model
+def detr_r101(pretrained_backbone: bool = False, num_classes: int = 91, num_queries: int = 100, aux_loss: bool = False, weights: Any = None, **kwargs: Any) -> DETR:
+    """DETR with a ResNet-101 backbone (43.5 AP in the reference release)."""
+    return build_detr("resnet101", False, pretrained_backbone=pretrained_backbone, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss, weights=weights, **kwargs)
+
+
+@register_model
+def detr_r50_dc5(pretrained_backbone: bool = False, num_classes: int = 91, num_queries: int = 100, aux_loss: bool = False, weights: Any = None, **kwargs: Any) -> DETR:
+    """DETR-DC5, ResNet-50 with a dilated last stage (stride 16; 43.3 AP in the reference release)."""
+    return build_detr("resnet50", True, pretrained_backbone=pretrained_backbone, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss, weights=weights, **kwargs)
+
+
+@register_model
+def detr_r101_dc5(pretrained_backbone: bool = False, num_classes: int = 91, num_queries: int = 100, aux_loss: bool = False, weights: Any = None, **kwargs: Any) -> DETR:
+    """DETR-DC5 with ResNet-101 (44.9 AP in the reference release)."""
+    return build_detr("resnet101", True, pretrained_backbone=pretrained_backbone, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss, weights=weights, **kwargs)

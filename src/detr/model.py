@@ -1,0 +1,246 @@
+"""The DETR detector: backbone -> 1x1 projection -> transformer -> class and box heads.
+
+Boxes are normalized (cx, cy, w, h) relative to each image's valid (unpadded)
+region, as in the reference code: a padded batch predicts the same boxes for
+an image as that image alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checks import check_images, check_targets
+from .criterion import SetCriterion
+from .matcher import HungarianMatcher, Target
+from .position_encoding import PositionEmbeddingSine
+from .postprocess import postprocess, valid_sizes
+from .preprocess import ImagePreprocessor
+
+Output = tuple[Tensor, Tensor]
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass
+class DETRConfig:
+    """What a :class:`DETR` is built from (the fields and defaults of the API document).
+
+    backbone: module with a positive int ``num_channels``; maps (B, 3, H, W) to (B, num_channels, h, w).
+    transformer: module with a positive int ``d_model``; called as
+        ``transformer(src (B, d, h, w), mask (B, h, w), query_embed (Q, d), pos (B, d, h, w))`` and
+        returning ``(hs (L, B, Q, d), memory)``.
+    num_classes: number of foreground classes (COCO: 91, the category-id range); the model adds "no object".
+    num_queries: object queries, the most detections per image.
+    aux_loss: forward returns, and the loss uses, every decoder layer's predictions.
+    matcher: replaces the default :class:`HungarianMatcher` (reference costs class 1, L1 5, GIoU 2).
+    class_loss_coef, bbox_loss_coef, giou_loss_coef: weights of the loss terms.
+    eos_coef: class weight of "no object" in the cross-entropy.
+    """
+
+    backbone: nn.Module
+    transformer: nn.Module
+    num_classes: int
+    num_queries: int = 100
+    aux_loss: bool = True
+    matcher: nn.Module | None = None
+    class_loss_coef: float = 1.0
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    eos_coef: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backbone, nn.Module):
+            raise TypeError(f"backbone must be an nn.Module, got {type(self.backbone).__name__}")
+        if not _positive_int(getattr(self.backbone, "num_channels", None)):
+            raise ValueError(
+                "backbone must expose a positive int attribute num_channels (its output channels), "
+                f"got {getattr(self.backbone, 'num_channels', None)!r}"
+            )
+        if not isinstance(self.transformer, nn.Module):
+            raise TypeError(f"transformer must be an nn.Module, got {type(self.transformer).__name__}")
+        if not _positive_int(getattr(self.transformer, "d_model", None)):
+            raise ValueError(
+                "transformer must expose a positive int attribute d_model (its hidden size), "
+                f"got {getattr(self.transformer, 'd_model', None)!r}"
+            )
+        if not _positive_int(self.num_classes):
+            raise ValueError(f"num_classes must be an int >= 1 (foreground classes), got {self.num_classes!r}")
+        if not _positive_int(self.num_queries):
+            raise ValueError(f"num_queries must be an int >= 1, got {self.num_queries!r}")
+        if not isinstance(self.aux_loss, bool):
+            raise TypeError(f"aux_loss must be a bool, got {self.aux_loss!r}")
+        if self.matcher is not None and not callable(self.matcher):
+            raise TypeError("matcher must be callable as matcher((pred_logits, pred_boxes), targets), or None")
+        for name in ("class_loss_coef", "bbox_loss_coef", "giou_loss_coef", "eos_coef"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (DETR's box head: 3 layers, last one to 4)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class DETR(nn.Module):
+    """DEtection TRansformer (Carion et al., 2020).
+
+    Args:
+        config: the parts and loss settings, see :class:`DETRConfig`.
+        position_encoding: maps the (B, h, w) feature padding mask to a (B, d_model, h, w)
+            encoding; defaults to the sine encoding with d_model // 2 features per axis.
+        class_names: optional names of the ``num_classes`` classes, used by :meth:`predict`.
+    """
+
+    def __init__(
+        self,
+        config: DETRConfig,
+        *,
+        position_encoding: nn.Module | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, DETRConfig):
+            raise TypeError(f"DETR takes a DETRConfig, got {type(config).__name__}")
+        if class_names is not None and len(class_names) != config.num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {config.num_classes}")
+        self.config = config
+        self.num_classes = config.num_classes
+        self.num_queries = config.num_queries
+        self.aux_loss = config.aux_loss
+        self.class_names = list(class_names) if class_names is not None else None
+        d_model = config.transformer.d_model
+
+        self.backbone = config.backbone
+        self.position_encoding = position_encoding or PositionEmbeddingSine(d_model // 2, normalize=True)
+        self.input_proj = nn.Conv2d(config.backbone.num_channels, d_model, kernel_size=1)
+        self.transformer = config.transformer
+        self.query_embed = nn.Embedding(config.num_queries, d_model)
+        self.class_head = nn.Linear(d_model, config.num_classes + 1)
+        self.box_head = MLP(d_model, d_model, 4, num_layers=3)
+
+        matcher = config.matcher if config.matcher is not None else HungarianMatcher(1.0, 5.0, 2.0)
+        self.criterion = SetCriterion(
+            config.num_classes,
+            matcher,
+            class_loss_coef=config.class_loss_coef,
+            bbox_loss_coef=config.bbox_loss_coef,
+            giou_loss_coef=config.giou_loss_coef,
+            eos_coef=config.eos_coef,
+        )
+
+    # ---------------------------------------------------------------- forward
+    def decode(self, x: Tensor, mask: Tensor | None = None, all_layers: bool | None = None) -> tuple[Tensor, Tensor]:
+        """Predictions of the decoder layers.
+
+        Args:
+            x: (B, 3, H, W) float normalized images.
+            mask: (B, H, W) bool, True on padding; all False when omitted.
+            all_layers: heads on every decoder layer (default: ``aux_loss``) or on the last only.
+
+        Returns:
+            pred_logits (L, B, Q, K+1) and pred_boxes (L, B, Q, 4) normalized cxcywh, final layer last;
+            L = 1 when only the last layer is wanted.
+        """
+        return self._decode(x, check_images(x, mask), all_layers)
+
+    def _decode(self, x: Tensor, mask: Tensor, all_layers: bool | None) -> tuple[Tensor, Tensor]:
+        features = self.backbone(x)  # (B, C_b, h, w)
+        feat_mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]  # (B, h, w)
+        pos = self.position_encoding(feat_mask).to(features.dtype)  # (B, d, h, w)
+        hs, _ = self.transformer(self.input_proj(features), feat_mask, self.query_embed.weight, pos)  # (L, B, Q, d)
+        if not (self.aux_loss if all_layers is None else all_layers):
+            hs = hs[-1:]
+        return self.class_head(hs), self.box_head(hs).sigmoid()
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Output | list[Output]:
+        """x: (B, 3, H, W) float, mask: (B, H, W) bool (True on padding).
+
+        Returns ``(pred_logits (B, Q, num_classes+1), pred_boxes (B, Q, 4) normalized cxcywh)``;
+        with ``aux_loss`` the list of such tuples, one per decoder layer, final last.
+        """
+        logits, boxes = self.decode(x, mask)  # (L, B, Q, K+1), (L, B, Q, 4)
+        if self.aux_loss:
+            return list(zip(logits.unbind(0), boxes.unbind(0)))
+        return logits[-1], boxes[-1]
+
+    # ------------------------------------------------------------------- loss
+    def get_loss_dict(self, x: Tensor, targets: Sequence[Target], mask: Tensor | None = None) -> dict[str, Tensor]:
+        """All loss terms (see :class:`SetCriterion`) plus their weighted total under ``"loss"``.
+
+        targets: one dict per image, ``class_id`` int64 (N_i,) in [0, num_classes-1] and ``box``
+        float (N_i, 4) normalized cxcywh relative to the image's valid region; N_i may be 0.
+        """
+        mask = check_images(x, mask)
+        check_targets(targets, x.shape[0], self.num_classes)
+        logits, boxes = self._decode(x, mask, all_layers=None)
+        return self.criterion(list(zip(logits.unbind(0), boxes.unbind(0))), targets)
+
+    def get_loss(self, x: Tensor, targets: Sequence[Target], mask: Tensor | None = None) -> Tensor:
+        """Scalar training loss (weighted CE + L1 + GIoU, over every decoder layer with ``aux_loss``)."""
+        return self.get_loss_dict(x, targets, mask)["loss"]
+
+    # -------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict(
+        self,
+        x: Any,
+        mask: Tensor | None = None,
+        k: int = 100,
+        score_threshold: float = 0.0,
+        image_sizes: Tensor | None = None,
+        preprocessor: ImagePreprocessor | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Top-k detections per image, each ``{"box": [x0, y0, x1, y1] pixels, "score", "class_id"}``
+        (plus ``"class_name"`` when the model knows its class names).
+
+        ``x`` is either a preprocessed (B, 3, H, W) float batch (with its ``mask``) or raw
+        images (a PIL image, numpy array or (3, H, W) tensor, or a list of them), which are
+        resized, normalized and padded by ``preprocessor`` (DETR's 800/1333 by default).
+        Boxes are in the pixels of the original images when their size is known (raw images,
+        or ``image_sizes`` (B, 2) as (height, width)), else of the unpadded region of ``x``.
+        """
+        if isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point():
+            mask = check_images(x, mask)
+            sizes = valid_sizes(mask) if image_sizes is None else torch.as_tensor(image_sizes)
+        else:
+            if mask is not None:
+                raise ValueError("mask is only used with a preprocessed (B, 3, H, W) batch; raw images get their own")
+            batch = (preprocessor or ImagePreprocessor())(x)
+            device = next(self.parameters()).device
+            x, mask = batch.pixel_values.to(device), batch.mask.to(device)
+            sizes = batch.image_sizes if image_sizes is None else torch.as_tensor(image_sizes)
+        was_training = self.training
+        self.eval()
+        try:
+            logits, boxes = self._decode(x, mask, all_layers=False)
+        finally:
+            self.train(was_training)
+        results = postprocess(logits[-1], boxes[-1], sizes, score_threshold=score_threshold, top_k=k)
+        detections = []
+        for res in results:
+            image = []
+            for box, score, label in zip(res["boxes"].tolist(), res["scores"].tolist(), res["labels"].tolist()):
+                det = {"box": box, "score": score, "class_id": label}
+                if self.class_names is not None:
+                    det["class_name"] = self.class_names[label]
+                image.append(det)
+            detections.append(image)
+        return detections

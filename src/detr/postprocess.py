@@ -1,0 +1,68 @@
+"""Turn DETR outputs into per-image detections in pixel coordinates. No NMS: DETR needs none."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_convert
+
+
+def valid_sizes(mask: Tensor) -> Tensor:
+    """mask (B, H, W) bool, True on padding -> (B, 2) int64 (height, width) of the unpadded image.
+
+    Images are padded at the bottom and right, so the valid region is the
+    top-left block of ``~mask``.
+    """
+    valid = ~mask
+    heights = valid.any(2).sum(1)  # rows holding at least one valid pixel
+    widths = valid.any(1).sum(1)  # columns holding at least one valid pixel
+    return torch.stack([heights, widths], dim=1)
+
+
+@torch.no_grad()
+def postprocess(
+    pred_logits: Tensor,
+    pred_boxes: Tensor,
+    image_sizes: Tensor,
+    score_threshold: float = 0.0,
+    top_k: int | None = None,
+) -> list[dict[str, Tensor]]:
+    """Per-image detections from one layer's outputs.
+
+    Each query gives one detection: its most likely class other than "no object",
+    with that probability as the score (the reference post-processing).
+
+    Args:
+        pred_logits: (B, Q, K+1) class logits, last channel "no object".
+        pred_boxes: (B, Q, 4) normalized cxcywh boxes, relative to each image's valid region.
+        image_sizes: (B, 2) (height, width) in pixels of the images the boxes are wanted in
+            (the original images, so boxes land on them, never on the padding).
+        score_threshold: keep detections with score >= this.
+        top_k: keep at most this many detections per image (the highest scores).
+
+    Returns:
+        B dicts with ``scores`` (n,), ``labels`` (n,) int64 in [0, K-1], and ``boxes`` (n, 4)
+        absolute xyxy pixels, sorted by decreasing score.
+    """
+    if pred_logits.dim() != 3 or pred_boxes.shape[:2] != pred_logits.shape[:2] or pred_boxes.shape[-1] != 4:
+        raise ValueError(
+            f"expected pred_logits (B, Q, K+1) and pred_boxes (B, Q, 4), got {tuple(pred_logits.shape)} "
+            f"and {tuple(pred_boxes.shape)}"
+        )
+    image_sizes = torch.as_tensor(image_sizes, device=pred_boxes.device)
+    if image_sizes.shape != (pred_logits.shape[0], 2):
+        raise ValueError(f"image_sizes must have shape (B, 2) = ({pred_logits.shape[0]}, 2), got {tuple(image_sizes.shape)}")
+    prob = pred_logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
+    scores, labels = prob.max(-1)  # (B, Q)
+    height, width = image_sizes.float().unbind(1)
+    scale = torch.stack([width, height, width, height], dim=1)[:, None, :]  # (B, 1, 4)
+    boxes = box_convert(pred_boxes.float(), "cxcywh", "xyxy") * scale  # (B, Q, 4)
+
+    results = []
+    for s, l, b in zip(scores, labels, boxes):
+        order = s.argsort(descending=True)
+        if top_k is not None:
+            order = order[:top_k]
+        order = order[s[order] >= score_threshold]
+        results.append({"scores": s[order], "labels": l[order], "boxes": b[order]})
+    return results
