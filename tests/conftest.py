@@ -1,0 +1,93 @@
+"""Shared fixtures: a Hugging Face DETR with random but well-conditioned weights, and ours with the same weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import detr
+
+COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
+
+torch.set_num_threads(2)
+
+
+@torch.no_grad()
+def calibrate_frozen_bn(model: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> None:
+    """Give every frozen batch norm the statistics of its own input on ``x`` and random affine values.
+
+    Freshly built DETRs have identity batch norms (mean 0, var 1), through which a
+    random ResNet's activations explode; calibrated statistics make the random
+    network behave like a trained one numerically.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def hook(module, inputs):
+        (inp,) = inputs
+        module.running_mean.copy_(inp.mean((0, 2, 3)))
+        module.running_var.copy_(inp.var((0, 2, 3)))
+        module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
+        module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if type(m).__name__.endswith("FrozenBatchNorm2d")]
+    assert handles, "no frozen batch norm found"
+    model(x)
+    for h in handles:
+        h.remove()
+
+
+def make_hf_detr(num_labels: int = 91, auxiliary_loss: bool = False, seed: int = 0):
+    """transformers' DetrForObjectDetection with a ResNet-50 backbone config and random weights (no download)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.DetrConfig(
+        backbone_config=transformers.ResNetConfig(out_features=["stage4"]),
+        use_pretrained_backbone=False,
+        num_labels=num_labels,
+        auxiliary_loss=auxiliary_loss,
+    )
+    model = transformers.DetrForObjectDetection(config).eval()
+    calibrate_frozen_bn(model.model.backbone.model, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(seed)))
+    # random heads and query positions of a realistic scale, so that scores and boxes vary
+    with torch.no_grad():
+        model.class_labels_classifier.bias.normal_(0, 1.0)
+        model.model.query_position_embeddings.weight.normal_(0, 1.0)
+        for layer in model.bbox_predictor.layers:
+            torch.nn.init.xavier_uniform_(layer.weight)
+            layer.bias.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_model():
+    return make_hf_detr()
+
+
+@pytest.fixture(scope="session")
+def our_model(hf_model):
+    """detr_r50 with the weights of ``hf_model`` converted from the Hugging Face layout."""
+    model = detr.detr_r50(num_classes=hf_model.config.num_labels, weights=hf_model.state_dict())
+    return model.eval()
+
+
+def padded_pair(seed: int = 0, sizes=((320, 416), (256, 288))) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two normalised random images of different sizes in one padded batch, with the padding mask."""
+    gen = torch.Generator().manual_seed(seed)
+    images = [torch.randn(3, h, w, generator=gen) for h, w in sizes]
+    return detr.preprocess.pad_batch(images, size_divisor=32)
+
+
+def random_targets(batch: int, num_classes: int, counts=(3, 1), seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Valid normalized cxcywh targets with the given number of boxes per image."""
+    gen = torch.Generator().manual_seed(seed)
+    targets = []
+    for i in range(batch):
+        n = counts[i % len(counts)]
+        wh = torch.rand(n, 2, generator=gen) * 0.4 + 0.05
+        c = wh / 2 + torch.rand(n, 2, generator=gen) * (1 - wh)
+        targets.append(
+            {"class_id": torch.randint(0, num_classes, (n,), generator=gen), "box": torch.cat([c, wh], dim=1)}
+        )
+    return targets

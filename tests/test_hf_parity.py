@@ -1,0 +1,149 @@
+"""Outputs, losses and matching agree with Hugging Face transformers' DETR on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import detr
+from detr.weights import convert_hf_state_dict
+
+from .conftest import make_hf_detr, padded_pair, random_targets
+
+transformers = pytest.importorskip("transformers")
+from transformers.loss.loss_for_object_detection import (  # noqa: E402
+    ForObjectDetectionLoss,
+    HungarianMatcher as HFHungarianMatcher,
+)
+
+
+def hf_labels(targets):
+    return [{"class_labels": t["class_id"], "boxes": t["box"]} for t in targets]
+
+
+def test_outputs_match_on_padded_batch_of_two_sizes(hf_model, our_model):
+    x, mask = padded_pair()
+    with torch.no_grad():
+        ours_logits, ours_boxes = our_model(x, mask)
+        theirs = hf_model(pixel_values=x, pixel_mask=(~mask).long())
+    assert ours_logits.shape == theirs.logits.shape == (2, 100, 92)
+    # the random model must give varied outputs, or agreement would prove little
+    assert theirs.logits.std() > 0.1 and theirs.pred_boxes.std() > 0.01
+    torch.testing.assert_close(ours_logits, theirs.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours_boxes, theirs.pred_boxes, atol=1e-4, rtol=0)
+
+
+def test_outputs_match_without_mask_at_odd_size(hf_model, our_model):
+    x = torch.randn(1, 3, 203, 317, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours_logits, ours_boxes = our_model(x)
+        theirs = hf_model(pixel_values=x)
+    torch.testing.assert_close(ours_logits, theirs.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours_boxes, theirs.pred_boxes, atol=1e-4, rtol=0)
+
+
+def test_every_loss_term_matches(hf_model, our_model):
+    x, mask = padded_pair(seed=1)
+    targets = random_targets(2, 91, counts=(4, 2), seed=1)
+    with torch.no_grad():
+        ours = our_model.get_loss_dict(x, targets, mask)
+        theirs = hf_model(pixel_values=x, pixel_mask=(~mask).long(), labels=hf_labels(targets))
+    assert set(theirs.loss_dict) == {"loss_ce", "loss_bbox", "loss_giou", "cardinality_error"}
+    for name, value in theirs.loss_dict.items():
+        torch.testing.assert_close(ours[name], value, rtol=1e-5, atol=1e-7, msg=name)
+    torch.testing.assert_close(ours["loss"], theirs.loss, rtol=1e-5, atol=1e-7)
+
+
+def test_aux_loss_terms_match_transformers_criterion(our_model):
+    """Per-layer terms with aux_loss, against transformers' loss function on the same per-layer outputs.
+
+    (transformers' own forward with auxiliary_loss=True feeds the normed state to the next
+    decoder layer, unlike the reference code, so its aux outputs are not compared.)
+    """
+    x, mask = padded_pair(seed=2)
+    targets = random_targets(2, 91, counts=(3, 5), seed=2)
+    with torch.no_grad():
+        our_model.aux_loss = True
+        try:
+            ours = our_model.get_loss_dict(x, targets, mask)
+            logits, boxes = our_model.decode(x, mask)  # (6, B, Q, 92), (6, B, Q, 4)
+        finally:
+            our_model.aux_loss = False
+        hf_config = transformers.DetrConfig(
+            backbone_config=transformers.ResNetConfig(out_features=["stage4"]), num_labels=91, auxiliary_loss=True
+        )
+        loss, loss_dict, _ = ForObjectDetectionLoss(
+            logits[-1], hf_labels(targets), "cpu", boxes[-1], hf_config, logits, boxes
+        )
+    assert len(loss_dict) == 6 * 4
+    for name, value in loss_dict.items():
+        torch.testing.assert_close(ours[name], value, rtol=1e-5, atol=1e-7, msg=name)
+    torch.testing.assert_close(ours["loss"], loss, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matcher_assignments_identical(seed):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 50, 8, generator=gen) * 3
+    boxes = torch.rand(3, 50, 4, generator=gen) * 0.5 + 0.1
+    targets = random_targets(3, 7, counts=(5, 0, 12), seed=seed)
+    ours = detr.HungarianMatcher()((logits, boxes), targets)
+    theirs = HFHungarianMatcher(class_cost=1, bbox_cost=5, giou_cost=2)(
+        {"logits": logits, "pred_boxes": boxes}, hf_labels(targets)
+    )
+    for (oi, oj), (ti, tj) in zip(ours, theirs):
+        assert torch.equal(oi, ti) and torch.equal(oj, tj)
+
+
+def reference_layout(our_state_dict):
+    """This library's keys renamed to those of facebookresearch/detr checkpoints."""
+    renames = {"backbone.body.": "backbone.0.body.", "class_head.": "class_embed.", "box_head.": "bbox_embed."}
+    out = {}
+    for key, value in our_state_dict.items():
+        for new, old in renames.items():
+            if key.startswith(new):
+                key = old + key[len(new) :]
+        out[key] = value
+    return out
+
+
+def test_reference_checkpoint_file_loads_and_matches(hf_model, tmp_path):
+    state = reference_layout(convert_hf_state_dict(hf_model.state_dict()))
+    # names as published in detr-r50-e632da11.pth
+    for key in (
+        "backbone.0.body.conv1.weight",
+        "backbone.0.body.layer1.0.downsample.1.running_var",
+        "transformer.encoder.layers.5.self_attn.in_proj_weight",
+        "transformer.decoder.layers.0.multihead_attn.out_proj.bias",
+        "transformer.decoder.norm.weight",
+        "class_embed.weight",
+        "bbox_embed.layers.2.bias",
+        "query_embed.weight",
+        "input_proj.weight",
+    ):
+        assert key in state
+    path = tmp_path / "detr-r50-reference.pth"
+    torch.save({"model": state, "args": {"lr": 1e-4}}, path)
+    model = detr.detr_r50(weights=path).eval()
+    x, mask = padded_pair(seed=4)
+    with torch.no_grad():
+        logits, boxes = model(x, mask)
+        theirs = hf_model(pixel_values=x, pixel_mask=(~mask).long())
+    torch.testing.assert_close(logits, theirs.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(boxes, theirs.pred_boxes, atol=1e-4, rtol=0)
+
+
+def test_learned_position_embedding_matches():
+    hf = make_hf_detr(num_labels=5, seed=1)
+    hf.config.position_embedding_type = "learned"
+    hf_learned = transformers.DetrForObjectDetection(hf.config).eval()
+    hf_learned.load_state_dict(hf.state_dict(), strict=False)
+    torch.nn.init.normal_(hf_learned.model.position_embedding.row_embeddings.weight)
+    torch.nn.init.normal_(hf_learned.model.position_embedding.column_embeddings.weight)
+    ours = detr.detr_r50(num_classes=5, position_embedding="learned", weights=hf_learned.state_dict()).eval()
+    x = torch.randn(2, 3, 224, 160, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits, boxes = ours(x)
+        theirs = hf_learned(pixel_values=x)
+    torch.testing.assert_close(logits, theirs.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(boxes, theirs.pred_boxes, atol=1e-4, rtol=0)

@@ -1,0 +1,129 @@
+"""Pre-processing (resize/normalize/pad), post-processing and predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import detr
+from detr.postprocess import postprocess, valid_sizes
+from detr.preprocess import ImagePreprocessor, resized_size, to_image_tensor
+
+from .conftest import COCO128
+from .test_model import small_detr
+
+
+@pytest.mark.parametrize(
+    "hw, expected",
+    [
+        ((480, 640), (800, 1066)),  # short side to 800
+        ((426, 640), (800, 1201)),
+        ((500, 2000), (333, 1332)),  # long side capped: short = round(1333 * 500 / 2000), long = int(333 * 4)
+        ((800, 1000), (800, 1000)),  # already there
+        ((640, 480), (1066, 800)),
+    ],
+)
+def test_resized_size_follows_reference_rounding(hw, expected):
+    assert resized_size(*hw, 800, 1333) == expected
+
+
+def test_preprocessor_sizes_mask_and_normalisation():
+    images = [Image.new("RGB", (640, 480), (124, 116, 104)), np.zeros((300, 200, 3), dtype=np.uint8)]
+    batch = ImagePreprocessor()(images)
+    assert batch.pixel_values.shape == (2, 3, 1216, 1088)  # (max(800, 1200), max(1066, 800)) up to multiples of 32
+    assert batch.image_sizes.tolist() == [[480, 640], [300, 200]]
+    assert batch.resized_sizes.tolist() == [[800, 1066], [1200, 800]]
+    assert (~batch.mask[0]).sum() == 800 * 1066 and (~batch.mask[1]).sum() == 1200 * 800
+    assert valid_sizes(batch.mask).tolist() == batch.resized_sizes.tolist()
+    # a mean-coloured image normalises to about zero; padding is exactly zero
+    assert batch.pixel_values[0, :, :800, :1066].abs().max() < 0.01
+    assert batch.pixel_values[0, :, 800:].abs().max() == 0
+
+
+def test_image_conversions():
+    rgba = Image.new("RGBA", (10, 8))
+    assert to_image_tensor(rgba).shape == (3, 8, 10)
+    assert to_image_tensor(np.zeros((8, 10), dtype=np.uint8)).shape == (3, 8, 10)
+    assert to_image_tensor(torch.full((3, 4, 5), 255, dtype=torch.uint8)).max() == 1.0
+    with pytest.raises(ValueError, match=r"\[0, 1\].*uint8"):
+        to_image_tensor(torch.full((3, 4, 5), 255.0))
+    with pytest.raises(TypeError, match="unsupported image type str"):
+        to_image_tensor("cat.jpg")
+    with pytest.raises(ValueError, match=r"shape \(3, H, W\)"):
+        to_image_tensor(torch.zeros(4, 5, 3))
+
+
+def test_postprocess_scales_to_the_original_image_and_sorts():
+    logits = torch.full((1, 3, 4), -10.0)
+    logits[0, 0, 2] = 5.0  # confident class 2
+    logits[0, 1, 0] = 1.0  # weak class 0: p = 0.38, "no object" more likely
+    logits[0, 1, 3] = 1.5
+    logits[0, 2, 3] = 5.0  # no object
+    boxes = torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]])
+    (res,) = postprocess(logits, boxes, torch.tensor([[400, 600]]))
+    assert res["labels"].tolist()[:2] == [2, 0]
+    assert res["scores"][0] > res["scores"][1] > res["scores"][2]
+    torch.testing.assert_close(res["boxes"][0], torch.tensor([150.0, 100.0, 450.0, 300.0]))
+    torch.testing.assert_close(res["boxes"][1], torch.tensor([0.0, 0.0, 300.0, 200.0]))
+    (top,) = postprocess(logits, boxes, torch.tensor([[400, 600]]), score_threshold=0.5, top_k=2)
+    assert top["labels"].tolist() == [2]
+
+
+def test_predict_on_raw_images_gives_boxes_on_the_original_images():
+    torch.manual_seed(0)
+    model = small_detr(num_classes=3, num_queries=6, aux_loss=True)
+    model.class_names = ["circle", "square", "star"]
+    images = [Image.new("RGB", (200, 120)), np.zeros((90, 60, 3), dtype=np.uint8)]
+    out = model.predict(images, k=4, preprocessor=ImagePreprocessor(short_side=96, max_size=160))
+    assert model.training  # restored
+    assert [len(o) for o in out] == [4, 4]
+    for dets, (h, w) in zip(out, [(120, 200), (90, 60)]):
+        for det in dets:
+            x0, y0, x1, y1 = det["box"]
+            assert -1e-3 <= x0 <= x1 <= w + 1e-3 and -1e-3 <= y0 <= y1 <= h + 1e-3
+            assert det["class_name"] == model.class_names[det["class_id"]]
+            assert 0 <= det["score"] <= 1
+        scores = [d["score"] for d in dets]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_predict_on_a_batch_uses_the_unpadded_region():
+    torch.manual_seed(0)
+    model = small_detr(num_classes=3, num_queries=6, aux_loss=False).eval()
+    x = torch.randn(1, 3, 64, 96)
+    mask = torch.zeros(1, 64, 96, dtype=torch.bool)
+    mask[:, 40:, :] = True
+    mask[:, :, 50:] = True
+    (dets,) = model.predict(x, mask=mask, k=6)
+    logits, boxes = model(x, mask)
+    expected = postprocess(logits, boxes, torch.tensor([[40, 50]]))[0]
+    assert [d["box"] for d in dets] == expected["boxes"].tolist()
+    assert "class_name" not in dets[0]
+    with pytest.raises(ValueError, match="mask is only used with a preprocessed"):
+        model.predict([Image.new("RGB", (8, 8))], mask=mask)
+
+
+@pytest.mark.skipif(not COCO128.exists(), reason="needs ../shared/datasets/coco128")
+def test_predict_on_real_coco_images():
+    model = detr.detr_r50(num_classes=91).eval()
+    paths = sorted((COCO128 / "val2017").glob("*.jpg"))[:2]
+    images = [Image.open(p) for p in paths]
+    out = model.predict(images, k=5, preprocessor=ImagePreprocessor(short_side=256, max_size=400))
+    for dets, img in zip(out, images):
+        assert len(dets) == 5
+        for det in dets:
+            x0, y0, x1, y1 = det["box"]
+            assert -1e-3 <= x0 <= x1 <= img.width + 1e-3 and -1e-3 <= y0 <= y1 <= img.height + 1e-3
+            assert det["class_name"] == detr.COCO_CLASS_NAMES[det["class_id"]]
+
+
+def test_coco_class_names():
+    assert len(detr.COCO_CLASS_NAMES) == 91 and detr.COCO_CLASS_NAMES[1] == "person"
+    assert detr.COCO_CLASS_NAMES[12] == "N/A" and detr.COCO_CLASS_NAMES[90] == "toothbrush"
+    if COCO128.exists():
+        import json
+
+        cats = json.loads((COCO128 / "annotations" / "instances_val2017.json").read_text())["categories"]
+        assert {c["id"]: c["name"] for c in cats} == detr.COCO_CATEGORIES

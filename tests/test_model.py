@@ -1,0 +1,197 @@
+"""The API document's shape contract, over every registered model; gradients; freezing; empty targets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import detr
+from detr import DETR, DETRConfig, ResNetBackbone, Transformer
+
+from .conftest import random_targets
+
+
+def small_detr(num_classes: int = 5, num_queries: int = 7, aux_loss: bool = True, **kwargs) -> DETR:
+    """A tiny DETR (ResNet-18, 2 + 2 layers, d_model 32) for fast tests."""
+    backbone = ResNetBackbone("resnet18", **kwargs)
+    transformer = Transformer(d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=64)
+    return DETR(DETRConfig(backbone, transformer, num_classes, num_queries=num_queries, aux_loss=aux_loss))
+
+
+def test_registry_lists_the_four_factories():
+    assert detr.list_models() == ["detr_r101", "detr_r101_dc5", "detr_r50", "detr_r50_dc5"]
+    with pytest.raises(ValueError, match="unknown model 'detr_r18'.*detr_r50"):
+        detr.create_model("detr_r18")
+
+
+@pytest.mark.parametrize("name", detr.list_models())
+def test_every_registered_model_forward_and_gradients(name):
+    torch.manual_seed(0)
+    model = detr.create_model(name, num_classes=4, num_queries=10, aux_loss=True)
+    model.train()
+    assert model.backbone.stride == (16 if name.endswith("dc5") else 32)
+    # At initialisation the first decoder layer's self-attention is degenerate (queries start
+    # at zero and attention biases are zero, so its values, and some gradients, are exactly
+    # zero, in the reference code too); give the biases the small values training gives them.
+    with torch.no_grad():
+        for pname, param in model.transformer.named_parameters():
+            if pname.endswith("bias"):
+                param.normal_(0, 0.02)
+    x = torch.randn(1, 3, 96, 80)
+    outputs = model(x)
+    assert isinstance(outputs, list) and len(outputs) == 6
+    for logits, boxes in outputs:
+        assert logits.shape == (1, 10, 5) and boxes.shape == (1, 10, 4)
+        assert torch.isfinite(logits).all() and ((boxes >= 0) & (boxes <= 1)).all()
+
+    loss = model.get_loss(x, random_targets(1, 4, counts=(3,)))
+    loss.backward()
+    frozen_prefixes = ("backbone.body.conv1.", "backbone.body.layer1.")
+    for pname, param in model.named_parameters():
+        if pname.startswith(frozen_prefixes):
+            assert not param.requires_grad, pname
+        else:
+            assert param.requires_grad, pname
+            assert param.grad is not None and bool(param.grad.abs().sum() > 0), f"no gradient reaches {pname}"
+    # batch norm is frozen: statistics are buffers, never parameters
+    assert not any("bn" in n or "downsample.1" in n for n, _ in model.named_parameters())
+
+
+def test_api_document_example_shapes():
+    model = detr.detr_r50(pretrained_backbone=False, num_classes=91, num_queries=100, aux_loss=False).eval()
+    with torch.no_grad():
+        logits, boxes = model(torch.randn(1, 3, 224, 224))
+    assert logits.shape == (1, 100, 92) and boxes.shape == (1, 100, 4)
+    probs = logits.softmax(-1)[..., :-1]
+    assert probs.max(-1).values.shape == (1, 100)
+
+
+def test_config_defaults_are_the_api_documents():
+    cfg = DETRConfig(ResNetBackbone("resnet18"), Transformer(d_model=32, nhead=4), num_classes=3)
+    assert (cfg.num_queries, cfg.aux_loss, cfg.matcher) == (100, True, None)
+    assert (cfg.class_loss_coef, cfg.bbox_loss_coef, cfg.giou_loss_coef, cfg.eos_coef) == (1.0, 5.0, 2.0, 0.1)
+    model = DETR(cfg)
+    assert model.criterion.empty_weight[-1] == pytest.approx(0.1)
+    assert isinstance(model.criterion.matcher, detr.HungarianMatcher)
+    assert (model.criterion.matcher.cost_class, model.criterion.matcher.cost_bbox, model.criterion.matcher.cost_giou) == (
+        1.0,
+        5.0,
+        2.0,
+    )
+
+
+def test_reference_architecture_numbers():
+    model = detr.detr_r50()
+    t = model.transformer
+    assert (t.d_model, t.nhead, len(t.encoder.layers), len(t.decoder.layers)) == (256, 8, 6, 6)
+    assert t.encoder.norm is None and t.decoder.norm is not None  # post-norm: no final encoder norm
+    layer = t.encoder.layers[0]
+    assert layer.linear1.out_features == 2048 and layer.dropout.p == 0.1 and layer.self_attn.dropout == 0.1
+    assert isinstance(model.position_encoding, detr.PositionEmbeddingSine)
+    assert model.position_encoding.num_pos_feats == 128 and model.position_encoding.temperature == 10000
+    assert len(model.box_head.layers) == 3 and model.input_proj.kernel_size == (1, 1)
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(41.5e6, rel=0.01)  # paper: 41M
+
+
+def test_pre_norm_has_final_encoder_norm_and_runs():
+    t = Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64, normalize_before=True)
+    assert t.encoder.norm is not None
+    hs, memory = t(torch.randn(2, 32, 3, 4), torch.zeros(2, 3, 4, dtype=torch.bool), torch.randn(5, 32), torch.randn(2, 32, 3, 4))
+    assert hs.shape == (2, 2, 5, 32) and memory.shape == (2, 32, 3, 4)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (70, 45), (33, 129)])
+def test_any_image_size_works(size):
+    model = small_detr(aux_loss=False).eval()
+    with torch.no_grad():
+        logits, boxes = model(torch.randn(2, 3, *size))
+    assert logits.shape == (2, 7, 6) and boxes.shape == (2, 7, 4)
+    assert torch.isfinite(logits).all()
+
+
+def test_transformer_ignores_masked_positions():
+    torch.manual_seed(0)
+    t = Transformer(d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=64).eval()
+    src, pos, query = torch.randn(2, 32, 4, 6), torch.randn(2, 32, 4, 6), torch.randn(5, 32)
+    mask = torch.zeros(2, 4, 6, dtype=torch.bool)
+    mask[0, :, 4:] = True
+    mask[1, 3:, :] = True
+    src2 = src.clone()
+    src2[mask[:, None].expand_as(src)] = 50.0  # garbage where the mask says padding
+    with torch.no_grad():
+        hs, _ = t(src, mask, query, pos)
+        hs2, _ = t(src2, mask, query, pos)
+        hs_unmasked, _ = t(src2, torch.zeros_like(mask), query, pos)
+    torch.testing.assert_close(hs, hs2, atol=1e-5, rtol=0)
+    assert not torch.allclose(hs, hs_unmasked, atol=1e-3)
+
+
+def test_mask_changes_the_result():
+    torch.manual_seed(0)
+    model = small_detr(aux_loss=False).eval()
+    x = torch.randn(1, 3, 128, 128)
+    mask = torch.zeros(1, 128, 128, dtype=torch.bool)
+    mask[:, :, 64:] = True
+    with torch.no_grad():
+        assert not torch.allclose(model(x)[0], model(x, mask)[0], atol=1e-3)
+
+
+def test_aux_loss_false_returns_a_tuple_and_loss_uses_last_layer_only():
+    model = small_detr(aux_loss=False)
+    out = model(torch.randn(1, 3, 64, 64))
+    assert isinstance(out, tuple) and len(out) == 2
+    terms = model.get_loss_dict(torch.randn(1, 3, 64, 64), random_targets(1, 5))
+    assert not any(k.endswith("_0") for k in terms)
+    expected = terms["loss_ce"] + 5 * terms["loss_bbox"] + 2 * terms["loss_giou"]
+    torch.testing.assert_close(terms["loss"], expected)
+
+
+def test_aux_loss_terms_and_total():
+    model = small_detr(aux_loss=True)
+    terms = model.get_loss_dict(torch.randn(2, 3, 64, 64), random_targets(2, 5, counts=(2, 3)))
+    assert {"loss_ce_0", "loss_bbox_0", "loss_giou_0", "cardinality_error_0", "class_error"} <= set(terms)
+    expected = sum(terms[f"loss_ce{s}"] + 5 * terms[f"loss_bbox{s}"] + 2 * terms[f"loss_giou{s}"] for s in ("_0", ""))
+    torch.testing.assert_close(terms["loss"], expected)
+    assert 0 <= terms["class_error"] <= 100
+
+
+def test_empty_targets():
+    torch.manual_seed(0)
+    model = small_detr(aux_loss=True)
+    empty = {"class_id": torch.zeros(0, dtype=torch.int64), "box": torch.zeros(0, 4)}
+    x = torch.randn(2, 3, 64, 64)
+    terms = model.get_loss_dict(x, [empty, empty])
+    assert terms["loss_bbox"] == 0 and terms["loss_giou"] == 0 and terms["loss_ce"] > 0
+    terms["loss"].backward()
+    assert model.class_head.weight.grad.abs().sum() > 0
+    # mixed: one image with boxes, one without
+    loss = model.get_loss(x, [empty, random_targets(1, 5, counts=(2,))[0]])
+    assert torch.isfinite(loss)
+
+
+def test_custom_matcher_is_used():
+    calls = []
+
+    class FirstQueries(torch.nn.Module):
+        def forward(self, outputs, targets):
+            calls.append(len(targets))
+            return [(torch.arange(len(t["class_id"])), torch.arange(len(t["class_id"]))) for t in targets]
+
+    backbone = ResNetBackbone("resnet18")
+    transformer = Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64)
+    model = DETR(DETRConfig(backbone, transformer, 3, num_queries=5, matcher=FirstQueries()))
+    model.get_loss(torch.randn(1, 3, 64, 64), random_targets(1, 3, counts=(2,)))
+    assert calls == [1, 1]  # once per decoder layer
+
+
+def test_train_backbone_false_freezes_the_whole_backbone():
+    model = detr.detr_r50(train_backbone=False)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.transformer.parameters())
+
+
+def test_learned_position_embedding_has_parameters_and_rejects_big_maps():
+    model = detr.detr_r50(num_classes=3, position_embedding="learned").eval()
+    assert "position_encoding.row_embed.weight" in model.state_dict()
+    with pytest.raises(ValueError, match="at most 50x50"):
+        model(torch.randn(1, 3, 64, 51 * 32))
