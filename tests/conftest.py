@@ -31,7 +31,9 @@ def calibrate_frozen_bn(model: torch.nn.Module, x: torch.Tensor, seed: int = 0) 
         module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
         module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
 
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if type(m).__name__.endswith("FrozenBatchNorm2d")]
+    handles = [
+        m.register_forward_pre_hook(hook) for m in model.modules() if type(m).__name__.endswith("FrozenBatchNorm2d")
+    ]
     assert handles, "no frozen batch norm found"
     model(x)
     for h in handles:
@@ -49,7 +51,9 @@ def make_hf_detr(num_labels: int = 91, auxiliary_loss: bool = False, seed: int =
         auxiliary_loss=auxiliary_loss,
     )
     model = transformers.DetrForObjectDetection(config).eval()
-    calibrate_frozen_bn(model.model.backbone.model, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(seed)))
+    calibrate_frozen_bn(
+        model.model.backbone.model, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+    )
     # random heads and query positions of a realistic scale, so that scores and boxes vary
     with torch.no_grad():
         model.class_labels_classifier.bias.normal_(0, 1.0)

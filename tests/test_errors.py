@@ -182,7 +182,9 @@ def test_checkpoint_of_another_model(tmp_path):
         detr.detr_r101(weights=path)
     message = str(info.value)
     assert "'detr' layout" in message and "missing keys" in message and "backbone.body.layer3.1" in message
-    with pytest.raises(CheckpointError, match=r"wrong shapes \(2\): class_head.bias \(checkpoint \(92,\), model \(6,\)\)"):
+    with pytest.raises(
+        CheckpointError, match=r"wrong shapes \(2\): class_head.bias \(checkpoint \(92,\), model \(6,\)\)"
+    ):
         detr.detr_r50(num_classes=5, weights=path)
 
 
@@ -191,3 +193,19 @@ def test_unrecognised_layout_and_non_state_dict():
         detr.load_weights(small_detr(), {"encoder.weight": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="does not hold a state dict"):
         detr.load_weights(small_detr(), {"model": {"a": 3}})
+
+
+def test_dc5_needs_a_bottleneck_resnet():
+    with pytest.raises(ValueError, match="DC5.*resnet50, resnet101.*resnet18"):
+        ResNetBackbone("resnet18", dilation=True)
+
+
+def test_reference_training_checkpoint_with_args_loads(tmp_path):
+    import argparse
+
+    model = small_detr()
+    path = tmp_path / "checkpoint.pth"
+    torch.save(
+        {"model": model.state_dict(), "args": argparse.Namespace(lr=1e-4, backbone="resnet18"), "epoch": 3}, path
+    )
+    assert detr.load_weights(small_detr(), path) == "detr"

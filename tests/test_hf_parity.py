@@ -11,8 +11,10 @@ from detr.weights import convert_hf_state_dict
 from .conftest import make_hf_detr, padded_pair, random_targets
 
 transformers = pytest.importorskip("transformers")
-from transformers.loss.loss_for_object_detection import (  # noqa: E402
+from transformers.loss.loss_for_object_detection import (
     ForObjectDetectionLoss,
+)
+from transformers.loss.loss_for_object_detection import (
     HungarianMatcher as HFHungarianMatcher,
 )
 

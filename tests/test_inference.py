@@ -127,3 +127,18 @@ def test_coco_class_names():
 
         cats = json.loads((COCO128 / "annotations" / "instances_val2017.json").read_text())["categories"]
         assert {c["id"]: c["name"] for c in cats} == detr.COCO_CATEGORIES
+
+
+@pytest.mark.skipif(not COCO128.exists(), reason="needs ../shared/datasets/coco128")
+def test_pil_preprocessing_is_the_reference_pipeline():
+    """Reference eval transform: PIL bilinear resize to 800/1333, to_tensor, ImageNet normalization."""
+    from torchvision.transforms import functional as F1
+
+    image = Image.open(sorted((COCO128 / "val2017").glob("*.jpg"))[0]).convert("RGB")
+    h, w = resized_size(image.height, image.width, 800, 1333)
+    expected = F1.normalize(
+        F1.to_tensor(image.resize((w, h), Image.BILINEAR)), detr.preprocess.IMAGENET_MEAN, detr.preprocess.IMAGENET_STD
+    )
+    batch = ImagePreprocessor(size_divisor=1)(image)
+    assert batch.pixel_values.shape[-2:] == (h, w) and not batch.mask.any()
+    torch.testing.assert_close(batch.pixel_values[0], expected, atol=1e-6, rtol=0)

@@ -73,7 +73,11 @@ def test_config_defaults_are_the_api_documents():
     model = DETR(cfg)
     assert model.criterion.empty_weight[-1] == pytest.approx(0.1)
     assert isinstance(model.criterion.matcher, detr.HungarianMatcher)
-    assert (model.criterion.matcher.cost_class, model.criterion.matcher.cost_bbox, model.criterion.matcher.cost_giou) == (
+    assert (
+        model.criterion.matcher.cost_class,
+        model.criterion.matcher.cost_bbox,
+        model.criterion.matcher.cost_giou,
+    ) == (
         1.0,
         5.0,
         2.0,
@@ -94,9 +98,13 @@ def test_reference_architecture_numbers():
 
 
 def test_pre_norm_has_final_encoder_norm_and_runs():
-    t = Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64, normalize_before=True)
+    t = Transformer(
+        d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64, normalize_before=True
+    )
     assert t.encoder.norm is not None
-    hs, memory = t(torch.randn(2, 32, 3, 4), torch.zeros(2, 3, 4, dtype=torch.bool), torch.randn(5, 32), torch.randn(2, 32, 3, 4))
+    hs, memory = t(
+        torch.randn(2, 32, 3, 4), torch.zeros(2, 3, 4, dtype=torch.bool), torch.randn(5, 32), torch.randn(2, 32, 3, 4)
+    )
     assert hs.shape == (2, 2, 5, 32) and memory.shape == (2, 32, 3, 4)
 
 
@@ -162,6 +170,7 @@ def test_empty_targets():
     x = torch.randn(2, 3, 64, 64)
     terms = model.get_loss_dict(x, [empty, empty])
     assert terms["loss_bbox"] == 0 and terms["loss_giou"] == 0 and terms["loss_ce"] > 0
+    assert terms["class_error"] == 100  # nothing matched, as the reference reports it
     terms["loss"].backward()
     assert model.class_head.weight.grad.abs().sum() > 0
     # mixed: one image with boxes, one without

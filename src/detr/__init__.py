@@ -7,7 +7,16 @@ Lucid DETR documentation (``DETRConfig``, ``DETR``, ``detr_r50`` ...).
 from .backbone import ResNetBackbone
 from .coco import COCO_CATEGORIES, COCO_CLASS_NAMES
 from .criterion import SetCriterion
-from .factory import build_detr, create_model, detr_r50, detr_r50_dc5, detr_r101, detr_r101_dc5, list_models, register_model
+from .factory import (
+    build_detr,
+    create_model,
+    detr_r50,
+    detr_r50_dc5,
+    detr_r101,
+    detr_r101_dc5,
+    list_models,
+    register_model,
+)
 from .matcher import HungarianMatcher
 from .model import DETR, DETRConfig
 from .position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
@@ -25,12 +34,12 @@ from .weights import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DETR",
-    "DETRConfig",
-    "Batch",
-    "CheckpointError",
     "COCO_CATEGORIES",
     "COCO_CLASS_NAMES",
+    "DETR",
+    "Batch",
+    "CheckpointError",
+    "DETRConfig",
     "HungarianMatcher",
     "ImagePreprocessor",
     "PositionEmbeddingLearned",

@@ -57,6 +57,8 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         if name not in RESNET_IMAGENET_WEIGHTS:
             raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNET_IMAGENET_WEIGHTS)}")
+        if dilation and name in ("resnet18", "resnet34"):
+            raise ValueError(f"dilation (DC5) needs a bottleneck ResNet (resnet50, resnet101), not {name}")
         weights = RESNET_IMAGENET_WEIGHTS[name] if pretrained else None
         try:
             resnet = getattr(torchvision.models, name)(
@@ -70,11 +72,7 @@ class ResNetBackbone(nn.Module):
                 "They are downloaded by torchvision into $TORCH_HOME/hub/checkpoints; without network, "
                 "copy the file there by hand or build the model with pretrained_backbone=False."
             ) from err
-        if name in ("resnet18", "resnet34"):
-            # torchvision rejects dilation for BasicBlock, so only the bottleneck nets get DC5
-            self.num_channels = 512
-        else:
-            self.num_channels = 2048
+        self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
         self.name = name
         self.dilation = dilation
         self.stride = 16 if dilation else 32

@@ -32,7 +32,9 @@ def check_images(x: Tensor, mask: Tensor | None) -> Tensor:
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor (True on padding), got dtype {mask.dtype}; use mask.bool()")
     if tuple(mask.shape) != (batch, height, width):
-        raise ValueError(f"mask must have shape (B, H, W) = {(batch, height, width)} to match x, got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must have shape (B, H, W) = {(batch, height, width)} to match x, got {tuple(mask.shape)}"
+        )
     if mask.device != x.device:
         raise ValueError(f"mask is on {mask.device} but x is on {x.device}; move both to the same device")
     full = mask.flatten(1).all(1)
@@ -49,7 +51,9 @@ def check_targets(targets: Sequence[dict[str, Tensor]], batch_size: int, num_cla
     if isinstance(targets, dict) or not isinstance(targets, Sequence):
         raise TypeError("targets must be a list with one dict per image: [{'class_id': ..., 'box': ...}, ...]")
     if len(targets) != batch_size:
-        raise ValueError(f"targets has {len(targets)} entries but the batch has {batch_size} images; give one dict per image")
+        raise ValueError(
+            f"targets has {len(targets)} entries but the batch has {batch_size} images; give one dict per image"
+        )
     for i, target in enumerate(targets):
         where = f"targets[{i}]"
         if not isinstance(target, dict) or "class_id" not in target or "box" not in target:

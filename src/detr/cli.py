@@ -38,7 +38,10 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     terms["loss"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
     optimizer.step()
-    print("loss terms (final layer): " + ", ".join(f"{k}={terms[k].item():.4f}" for k in ("loss_ce", "loss_bbox", "loss_giou")))
+    print(
+        "loss terms (final layer): "
+        + ", ".join(f"{k}={terms[k].item():.4f}" for k in ("loss_ce", "loss_bbox", "loss_giou"))
+    )
     print(f"total loss over {len(model.transformer.decoder.layers)} decoder layers: {terms['loss'].item():.4f}")
     detections = model.eval().predict(x, mask=mask, k=3)
     for i, dets in enumerate(detections):

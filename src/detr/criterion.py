@@ -69,7 +69,9 @@ class SetCriterion(nn.Module):
         device = pred_logits.device
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
         query_idx = torch.cat([src for src, _ in indices]).to(device)
-        matched_classes = torch.cat([t["class_id"][tgt.to(t["class_id"].device)] for t, (_, tgt) in zip(targets, indices)])
+        matched_classes = torch.cat(
+            [t["class_id"][tgt.to(t["class_id"].device)] for t, (_, tgt) in zip(targets, indices)]
+        )
         matched_classes = matched_classes.to(device)
 
         target_classes = torch.full(pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=device)
@@ -101,8 +103,8 @@ class SetCriterion(nn.Module):
             if len(matched_classes):
                 correct = (pred_logits[batch_idx, query_idx].argmax(-1) == matched_classes).float().mean()
                 losses["class_error"] = 100.0 * (1.0 - correct)
-            else:
-                losses["class_error"] = torch.zeros((), device=device)
+            else:  # nothing to classify: the reference reports 100
+                losses["class_error"] = torch.full((), 100.0, device=device)
         return losses, indices
 
     def forward(self, outputs: Sequence[tuple[Tensor, Tensor]], targets: Sequence[Target]) -> dict[str, Tensor]:

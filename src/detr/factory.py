@@ -87,31 +87,97 @@ def build_detr(
     config = DETRConfig(backbone, transformer, num_classes, num_queries=num_queries, aux_loss=aux_loss, **loss_kwargs)
     if class_names is None and num_classes == len(COCO_CLASS_NAMES):
         class_names = COCO_CLASS_NAMES
-    model = DETR(config, position_encoding=build_position_encoding(position_embedding, d_model), class_names=class_names)
+    model = DETR(
+        config, position_encoding=build_position_encoding(position_embedding, d_model), class_names=class_names
+    )
     if weights is not None:
         load_weights(model, weights)
     return model
 
 
 @register_model
-def detr_r50(pretrained_backbone: bool = False, num_classes: int = 91, num_queries: int = 100, aux_loss: bool = False, weights: Any = None, **kwargs: Any) -> DETR:
+def detr_r50(
+    pretrained_backbone: bool = False,
+    num_classes: int = 91,
+    num_queries: int = 100,
+    aux_loss: bool = False,
+    weights: Any = None,
+    **kwargs: Any,
+) -> DETR:
     """DETR with a ResNet-50 backbone (42 AP on COCO val2017 in the reference release)."""
-    return build_detr("resnet50", False, pretrained_backbone=pretrained_backbone, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss, weights=weights, **kwargs)
+    return build_detr(
+        "resnet50",
+        False,
+        pretrained_backbone=pretrained_backbone,
+        num_classes=num_classes,
+        num_queries=num_queries,
+        aux_loss=aux_loss,
+        weights=weights,
+        **kwargs,
+    )
 
 
 @register_model
-def detr_r101(pretrained_backbone: bool = False, num_classes: int = 91, num_queries: int = 100, aux_loss: bool = False, weights: Any = None, **kwargs: Any) -> DETR:
+def detr_r101(
+    pretrained_backbone: bool = False,
+    num_classes: int = 91,
+    num_queries: int = 100,
+    aux_loss: bool = False,
+    weights: Any = None,
+    **kwargs: Any,
+) -> DETR:
     """DETR with a ResNet-101 backbone (43.5 AP in the reference release)."""
-    return build_detr("resnet101", False, pretrained_backbone=pretrained_backbone, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss, weights=weights, **kwargs)
+    return build_detr(
+        "resnet101",
+        False,
+        pretrained_backbone=pretrained_backbone,
+        num_classes=num_classes,
+        num_queries=num_queries,
+        aux_loss=aux_loss,
+        weights=weights,
+        **kwargs,
+    )
 
 
 @register_model
-def detr_r50_dc5(pretrained_backbone: bool = False, num_classes: int = 91, num_queries: int = 100, aux_loss: bool = False, weights: Any = None, **kwargs: Any) -> DETR:
+def detr_r50_dc5(
+    pretrained_backbone: bool = False,
+    num_classes: int = 91,
+    num_queries: int = 100,
+    aux_loss: bool = False,
+    weights: Any = None,
+    **kwargs: Any,
+) -> DETR:
     """DETR-DC5, ResNet-50 with a dilated last stage (stride 16; 43.3 AP in the reference release)."""
-    return build_detr("resnet50", True, pretrained_backbone=pretrained_backbone, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss, weights=weights, **kwargs)
+    return build_detr(
+        "resnet50",
+        True,
+        pretrained_backbone=pretrained_backbone,
+        num_classes=num_classes,
+        num_queries=num_queries,
+        aux_loss=aux_loss,
+        weights=weights,
+        **kwargs,
+    )
 
 
 @register_model
-def detr_r101_dc5(pretrained_backbone: bool = False, num_classes: int = 91, num_queries: int = 100, aux_loss: bool = False, weights: Any = None, **kwargs: Any) -> DETR:
+def detr_r101_dc5(
+    pretrained_backbone: bool = False,
+    num_classes: int = 91,
+    num_queries: int = 100,
+    aux_loss: bool = False,
+    weights: Any = None,
+    **kwargs: Any,
+) -> DETR:
     """DETR-DC5 with ResNet-101 (44.9 AP in the reference release)."""
-    return build_detr("resnet101", True, pretrained_backbone=pretrained_backbone, num_classes=num_classes, num_queries=num_queries, aux_loss=aux_loss, weights=weights, **kwargs)
+    return build_detr(
+        "resnet101",
+        True,
+        pretrained_backbone=pretrained_backbone,
+        num_classes=num_classes,
+        num_queries=num_queries,
+        aux_loss=aux_loss,
+        weights=weights,
+        **kwargs,
+    )

@@ -51,7 +51,9 @@ def postprocess(
         )
     image_sizes = torch.as_tensor(image_sizes, device=pred_boxes.device)
     if image_sizes.shape != (pred_logits.shape[0], 2):
-        raise ValueError(f"image_sizes must have shape (B, 2) = ({pred_logits.shape[0]}, 2), got {tuple(image_sizes.shape)}")
+        raise ValueError(
+            f"image_sizes must have shape (B, 2) = ({pred_logits.shape[0]}, 2), got {tuple(image_sizes.shape)}"
+        )
     prob = pred_logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
     scores, labels = prob.max(-1)  # (B, Q)
     height, width = image_sizes.float().unbind(1)

@@ -33,10 +33,13 @@ def resized_size(height: int, width: int, short_side: int, max_size: int | None)
     return short_side, int(short_side * width / height)
 
 
-def to_image_tensor(image: Any) -> Tensor:
-    """PIL image, (H, W, 3) / (H, W) numpy array, or (3, H, W) tensor -> (3, H, W) float32 in [0, 1]."""
+def as_image(image: Any) -> Image.Image | Tensor:
+    """Check and normalise one input image: an RGB PIL image, or a (3, H, W) uint8 / float-in-[0, 1] tensor.
+
+    Accepts PIL images (any mode), (H, W, 3|4) or (H, W) numpy arrays and (3, H, W) tensors.
+    """
     if isinstance(image, Image.Image):
-        return TF.to_dtype(TF.pil_to_tensor(image.convert("RGB")), torch.float32, scale=True)
+        return image.convert("RGB")
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
@@ -48,15 +51,19 @@ def to_image_tensor(image: Any) -> Tensor:
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"an image tensor must have shape (3, H, W), got {tuple(image.shape)}")
     if image.dtype == torch.uint8:
-        return TF.to_dtype(image, torch.float32, scale=True)
+        return image
     if not image.is_floating_point():
         raise TypeError(f"image tensors must be uint8 (0..255) or float (0..1), got {image.dtype}")
     if image.numel() and (image.min() < 0 or image.max() > 1):
         raise ValueError(
-            "float images must hold values in [0, 1] (not yet normalized); "
-            "pass uint8 for 0..255 data or divide by 255"
+            "float images must hold values in [0, 1] (not yet normalized); pass uint8 for 0..255 data or divide by 255"
         )
-    return image.float()
+    return image
+
+
+def to_image_tensor(image: Any) -> Tensor:
+    """Any accepted image (see :func:`as_image`) -> (3, H, W) float32 in [0, 1]."""
+    return TF.to_dtype(TF.to_image(as_image(image)), torch.float32, scale=True)
 
 
 @dataclass
@@ -97,7 +104,10 @@ def pad_batch(images: Sequence[Tensor], size_divisor: int = 32) -> tuple[Tensor,
 class ImagePreprocessor:
     """Resize (short side ``short_side``, long side <= ``max_size``), normalize, pad to ``size_divisor``.
 
-    Defaults are DETR's evaluation transform. Set ``short_side=None`` to keep sizes.
+    Defaults are DETR's evaluation transform, except that the reference pads only to the
+    largest image of the batch: ``size_divisor=1`` reproduces that exactly (padding changes
+    the features near the bottom and right borders slightly). Set ``short_side=None`` to
+    keep sizes.
     """
 
     short_side: int | None = 800
@@ -116,15 +126,17 @@ class ImagePreprocessor:
             raise ValueError("pass one image or a non-empty list of images")
         tensors, original, resized = [], [], []
         for img in images:
-            img = to_image_tensor(img)
-            h, w = img.shape[1:]
+            img = as_image(img)
+            h, w = TF.get_size(img)
             if h == 0 or w == 0:
                 raise ValueError(f"image of size {h}x{w} has no pixels")
             original.append((h, w))
             if self.short_side is not None:
                 nh, nw = resized_size(h, w, self.short_side, self.max_size)
                 if (nh, nw) != (h, w):
+                    # resized before conversion to float, in 8 bits for PIL and uint8 inputs, as the reference
                     img = TF.resize(img, [nh, nw], antialias=True)
+            img = TF.to_dtype(TF.to_image(img), torch.float32, scale=True)  # (3, h, w) in [0, 1]
             resized.append(tuple(img.shape[1:]))
             tensors.append(TF.normalize(img, list(self.mean), list(self.std)))
         pixel_values, mask = pad_batch(tensors, self.size_divisor)

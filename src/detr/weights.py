@@ -14,6 +14,7 @@ The conversion functions are pure: state dict in, new state dict out.
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import re
 import zipfile
@@ -54,14 +55,19 @@ def read_state_dict(path: str | Path) -> StateDict:
         except Exception as err:  # safetensors raises its own error types
             raise CheckpointError(f"{path} is not a readable safetensors file ({err}); is it truncated?") from err
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # checkpoints written by the reference training script carry its argparse.Namespace;
+        # allowing that plain-data class runs no code
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"refused to load {path}: it holds pickled objects other than tensors, and unpickling them "
             "could run code. Re-save the weights as a plain state dict or as safetensors."
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({err}); is it truncated or corrupt?") from err
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({err}); is it truncated or corrupt?"
+        ) from err
     return unwrap_state_dict(obj, str(path))
 
 
