@@ -182,10 +182,11 @@ def test_checkpoint_of_another_model(tmp_path):
         detr.detr_r101(weights=path)
     message = str(info.value)
     assert "'detr' layout" in message and "missing keys" in message and "backbone.body.layer3.1" in message
+    model = detr.detr_r50(num_classes=5)
     with pytest.raises(
         CheckpointError, match=r"wrong shapes \(2\): class_head.bias \(checkpoint \(92,\), model \(6,\)\)"
     ):
-        detr.detr_r50(num_classes=5, weights=path)
+        detr.load_weights(model, path, reinit_heads=False)
 
 
 def test_unrecognised_layout_and_non_state_dict():

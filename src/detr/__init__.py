@@ -17,14 +17,18 @@ from .factory import (
     list_models,
     register_model,
 )
+from .hub import PretrainedWeights, list_pretrained
 from .matcher import HungarianMatcher
 from .model import DETR, DETRConfig
 from .position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from .postprocess import postprocess
 from .preprocess import Batch, ImagePreprocessor, preprocess_images
 from .transformer import Transformer
+from .serialization import export_hf, from_pretrained, save_pretrained
 from .weights import (
     CheckpointError,
+    convert_to_hf_state_dict,
+    fetch_checkpoint,
     convert_hf_state_dict,
     convert_reference_state_dict,
     load_weights,
@@ -50,6 +54,13 @@ __all__ = [
     "build_detr",
     "convert_hf_state_dict",
     "convert_reference_state_dict",
+    "convert_to_hf_state_dict",
+    "export_hf",
+    "fetch_checkpoint",
+    "from_pretrained",
+    "list_pretrained",
+    "PretrainedWeights",
+    "save_pretrained",
     "create_model",
     "detr_r50",
     "detr_r50_dc5",

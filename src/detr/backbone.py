@@ -59,19 +59,13 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNET_IMAGENET_WEIGHTS)}")
         if dilation and name in ("resnet18", "resnet34"):
             raise ValueError(f"dilation (DC5) needs a bottleneck ResNet (resnet50, resnet101), not {name}")
-        weights = RESNET_IMAGENET_WEIGHTS[name] if pretrained else None
-        try:
-            resnet = getattr(torchvision.models, name)(
-                weights=weights,
-                replace_stride_with_dilation=[False, False, dilation],
-                norm_layer=_norm_layer(norm),
-            )
-        except (OSError, RuntimeError) as err:  # URLError is an OSError
-            raise RuntimeError(
-                f"could not load the ImageNet weights {weights} for the {name} backbone ({err}). "
-                "They are downloaded by torchvision into $TORCH_HOME/hub/checkpoints; without network, "
-                "copy the file there by hand or build the model with pretrained_backbone=False."
-            ) from err
+        resnet = getattr(torchvision.models, name)(
+            weights=None,
+            replace_stride_with_dilation=[False, False, dilation],
+            norm_layer=_norm_layer(norm),
+        )
+        if pretrained:
+            self._load_imagenet_weights(resnet, name)
         self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
         self.name = name
         self.dilation = dilation
@@ -81,6 +75,17 @@ class ResNetBackbone(nn.Module):
             trainable = train_backbone and not (freeze_stem and in_stem)
             param.requires_grad_(trainable)
         self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
+
+    @staticmethod
+    def _load_imagenet_weights(resnet: nn.Module, name: str) -> None:
+        """torchvision's ImageNet weights, through the shared hub cache (fails fast offline)."""
+        from .hub import download
+        from .weights import read_state_dict
+
+        enum_name, member = RESNET_IMAGENET_WEIGHTS[name].split(".")
+        url = getattr(getattr(torchvision.models, enum_name), member).url
+        state_dict = read_state_dict(download(url))
+        resnet.load_state_dict(state_dict)  # FrozenBatchNorm2d drops num_batches_tracked itself
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, 3, H, W) normalised images -> (B, num_channels, H', W') features."""

@@ -10,10 +10,21 @@ import torch
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """Models, their published weights, and the ImageNet backbones behind pretrained_backbone=True."""
     from .factory import list_models
+    from .hub import PRETRAINED, backbone_weights, cache_dir
 
+    print(f"{'model':<15} {'weights':<15} {'classes':>7} {'box AP':>6}  url")
     for name in list_models():
-        print(name)
+        w = PRETRAINED.get(name)
+        if w is None:
+            print(f"{name:<15} {'-':<15}")
+        else:
+            print(f"{name:<15} {w.name:<15} {w.num_classes:>7} {w.box_ap:>6.1f}  {w.url}")
+    print(f"\n{'backbone':<15} {'ImageNet weights':<31} {'acc@1':>6}  url")
+    for name, info in backbone_weights().items():
+        print(f"{name:<15} {info['weights']:<31} {info['imagenet_acc1']:>6.2f}  {info['url']}")
+    print(f"\ndownloads are cached in {cache_dir()} (set TORCH_HOME to move it)")
     return 0
 
 
@@ -53,7 +64,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detr", description="DETR object detection")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("models", help="list the available models")
+    p = sub.add_parser("models", help="list the available models and their published weights")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("selftest", help="build a model and run inference and a training step on generated data")
     p.add_argument("--model", default="detr_r50", help="registered model name (see `detr models`)")

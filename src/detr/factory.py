@@ -95,6 +95,43 @@ def build_detr(
     return model
 
 
+# backbone and dilation of each registered architecture
+ARCHITECTURES: dict[str, tuple[str, bool]] = {
+    "detr_r50": ("resnet50", False),
+    "detr_r101": ("resnet101", False),
+    "detr_r50_dc5": ("resnet50", True),
+    "detr_r101_dc5": ("resnet101", True),
+}
+
+
+def _make(
+    name: str,
+    pretrained_backbone: bool,
+    num_classes: int,
+    num_queries: int,
+    aux_loss: bool,
+    weights: Any,
+    kwargs: dict[str, Any],
+) -> DETR:
+    backbone_name, dilation = ARCHITECTURES[name]
+    model = build_detr(
+        backbone_name,
+        dilation,
+        pretrained_backbone=pretrained_backbone,
+        num_classes=num_classes,
+        num_queries=num_queries,
+        aux_loss=aux_loss,
+        weights=weights,
+        **kwargs,
+    )
+    # how to rebuild this model (save_pretrained); weights are saved separately
+    model.spec = {
+        "model": name,
+        "kwargs": {"num_classes": num_classes, "num_queries": num_queries, "aux_loss": aux_loss, **kwargs},
+    }
+    return model
+
+
 @register_model
 def detr_r50(
     pretrained_backbone: bool = False,
@@ -104,17 +141,8 @@ def detr_r50(
     weights: Any = None,
     **kwargs: Any,
 ) -> DETR:
-    """DETR with a ResNet-50 backbone (42 AP on COCO val2017 in the reference release)."""
-    return build_detr(
-        "resnet50",
-        False,
-        pretrained_backbone=pretrained_backbone,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        aux_loss=aux_loss,
-        weights=weights,
-        **kwargs,
-    )
+    """DETR with a ResNet-50 backbone (42.0 box AP on COCO val2017 in the reference release)."""
+    return _make("detr_r50", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)
 
 
 @register_model
@@ -126,17 +154,8 @@ def detr_r101(
     weights: Any = None,
     **kwargs: Any,
 ) -> DETR:
-    """DETR with a ResNet-101 backbone (43.5 AP in the reference release)."""
-    return build_detr(
-        "resnet101",
-        False,
-        pretrained_backbone=pretrained_backbone,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        aux_loss=aux_loss,
-        weights=weights,
-        **kwargs,
-    )
+    """DETR with a ResNet-101 backbone (43.5 box AP in the reference release)."""
+    return _make("detr_r101", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)
 
 
 @register_model
@@ -148,17 +167,8 @@ def detr_r50_dc5(
     weights: Any = None,
     **kwargs: Any,
 ) -> DETR:
-    """DETR-DC5, ResNet-50 with a dilated last stage (stride 16; 43.3 AP in the reference release)."""
-    return build_detr(
-        "resnet50",
-        True,
-        pretrained_backbone=pretrained_backbone,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        aux_loss=aux_loss,
-        weights=weights,
-        **kwargs,
-    )
+    """DETR-DC5, ResNet-50 with a dilated last stage (stride 16; 43.3 box AP in the reference release)."""
+    return _make("detr_r50_dc5", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)
 
 
 @register_model
@@ -170,14 +180,5 @@ def detr_r101_dc5(
     weights: Any = None,
     **kwargs: Any,
 ) -> DETR:
-    """DETR-DC5 with ResNet-101 (44.9 AP in the reference release)."""
-    return build_detr(
-        "resnet101",
-        True,
-        pretrained_backbone=pretrained_backbone,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        aux_loss=aux_loss,
-        weights=weights,
-        **kwargs,
-    )
+    """DETR-DC5 with ResNet-101 (44.9 box AP in the reference release)."""
+    return _make("detr_r101_dc5", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)

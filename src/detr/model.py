@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -196,6 +197,26 @@ class DETR(nn.Module):
     def get_loss(self, x: Tensor, targets: Sequence[Target], mask: Tensor | None = None) -> Tensor:
         """Scalar training loss (weighted CE + L1 + GIoU, over every decoder layer with ``aux_loss``)."""
         return self.get_loss_dict(x, targets, mask)["loss"]
+
+    # ----------------------------------------------------------- persistence
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Save weights (safetensors) and the config that rebuilds this model into ``directory``."""
+        from .serialization import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> DETR:
+        """Rebuild a model from a directory written by :meth:`save_pretrained` or by transformers."""
+        from .serialization import from_pretrained
+
+        return from_pretrained(directory, **overrides)
+
+    def export_hf(self, directory: str | Path) -> Path:
+        """Write this model in the layout transformers' ``DetrForObjectDetection.from_pretrained`` loads."""
+        from .serialization import export_hf
+
+        return export_hf(self, directory)
 
     # -------------------------------------------------------------- inference
     @torch.no_grad()

@@ -15,10 +15,13 @@ The conversion functions are pure: state dict in, new state dict out.
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -200,6 +203,78 @@ def convert_hf_state_dict(state_dict: Mapping[str, Tensor]) -> StateDict:
     return out
 
 
+def convert_to_hf_state_dict(state_dict: Mapping[str, Tensor]) -> StateDict:
+    """This library's names -> Hugging Face ``DetrForObjectDetection`` names (transformers v5, ResNet backbone).
+
+    The inverse of :func:`convert_hf_state_dict` for models with a torchvision ResNet backbone.
+    """
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        if key.startswith("backbone.body."):
+            rest = key[len("backbone.body.") :]
+            m = re.fullmatch(r"(conv1|bn1)\.(.+)", rest)
+            if m:
+                kind = "convolution" if m.group(1) == "conv1" else "normalization"
+                out[f"model.backbone.model.embedder.embedder.{kind}.{m.group(2)}"] = value
+                continue
+            m = re.fullmatch(r"layer(\d)\.(\d+)\.(conv|bn)(\d)\.(.+)", rest)
+            prefix = "model.backbone.model.encoder.stages."
+            if m:
+                stage, block, kind, idx, tail = m.groups()
+                kind = "convolution" if kind == "conv" else "normalization"
+                out[f"{prefix}{int(stage) - 1}.layers.{block}.layer.{int(idx) - 1}.{kind}.{tail}"] = value
+                continue
+            m = re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.([01])\.(.+)", rest)
+            if m:
+                stage, block, which, tail = m.groups()
+                kind = "convolution" if which == "0" else "normalization"
+                out[f"{prefix}{int(stage) - 1}.layers.{block}.shortcut.{kind}.{tail}"] = value
+                continue
+            raise CheckpointError(f"cannot export backbone key {key} to the Hugging Face layout")
+        m = re.fullmatch(r"transformer\.(encoder|decoder)\.layers\.(\d+)\.(.+)", key)
+        if m:
+            part, idx, rest = m.groups()
+            base = f"model.{part}.layers.{idx}."
+            attn = re.fullmatch(r"(self_attn|multihead_attn)\.in_proj_(weight|bias)", rest)
+            if attn:
+                hf_attn = "self_attn" if attn.group(1) == "self_attn" else "encoder_attn"
+                for which, chunk in zip("qkv", value.chunk(3, dim=0)):
+                    out[f"{base}{hf_attn}.{which}_proj.{attn.group(2)}"] = chunk.clone()
+                continue
+            renames = [
+                ("self_attn.out_proj.", "self_attn.o_proj."),
+                ("multihead_attn.out_proj.", "encoder_attn.o_proj."),
+                ("linear1.", "mlp.fc1."),
+                ("linear2.", "mlp.fc2."),
+                ("norm1.", "self_attn_layer_norm."),
+                ("norm2.", "final_layer_norm." if part == "encoder" else "encoder_attn_layer_norm."),
+                ("norm3.", "final_layer_norm."),
+            ]
+            for old, new in renames:
+                if rest.startswith(old):
+                    out[base + new + rest[len(old) :]] = value
+                    break
+            else:
+                raise CheckpointError(f"cannot export transformer key {key} to the Hugging Face layout")
+            continue
+        simple = {
+            "transformer.decoder.norm.": "model.decoder.layernorm.",
+            "input_proj.": "model.input_projection.",
+            "query_embed.": "model.query_position_embeddings.",
+            "position_encoding.row_embed.": "model.position_embedding.row_embeddings.",
+            "position_encoding.col_embed.": "model.position_embedding.column_embeddings.",
+            "class_head.": "class_labels_classifier.",
+            "box_head.": "bbox_predictor.",
+        }
+        for old, new in simple.items():
+            if key.startswith(old):
+                out[new + key[len(old) :]] = value
+                break
+        else:
+            raise CheckpointError(f"cannot export key {key} to the Hugging Face layout")
+    return out
+
+
 def to_detr_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[StateDict, str]:
     """Any understood layout -> (state dict with this library's names, layout name)."""
     layout = detect_layout(state_dict)
@@ -211,30 +286,89 @@ def to_detr_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[StateDict, str
 
 
 # ------------------------------------------------------------------ loading
+# Parameters whose shape follows num_classes / num_queries: re-initialised when fine-tuning.
+HEAD_KEYS = ("class_head.weight", "class_head.bias", "query_embed.weight")
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint's tensors, where they came from, and the class names it declares (if any)."""
+
+    state_dict: StateDict
+    source: str
+    class_names: list[str] | None = None
+
+
+def _names_from_config(directory: Path) -> list[str] | None:
+    """Class names from a saved directory's config.json (ours, or transformers' ``id2label``)."""
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        return None
+    config = json.loads(config_path.read_text())
+    if config.get("format") == "detr":
+        return config.get("kwargs", {}).get("class_names")
+    id2label = config.get("id2label")
+    if config.get("model_type") == "detr" and isinstance(id2label, dict) and id2label:
+        ids = sorted(int(i) for i in id2label)
+        if ids == list(range(len(ids))):
+            return [id2label[str(i)] for i in ids]
+    return None
+
+
+def fetch_checkpoint(weights: str | Path | Mapping[str, Tensor]) -> Checkpoint:
+    """Resolve ``weights=``: a registry name (see :func:`detr.hub.list_pretrained`), a URL, a file,
+    a directory (ours or transformers' ``save_pretrained``), or a state dict."""
+    from . import hub
+
+    if isinstance(weights, Mapping):
+        return Checkpoint(unwrap_state_dict(weights, "state dict"), "state dict")
+    if isinstance(weights, str) and weights in hub.PRETRAINED:
+        entry = hub.PRETRAINED[weights]
+        path = hub.download(entry.url)
+        return Checkpoint(read_state_dict(path), f"{weights} ({path})", entry.class_names())
+    if isinstance(weights, str) and re.match(r"^(https?|file)://", weights):
+        path = hub.download(weights)
+        return Checkpoint(read_state_dict(path), f"{weights} ({path})")
+    if not isinstance(weights, (str, Path)):
+        raise TypeError(f"weights must be a name, URL, path or state dict, got {type(weights).__name__}")
+    path = Path(weights)
+    if not path.exists() and isinstance(weights, str) and "/" not in weights and not path.suffix:
+        names = ", ".join(hub.PRETRAINED)
+        raise FileNotFoundError(f"weights {weights!r} is neither a file nor a published checkpoint name ({names})")
+    names = _names_from_config(path) if path.is_dir() else None
+    return Checkpoint(read_state_dict(path), str(path), names)
+
+
 def _summarise(names: list[str], limit: int = 12) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor]) -> str:
-    """Load a checkpoint (path or state dict, any understood layout) into ``model``, strictly.
+def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor], reinit_heads: bool = True) -> str:
+    """Load a checkpoint (any form :func:`fetch_checkpoint` takes, any understood layout) into ``model``.
 
-    Returns the detected layout. Raises :class:`CheckpointError` listing missing,
-    unexpected and wrong-shaped keys when the checkpoint does not fit.
+    Loading is strict: every parameter must be found with its shape. The one exception, for
+    fine-tuning, is the class head and the query embedding when ``num_classes`` or
+    ``num_queries`` differ from the checkpoint's (with ``reinit_heads``): those keep their
+    fresh initialisation and a warning names them. Returns the detected layout; raises
+    :class:`CheckpointError` listing missing, unexpected and wrong-shaped keys otherwise.
     """
-    source = str(weights) if isinstance(weights, (str, Path)) else "state dict"
-    raw = read_state_dict(weights) if isinstance(weights, (str, Path)) else unwrap_state_dict(weights, source)
-    state_dict, layout = to_detr_state_dict(raw)
+    checkpoint = fetch_checkpoint(weights)
+    state_dict, layout = to_detr_state_dict(checkpoint.state_dict)
     expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state_dict) if state_dict[k].shape != expected[k].shape)
+    reinit = [k for k in mismatched if k in HEAD_KEYS] if reinit_heads else []
     wrong_shape = [
         f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)})"
-        for k in sorted(set(expected) & set(state_dict))
-        if state_dict[k].shape != expected[k].shape
+        for k in mismatched
+        if k not in reinit
     ]
     if missing or unexpected or wrong_shape:
-        lines = [f"checkpoint {source} (read as the {layout!r} layout) does not fit this {type(model).__name__}:"]
+        lines = [
+            f"checkpoint {checkpoint.source} (read as the {layout!r} layout) does not fit this {type(model).__name__}:"
+        ]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {_summarise(missing)}")
         if unexpected:
@@ -246,5 +380,17 @@ def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor]) -
             "build the matching factory, e.g. detr_r101 for an R101 checkpoint"
         )
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict(state_dict, strict=False)  # only batch-norm counters can be absent
+    if reinit:
+        details = ", ".join(f"{k} {tuple(state_dict[k].shape)} -> {tuple(expected[k].shape)}" for k in reinit)
+        warnings.warn(
+            f"fine-tuning from {checkpoint.source}: re-initialised {details} (num_classes or num_queries "
+            "differ from the checkpoint's); every other weight was loaded",
+            stacklevel=2,
+        )
+        for k in reinit:
+            del state_dict[k]
+    model.load_state_dict(state_dict, strict=False)  # checked above: only re-initialised heads or BN counters absent
+    names = checkpoint.class_names
+    if names is not None and "class_head.weight" not in reinit and len(names) == getattr(model, "num_classes", -1):
+        model.class_names = list(names)
     return layout
