@@ -10,6 +10,8 @@ from .criterion import SetCriterion
 from .factory import (
     build_detr,
     create_model,
+    detr_r18,
+    detr_r34,
     detr_r50,
     detr_r50_dc5,
     detr_r101,
@@ -23,14 +25,14 @@ from .model import DETR, DETRConfig
 from .position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 from .postprocess import postprocess
 from .preprocess import Batch, ImagePreprocessor, preprocess_images
-from .transformer import Transformer
 from .serialization import export_hf, from_pretrained, save_pretrained
+from .transformer import Transformer
 from .weights import (
     CheckpointError,
-    convert_to_hf_state_dict,
-    fetch_checkpoint,
     convert_hf_state_dict,
     convert_reference_state_dict,
+    convert_to_hf_state_dict,
+    fetch_checkpoint,
     load_weights,
     read_state_dict,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "ImagePreprocessor",
     "PositionEmbeddingLearned",
     "PositionEmbeddingSine",
+    "PretrainedWeights",
     "ResNetBackbone",
     "SetCriterion",
     "Transformer",
@@ -55,21 +58,22 @@ __all__ = [
     "convert_hf_state_dict",
     "convert_reference_state_dict",
     "convert_to_hf_state_dict",
-    "export_hf",
-    "fetch_checkpoint",
-    "from_pretrained",
-    "list_pretrained",
-    "PretrainedWeights",
-    "save_pretrained",
     "create_model",
+    "detr_r18",
+    "detr_r34",
     "detr_r50",
     "detr_r50_dc5",
     "detr_r101",
     "detr_r101_dc5",
+    "export_hf",
+    "fetch_checkpoint",
+    "from_pretrained",
     "list_models",
+    "list_pretrained",
     "load_weights",
     "postprocess",
     "preprocess_images",
     "read_state_dict",
     "register_model",
+    "save_pretrained",
 ]

@@ -1,14 +1,22 @@
-"""Command-line entry point: ``detr <command>``."""
+"""The ``detr`` command: train, eval, predict, synth, models, selftest."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
+import typing
+from pathlib import Path
+from typing import Any
 
 import torch
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
+
+# --------------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
     """Models, their published weights, and the ImageNet backbones behind pretrained_backbone=True."""
     from .factory import list_models
@@ -28,6 +36,153 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- train
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; defaults are suppressed so that only given flags override the file."""
+    from .engine.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"(default: {default})"
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(hint) is list:
+            parser.add_argument(flag, type=int, nargs="+", default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(hint) is dict:
+            parser.add_argument(flag, type=json.loads, default=argparse.SUPPRESS, help=f"JSON object {help_text}")
+        else:
+            kind = {int: int, float: float}.get(hint, str)
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def _train_config(args: argparse.Namespace):
+    from .engine.config import TrainConfig, read_config_file
+
+    values: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return TrainConfig.from_dict(values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine import TrainingDiverged, train
+    from .engine.evaluate import format_metrics
+
+    config = _train_config(args)
+    try:
+        summary = train(config)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    if "metrics" in summary:
+        print(f"final validation: {format_metrics(summary['metrics'])}")
+    print(
+        f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['seconds']}s; outputs in {config.output_dir}"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from .data import CocoDetection, collate, eval_transforms
+    from .engine.evaluate import METRIC_NAMES, coco_evaluate, format_metrics, predict_dataset
+    from .fileio import atomic_write_text
+    from .serialization import load_model
+
+    dataset = CocoDetection(args.data, args.split, eval_transforms(args.size, args.max_size))
+    model = (
+        load_model(args.weights, args.model, num_classes=len(dataset.class_names))
+        if args.model
+        else load_model(args.weights)
+    )
+    if model.num_classes != len(dataset.class_names):
+        raise SystemExit(
+            f"error: the model has {model.num_classes} classes but {args.data} declares {len(dataset.class_names)}"
+        )
+    device = torch.device(args.device)
+    model.to(device)
+    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
+    results = predict_dataset(model, loader, dataset.category_ids, device, progress=True)
+    metrics = coco_evaluate(dataset.annotations.raw, results, per_class=args.per_class)
+    print(format_metrics(metrics))
+    for name in METRIC_NAMES[6:]:
+        print(f"{name} {metrics[name]:.3f}", end="  ")
+    print()
+    if args.per_class:
+        for name, ap in metrics["per_class_AP"].items():
+            print(f"  {name:<20} AP {ap:.3f}")
+    if args.out:
+        atomic_write_text(args.out, json.dumps({"metrics": metrics, "predictions": results}, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+# -------------------------------------------------------------------- predict
+def _image_paths(inputs: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise SystemExit(f"error: no such image or folder: {p}")
+    if not paths:
+        raise SystemExit(f"error: no images found in {inputs}")
+    return paths
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .data.coco import read_image
+    from .fileio import atomic_write_text
+    from .preprocess import ImagePreprocessor
+    from .serialization import load_model
+    from .visualize import draw_detections
+
+    model = load_model(args.weights, args.model) if args.weights else None
+    if model is None:
+        raise SystemExit(
+            "error: give --weights (a saved model directory, a checkpoint, or a published name like detr_r50)"
+        )
+    model.to(torch.device(args.device)).eval()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    preprocessor = ImagePreprocessor(short_side=args.size, max_size=args.max_size)
+    report = {}
+    for path in _image_paths(args.images):
+        image = read_image(path)
+        (dets,) = model.predict([image], k=args.k, score_threshold=args.threshold, preprocessor=preprocessor)
+        report[str(path)] = dets
+        draw_detections(image, dets).save(out / f"{path.stem}_detections.png")
+        print(
+            f"{path}: {len(dets)} detections"
+            + (f", best {dets[0].get('class_name', dets[0]['class_id'])} {dets[0]['score']:.2f}" if dets else "")
+        )
+    atomic_write_text(out / "detections.json", json.dumps(report, indent=1))
+    print(f"wrote {out / 'detections.json'} and {len(report)} images with boxes to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- synth
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synthetic import SynthConfig, make_dataset
+
+    start = time.perf_counter()
+    config = SynthConfig(image_size=args.size, max_objects=args.max_objects)
+    make_dataset(args.out, train=args.train, val=args.val, seed=args.seed, config=config)
+    print(
+        f"wrote {args.train} train and {args.val} val images ({args.size}px, classes {', '.join(config.classes)}) to {args.out} in {time.perf_counter() - start:.1f}s"
+    )
+    return 0
+
+
+# ------------------------------------------------------------------- selftest
 def cmd_selftest(args: argparse.Namespace) -> int:
     """Build a model, run inference, one loss and one training step on generated data."""
     from . import create_model
@@ -61,11 +216,54 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detr", description="DETR object detection")
+    parser = argparse.ArgumentParser(prog="detr", description="DETR object detection: train, evaluate, predict")
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("models", help="list the available models and their published weights")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train on a COCO-format dataset (flags override --config)")
+    p.add_argument("--config", help="YAML or JSON file of training settings (any flag below)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="COCO box AP of a model on a dataset split")
+    p.add_argument("--data", required=True, help="dataset root (COCO format)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--weights", required=True, help="saved model directory, checkpoint, or published name")
+    p.add_argument("--model", help="factory for a plain checkpoint (default: read from the weights, else detr_r50)")
+    p.add_argument("--size", type=int, default=800, help="short side of the evaluation resize")
+    p.add_argument("--max-size", type=int, default=1333)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--per-class", action="store_true", help="also print AP per class")
+    p.add_argument("--out", help="write metrics and predictions to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="detect objects in images; writes JSON and images with boxes drawn")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--weights", required=True, help="saved model directory, checkpoint, or published name")
+    p.add_argument("--model", help="factory for a plain checkpoint (default: detr_r50)")
+    p.add_argument("--out", default="predictions", help="output folder")
+    p.add_argument("--threshold", type=float, default=0.5, help="minimum score")
+    p.add_argument("--k", type=int, default=100, help="at most this many detections per image")
+    p.add_argument("--size", type=int, default=800, help="short side of the resize")
+    p.add_argument("--max-size", type=int, default=1333)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("synth", help="generate a synthetic shapes dataset in COCO format")
+    p.add_argument("--out", required=True)
+    p.add_argument("--train", type=int, default=1000)
+    p.add_argument("--val", type=int, default=200)
+    p.add_argument("--size", type=int, default=128, help="image side in pixels")
+    p.add_argument("--max-objects", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
     p = sub.add_parser("selftest", help="build a model and run inference and a training step on generated data")
     p.add_argument("--model", default="detr_r50", help="registered model name (see `detr models`)")
     p.add_argument("--size", type=int, default=320, help="image side in pixels")
@@ -75,8 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as err:  # bad input: a clear message, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

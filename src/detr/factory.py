@@ -97,6 +97,8 @@ def build_detr(
 
 # backbone and dilation of each registered architecture
 ARCHITECTURES: dict[str, tuple[str, bool]] = {
+    "detr_r18": ("resnet18", False),
+    "detr_r34": ("resnet34", False),
     "detr_r50": ("resnet50", False),
     "detr_r101": ("resnet101", False),
     "detr_r50_dc5": ("resnet50", True),
@@ -130,6 +132,32 @@ def _make(
         "kwargs": {"num_classes": num_classes, "num_queries": num_queries, "aux_loss": aux_loss, **kwargs},
     }
     return model
+
+
+@register_model
+def detr_r18(
+    pretrained_backbone: bool = False,
+    num_classes: int = 91,
+    num_queries: int = 100,
+    aux_loss: bool = False,
+    weights: Any = None,
+    **kwargs: Any,
+) -> DETR:
+    """DETR with a ResNet-18 backbone (512 channels): no published weights; for small data and CPUs."""
+    return _make("detr_r18", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)
+
+
+@register_model
+def detr_r34(
+    pretrained_backbone: bool = False,
+    num_classes: int = 91,
+    num_queries: int = 100,
+    aux_loss: bool = False,
+    weights: Any = None,
+    **kwargs: Any,
+) -> DETR:
+    """DETR with a ResNet-34 backbone (512 channels): no published weights."""
+    return _make("detr_r34", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)
 
 
 @register_model

@@ -159,3 +159,33 @@ def export_hf(model: DETR, directory: str | Path) -> Path:
     _write_safetensors(directory / WEIGHTS_NAME, convert_to_hf_state_dict(model.state_dict()))
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))
     return directory
+
+
+def load_model(weights: str | Path, model: str | None = None, **kwargs: Any) -> DETR:
+    """A model ready to use from ``weights``: a directory written by ``save_pretrained`` (ours or
+    transformers'), a training checkpoint (``checkpoint.pth``, rebuilt from its run config), or any
+    other checkpoint loaded into the factory ``model`` (default ``detr_r50``)."""
+    import torch
+
+    from .factory import create_model
+
+    path = Path(weights)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        return from_pretrained(path, **kwargs)
+    if path.is_file() and path.suffix in (".pth", ".pt"):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # not a training checkpoint: the loader below gives the precise error
+            ckpt = None
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and "class_names" in ckpt:
+            cfg = ckpt["config"]
+            args = dict(
+                num_classes=len(ckpt["class_names"]),
+                class_names=ckpt["class_names"],
+                num_queries=cfg["num_queries"],
+                aux_loss=cfg["aux_loss"],
+                **cfg.get("model_kwargs", {}),
+            )
+            args.update(kwargs)
+            return create_model(model or cfg["model"], weights=ckpt["model"], **args)
+    return create_model(model or "detr_r50", weights=weights, **kwargs)

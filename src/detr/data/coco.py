@@ -1,0 +1,226 @@
+"""COCO-format detection datasets, in either of the two common folder layouts.
+
+- COCO layout: ``annotations/instances_<split>*.json`` beside image folders (``train2017/``,
+  ``val2017/``, or a folder named after the split);
+- per-split layout (Roboflow and others): ``<split>/_annotations.coco.json`` beside that
+  split's images, splits ``train``, ``valid`` or ``val``, ``test``.
+
+Category ids are mapped to contiguous class ids ``0..K-1`` (sorted by id) and back for
+evaluation. Crowd boxes are ignored, boxes are clipped to the image, and degenerate boxes
+are dropped and counted. Anything else that is wrong raises an error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+log = logging.getLogger(__name__)
+
+SPLIT_ALIASES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+class DatasetError(ValueError):
+    """Bad data: the message names the file and what is wrong with it."""
+
+
+@dataclass
+class CocoSplit:
+    """Where one split lives: its annotation file and its image folder."""
+
+    annotation_file: Path
+    image_dir: Path
+
+
+def find_split(root: str | Path, split: str) -> CocoSplit:
+    """Locate ``split`` (train / val / test) under ``root`` in either layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {root}")
+    aliases = SPLIT_ALIASES.get(split, (split,))
+    for alias in aliases:  # per-split layout
+        ann = root / alias / "_annotations.coco.json"
+        if ann.is_file():
+            return CocoSplit(ann, root / alias)
+    ann_dir = root / "annotations"
+    if ann_dir.is_dir():  # COCO layout
+        for alias in aliases:
+            for ann in sorted(ann_dir.glob(f"instances_{alias}*.json")):
+                stem = ann.stem[len("instances_") :]  # e.g. val2017
+                for image_dir in (root / stem, root / alias, root / "images" / stem, root / "images"):
+                    if image_dir.is_dir():
+                        return CocoSplit(ann, image_dir)
+                raise FileNotFoundError(f"{ann} found, but no image folder {root / stem} beside it")
+    raise FileNotFoundError(
+        f"no {split!r} split in {root}: expected annotations/instances_{aliases[0]}*.json with an image folder "
+        f"(COCO layout) or {aliases[0]}/_annotations.coco.json (per-split layout)"
+    )
+
+
+@dataclass
+class CocoAnnotations:
+    """A parsed, checked COCO annotation file."""
+
+    path: Path
+    images: list[dict[str, Any]]
+    boxes: dict[int, list[tuple[list[float], int]]]  # image id -> [(xyxy clipped, class id)]
+    category_ids: list[int]  # class id -> COCO category id
+    category_names: list[str]  # class id -> name
+    dropped_degenerate: int = 0
+    ignored_crowd: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.category_names
+
+
+def load_coco_annotations(path: str | Path) -> CocoAnnotations:
+    """Read and check a COCO detection annotation file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path} is not valid JSON ({err})") from err
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise DatasetError(
+            f"{path} is not a COCO detection file: it needs lists 'images', 'annotations' and 'categories'"
+        )
+    try:
+        categories = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
+        images = [
+            {"id": int(i["id"]), "file_name": str(i["file_name"]), "width": int(i["width"]), "height": int(i["height"])}
+            for i in data["images"]
+        ]
+    except (KeyError, TypeError, ValueError) as err:
+        raise DatasetError(
+            f"{path}: every category needs 'id' and 'name', every image 'id', 'file_name', 'width', 'height' ({err!r})"
+        ) from err
+    if not categories:
+        raise DatasetError(f"{path} declares no categories")
+    class_of = {cat_id: i for i, (cat_id, _) in enumerate(categories)}
+    by_id = {img["id"]: img for img in images}
+    boxes: dict[int, list[tuple[list[float], int]]] = {img["id"]: [] for img in images}
+    dropped = crowd = 0
+    for ann in data["annotations"]:
+        try:
+            image_id, cat_id = int(ann["image_id"]), int(ann["category_id"])
+            x, y, w, h = (float(v) for v in ann["bbox"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise DatasetError(
+                f"{path}: annotation {ann.get('id', '?')} needs 'image_id', 'category_id' and 'bbox' [x, y, w, h] ({err!r})"
+            ) from err
+        if image_id not in by_id:
+            raise DatasetError(
+                f"{path}: annotation {ann.get('id', '?')} refers to image id {image_id}, which is not in 'images'"
+            )
+        if cat_id not in class_of:
+            raise DatasetError(
+                f"{path}: annotation {ann.get('id', '?')} has category id {cat_id}, which is not declared in 'categories' "
+                f"(declared: {[c for c, _ in categories]})"
+            )
+        if ann.get("iscrowd", 0):
+            crowd += 1
+            continue
+        img = by_id[image_id]
+        if w <= 0 or h <= 0:
+            dropped += 1
+            continue
+        x0, y0 = max(x, 0.0), max(y, 0.0)
+        x1, y1 = min(x + w, float(img["width"])), min(y + h, float(img["height"]))
+        if x1 <= x0 or y1 <= y0:
+            raise DatasetError(
+                f"{path}: annotation {ann.get('id', '?')} box [x, y, w, h] = {[x, y, w, h]} lies outside its image "
+                f"{img['file_name']} ({img['width']}x{img['height']}); is it in another format than COCO's pixel xywh?"
+            )
+        boxes[image_id].append(([x0, y0, x1, y1], class_of[cat_id]))
+    if dropped:
+        log.warning("%s: dropped %d degenerate boxes (zero width or height)", path, dropped)
+    return CocoAnnotations(
+        path=path,
+        images=images,
+        boxes=boxes,
+        category_ids=[c for c, _ in categories],
+        category_names=[n for _, n in categories],
+        dropped_degenerate=dropped,
+        ignored_crowd=crowd,
+        raw=data,
+    )
+
+
+def read_image(path: Path) -> Image.Image:
+    """An RGB PIL image, or an error naming the file."""
+    if not path.is_file():
+        raise DatasetError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DatasetError(f"cannot read image {path}: {err} (corrupt or not an image?)") from err
+
+
+class CocoDetection(Dataset):
+    """One split of a COCO-format dataset.
+
+    ``dataset[i]`` is ``(image, target)``: the image as a ``tv_tensors.Image`` (3, H, W) uint8,
+    the target a dict with ``boxes`` (``tv_tensors.BoundingBoxes``, xyxy pixels), ``labels``
+    (N,) int64 class ids, ``image_id`` and ``orig_size`` (height, width), all passed through
+    ``transforms`` (a ``torchvision.transforms.v2`` callable) when given.
+    """
+
+    def __init__(self, root: str | Path, split: str, transforms: Any = None) -> None:
+        self.split = find_split(root, split)
+        self.annotations = load_coco_annotations(self.split.annotation_file)
+        self.transforms = transforms
+        self.images = self.annotations.images
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.annotations.category_names
+
+    @property
+    def category_ids(self) -> list[int]:
+        return self.annotations.category_ids
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        info = self.images[index]
+        path = self.split.image_dir / info["file_name"]
+        pil = read_image(path)
+        if (pil.height, pil.width) != (info["height"], info["width"]):
+            raise DatasetError(
+                f"{path} is {pil.width}x{pil.height} but {self.split.annotation_file.name} says "
+                f"{info['width']}x{info['height']}"
+            )
+        image = tv_tensors.Image(TF.pil_to_tensor(pil))  # (3, H, W) uint8
+        entries = self.annotations.boxes[info["id"]]
+        boxes = torch.tensor([b for b, _ in entries], dtype=torch.float32).reshape(-1, 4)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(info["height"], info["width"])),
+            "labels": torch.tensor([c for _, c in entries], dtype=torch.int64),
+            "image_id": info["id"],
+            "orig_size": torch.tensor([info["height"], info["width"]]),
+        }
+        return image, target
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        image, target = self.load(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target

@@ -1,0 +1,169 @@
+"""A seeded synthetic detection dataset in COCO format: coloured shapes on cluttered backgrounds.
+
+Each image holds 1..``max_objects`` shapes of ``SHAPES`` classes, of varied size, colour
+and aspect, possibly overlapping (at most ``max_overlap`` IoU between two objects), on a
+background of colour gradients, noise and distractor strokes. The same seed gives the same
+files. Written in the COCO layout: ``annotations/instances_{train,val}.json`` beside
+``train/`` and ``val/`` image folders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from ..fileio import atomic_write_text
+
+SHAPES = ("circle", "square", "triangle", "cross", "ring")
+
+
+@dataclass
+class SynthConfig:
+    image_size: int = 128  # images are square, this many pixels a side
+    min_objects: int = 1
+    max_objects: int = 4
+    min_size: float = 0.15  # object side as a fraction of the image side
+    max_size: float = 0.5
+    max_aspect: float = 1.6  # width / height drawn in [1/max_aspect, max_aspect]
+    max_overlap: float = 0.3  # largest IoU allowed between two objects
+    classes: tuple[str, ...] = SHAPES
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _background(rng: random.Random, size: int) -> Image.Image:
+    """Two-colour gradient + noise + blurred random strokes: clutter the model must learn to ignore."""
+    c0 = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
+    c1 = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    t = (np.cos(angle) * xx + np.sin(angle) * yy + 1.5) / 3.0
+    img = c0 * (1 - t[..., None]) + c1 * t[..., None]
+    noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(5, 25), (size, size, 3))
+    image = Image.fromarray(np.clip(img + noise, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(3, 10)):
+        pts = [(rng.uniform(0, size), rng.uniform(0, size)) for _ in range(rng.randint(2, 4))]
+        colour = tuple(rng.randint(0, 255) for _ in range(3))
+        draw.line(pts, fill=colour, width=rng.randint(1, 3))
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.0)))
+
+
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, box: list[float], colour: tuple[int, int, int], rng: random.Random
+) -> None:
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        if rng.random() < 0.5:
+            draw.polygon([(x0 + w / 2, y0), (x1, y1), (x0, y1)], fill=colour)
+        else:
+            draw.polygon([(x0, y0), (x1, y0), (x0 + w / 2, y1)], fill=colour)
+    elif shape == "cross":
+        tw, th = w / 3, h / 3
+        draw.rectangle([x0 + tw, y0, x1 - tw, y1], fill=colour)
+        draw.rectangle([x0, y0 + th, x1, y1 - th], fill=colour)
+    elif shape == "ring":
+        thick = max(2.0, min(w, h) * 0.22)
+        draw.ellipse(box, outline=colour, width=int(round(thick)))
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def _contrasting_colour(rng: random.Random, background: Image.Image, box: list[float]) -> tuple[int, int, int]:
+    region = np.asarray(background.crop(tuple(int(v) for v in box)), dtype=np.float32)
+    mean = region.reshape(-1, 3).mean(0) if region.size else np.full(3, 128.0)
+    for _ in range(20):
+        colour = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
+        if np.abs(colour - mean).sum() > 180:
+            break
+    return tuple(int(c) for c in colour)  # type: ignore[return-value]
+
+
+def make_image(rng: random.Random, config: SynthConfig) -> tuple[Image.Image, list[tuple[list[float], int]]]:
+    """One image and its objects as (xyxy pixel box, class index)."""
+    size = config.image_size
+    image = _background(rng, size)
+    draw = ImageDraw.Draw(image)
+    objects: list[tuple[list[float], int]] = []
+    wanted = rng.randint(config.min_objects, config.max_objects)
+    for _ in range(wanted * 20):
+        if len(objects) == wanted:
+            break
+        side = rng.uniform(config.min_size, config.max_size) * size
+        aspect = math.exp(rng.uniform(-math.log(config.max_aspect), math.log(config.max_aspect)))
+        w, h = side * math.sqrt(aspect), side / math.sqrt(aspect)
+        w, h = min(w, size - 2.0), min(h, size - 2.0)
+        x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
+        box = [round(x0), round(y0), round(x0 + w), round(y0 + h)]
+        if box[2] - box[0] < 4 or box[3] - box[1] < 4:
+            continue
+        if any(_iou(box, other) > config.max_overlap for other, _ in objects):
+            continue
+        cls = rng.randrange(len(config.classes))
+        _draw_shape(draw, config.classes[cls], box, _contrasting_colour(rng, image, box), rng)
+        # PIL fills up to and including x1/y1: the object covers [x0, x1 + 1) in pixels
+        objects.append(([float(box[0]), float(box[1]), float(box[2] + 1), float(box[3] + 1)], cls))
+    return image, objects
+
+
+def write_split(out: Path, split: str, count: int, seed: int, config: SynthConfig) -> Path:
+    """Write ``count`` images of ``split`` and their COCO annotation file; returns the file's path."""
+    rng = random.Random(f"{seed}-{split}")
+    image_dir = out / split
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(count):
+        image, objects = make_image(rng, config)
+        name = f"{split}_{i:05d}.png"
+        image.save(image_dir / name)
+        images.append({"id": i + 1, "file_name": name, "width": image.width, "height": image.height})
+        for box, cls in objects:
+            w, h = box[2] - box[0], box[3] - box[1]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": cls + 1,
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(config.classes)]
+    data = {
+        "info": {"description": f"detr synthetic shapes, seed {seed}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
+    path = out / "annotations" / f"instances_{split}.json"
+    atomic_write_text(path, json.dumps(data))
+    return path
+
+
+def make_dataset(
+    out: str | Path, train: int = 1000, val: int = 200, seed: int = 0, config: SynthConfig | None = None
+) -> Path:
+    """Generate a train and a val split under ``out`` (COCO layout); returns ``out``."""
+    out = Path(out)
+    config = config or SynthConfig()
+    write_split(out, "train", train, seed, config)
+    write_split(out, "val", val, seed, config)
+    return out

@@ -1,0 +1,116 @@
+"""DETR's training and evaluation transforms on ``torchvision.transforms.v2`` and ``tv_tensors``.
+
+Training (the reference recipe): random horizontal flip, then either a random resize of the
+short side to one of ``scales`` (long side <= ``max_size``), or a resize to one of
+``crop_resize_scales``, a random crop of ``crop_size`` and a random resize as before.
+Evaluation: resize to ``eval_size`` / ``max_size``. Both end by converting to float,
+normalizing with the ImageNet statistics, dropping boxes the crop made degenerate, and
+turning boxes into normalized cxcywh (relative to the image the model sees, before padding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
+
+from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+# the reference's multi-scale training sizes (short side), and its crop augmentation
+TRAIN_SCALES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+CROP_RESIZE_SCALES = (400, 500, 600)
+CROP_SIZE = (384, 600)
+
+
+class RandomSizeCrop(nn.Module):
+    """Crop a random window whose sides are drawn uniformly in [min_size, min(max_size, image side)]."""
+
+    def __init__(self, min_size: int, max_size: int) -> None:
+        super().__init__()
+        self.min_size, self.max_size = min_size, max_size
+
+    def forward(self, image: Any, target: Any) -> tuple[Any, Any]:
+        height, width = TF.get_size(image)
+        h = int(torch.randint(min(self.min_size, height), min(height, self.max_size) + 1, ()).item())
+        w = int(torch.randint(min(self.min_size, width), min(width, self.max_size) + 1, ()).item())
+        top = int(torch.randint(0, height - h + 1, ()).item())
+        left = int(torch.randint(0, width - w + 1, ()).item())
+        return TF.crop(image, top, left, h, w), _crop_target(target, top, left, h, w)
+
+
+def _crop_target(target: dict[str, Any], top: int, left: int, h: int, w: int) -> dict[str, Any]:
+    target = dict(target)
+    target["boxes"] = TF.clamp_bounding_boxes(TF.crop(target["boxes"], top, left, h, w))
+    return target
+
+
+class ToDETRTarget(nn.Module):
+    """Boxes (xyxy pixels) -> ``box`` normalized cxcywh; labels -> ``class_id``; keeps ids and sizes."""
+
+    def forward(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        height, width = TF.get_size(image)
+        boxes = TF.convert_bounding_box_format(target["boxes"], new_format="CXCYWH").as_subclass(torch.Tensor)
+        scale = torch.tensor([width, height, width, height], dtype=boxes.dtype)
+        out = {
+            "class_id": target["labels"],
+            "box": (boxes / scale).clamp(0.0, 1.0),
+            "image_id": target["image_id"],
+            "orig_size": target["orig_size"],
+            "size": torch.tensor([height, width]),
+        }
+        return image.as_subclass(torch.Tensor), out
+
+
+def _finish() -> list[nn.Module]:
+    return [
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.SanitizeBoundingBoxes(min_size=1.0),  # boxes a crop cut to nothing
+        ToDETRTarget(),
+    ]
+
+
+def train_transforms(
+    scales: Sequence[int] = TRAIN_SCALES,
+    max_size: int = 1333,
+    crop_resize_scales: Sequence[int] | None = CROP_RESIZE_SCALES,
+    crop_size: tuple[int, int] = CROP_SIZE,
+) -> T.Compose:
+    """The reference training augmentation (``crop_resize_scales=None`` leaves out the crop branch)."""
+    resize = T.RandomShortestSize(list(scales), max_size=max_size)
+    branches: list[nn.Module] = [resize]
+    if crop_resize_scales:
+        branches.append(
+            T.Compose(
+                [
+                    T.RandomShortestSize(list(crop_resize_scales)),
+                    RandomSizeCrop(*crop_size),
+                    T.RandomShortestSize(list(scales), max_size=max_size),
+                ]
+            )
+        )
+    return T.Compose([T.RandomHorizontalFlip(), T.RandomChoice(branches) if len(branches) > 1 else resize, *_finish()])
+
+
+def eval_transforms(size: int = 800, max_size: int = 1333) -> T.Compose:
+    """Deterministic resize of the short side to ``size`` (long side <= ``max_size``)."""
+    return T.Compose([T.RandomShortestSize([size], max_size=max_size), *_finish()])
+
+
+def collate(
+    batch: Sequence[tuple[torch.Tensor, dict[str, Any]]], size_divisor: int = 32
+) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """(image, target) pairs -> (B, 3, H, W) padded images, (B, H, W) mask (True on padding), targets."""
+    from ..preprocess import pad_batch
+
+    images = [img for img, _ in batch]
+    pixel_values, mask = pad_batch(images, size_divisor)
+    return pixel_values, mask, [t for _, t in batch]
+
+
+__all__ = ["RandomSizeCrop", "ToDETRTarget", "collate", "eval_transforms", "train_transforms", "tv_tensors"]

@@ -1,0 +1,104 @@
+"""COCO box evaluation (pycocotools) of a DETR on a dataset."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..postprocess import postprocess
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@torch.no_grad()
+def predict_dataset(
+    model: torch.nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor, list[dict[str, Any]]]],
+    category_ids: list[int],
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Run ``model`` over a loader of (images, mask, targets) and return COCO results.
+
+    Each result is ``{"image_id", "category_id", "bbox": [x, y, w, h] pixels of the original
+    image, "score"}``; every query's best class is kept (AP is computed over the ranking).
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    results = []
+    device = torch.device(device)
+    for images, mask, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
+        images, mask = images.to(device), mask.to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits, boxes = model.decode(images, mask, all_layers=False)
+        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
+        for target, det in zip(targets, postprocess(logits[-1].float(), boxes[-1].float(), sizes)):
+            xyxy = det["boxes"].cpu()
+            xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1)
+            for box, score, label in zip(xywh.tolist(), det["scores"].tolist(), det["labels"].tolist()):
+                results.append(
+                    {
+                        "image_id": int(target["image_id"]),
+                        "category_id": category_ids[label],
+                        "bbox": box,
+                        "score": score,
+                    }
+                )
+    return results
+
+
+def coco_evaluate(
+    ground_truth: dict[str, Any] | str | Path, results: list[dict[str, Any]], per_class: bool = False
+) -> dict[str, Any]:
+    """COCO box metrics of ``results`` against a COCO ground-truth dict or file.
+
+    Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", ..., "ARl"}`` (fractions in
+    [0, 1]) and with ``per_class`` also ``"per_class_AP": {category name: AP}``.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if isinstance(ground_truth, (str, Path)):
+        ground_truth = json.loads(Path(ground_truth).read_text())
+    gt_data = copy.deepcopy(ground_truth)
+    gt_data.setdefault("info", {})
+    gt_data.setdefault("licenses", [])
+    for ann in gt_data["annotations"]:  # pycocotools needs an area to bucket boxes by size
+        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+        ann.setdefault("iscrowd", 0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_data
+        gt.createIndex()
+        if not results:
+            return {name: 0.0 for name in METRIC_NAMES} | ({"per_class_AP": {}} if per_class else {})
+        dt = gt.loadRes(copy.deepcopy(results))
+        evaluator = COCOeval(gt, dt, iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    metrics: dict[str, Any] = {name: max(float(v), 0.0) for name, v in zip(METRIC_NAMES, evaluator.stats)}
+    if per_class:
+        precision = evaluator.eval["precision"]  # (iou, recall, class, area, max dets)
+        names = {c["id"]: c["name"] for c in gt_data["categories"]}
+        per = {}
+        for k, cat_id in enumerate(evaluator.params.catIds):
+            p = precision[:, :, k, 0, -1]
+            per[names[cat_id]] = float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
+        metrics["per_class_AP"] = per
+    return metrics
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    return "  ".join(f"{name} {metrics[name]:.3f}" for name in METRIC_NAMES[:6])

@@ -1,0 +1,50 @@
+"""PNG plots of a run's curves, from its JSON-lines log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_log(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(log_path: str | Path, png_path: str | Path) -> Path | None:
+    """Training loss terms against steps, and COCO AP / AP50 against epochs, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..fileio import atomic_write
+
+    records = read_log(log_path)
+    train = [r for r in records if r.get("type") == "train"]
+    evals = [r for r in records if r.get("type") == "eval"]
+    if not train and not evals:
+        return None
+    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    steps = [r["step"] for r in train]
+    for key, label in (("loss", "total (all layers)"), ("loss_ce", "CE"), ("loss_bbox", "L1"), ("loss_giou", "GIoU")):
+        if train and key in train[0]:
+            ax_loss.plot(steps, [r[key] for r in train], label=label)
+    ax_loss.set_xlabel("optimizer step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_yscale("log")
+    ax_loss.set_title("training loss")
+    ax_loss.legend()
+    for key in ("AP", "AP50", "AP75"):
+        ax_ap.plot([r["epoch"] for r in evals], [r[key] for r in evals], marker="o", label=key)
+    ax_ap.set_xlabel("epoch")
+    ax_ap.set_ylabel("COCO box metric")
+    ax_ap.set_ylim(0, 1)
+    ax_ap.set_title("validation")
+    ax_ap.legend()
+    fig.tight_layout()
+    out = atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return out

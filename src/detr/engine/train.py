@@ -1,0 +1,389 @@
+"""Training loop: the DETR recipe, exact resume, atomic checkpoints, DDP under ``torchrun``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import CocoDetection, collate, eval_transforms, train_transforms
+from ..factory import create_model
+from ..fileio import atomic_write, atomic_write_text
+from ..model import DETR
+from ..weights import CheckpointError
+from .config import TrainConfig
+from .distributed import DistInfo, ResumableSampler, barrier, init_distributed
+from .evaluate import coco_evaluate, predict_dataset
+from .plots import plot_curves
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pth"
+CHECKPOINT_VERSION = 1
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class SeededDataset(Dataset):
+    """Makes each sample's random augmentation a function of (seed, epoch, index) only.
+
+    Then a resumed run, or a run with another number of data-loading workers, sees
+    exactly the same augmented samples.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 100_003 + index) % (2**63))
+            return self.dataset[index]
+
+
+class LossModule(nn.Module):
+    """Wraps a DETR so that DDP's forward computes the loss terms (DDP syncs gradients of forward)."""
+
+    def __init__(self, model: DETR) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, mask: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        return self.model.get_loss_dict(images, targets, mask)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but no GPU is available; use --device cpu")
+    return device
+
+
+def param_groups(model: DETR, config: TrainConfig) -> list[dict[str, Any]]:
+    """Backbone parameters at ``lr_backbone``, the rest at ``lr`` (the reference's two groups)."""
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+    groups = [{"params": rest, "lr": config.lr, "name": "transformer"}]
+    if backbone:
+        groups.append({"params": backbone, "lr": config.lr_backbone, "name": "backbone"})
+    return groups
+
+
+def _to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    return [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
+
+
+def _rng_state() -> dict[str, Any]:
+    version, state, gauss = random.getstate()
+    out: dict[str, Any] = {"torch": torch.get_rng_state(), "python": [version, list(state), gauss]}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint, checked; damaged or foreign files give a clear error."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume from at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, ...
+        raise CheckpointError(
+            f"checkpoint {path} is damaged and cannot be read ({err}); delete it to start over"
+        ) from err
+    needed = {"model", "optimizer", "scheduler", "epoch", "epoch_step", "step", "rng", "config", "version"}
+    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
+        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a detr training checkpoint (found {found}); use weights= for model files")
+    return ckpt
+
+
+class Trainer:
+    """Builds everything a run needs from a :class:`TrainConfig` and runs it (``fit``)."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        if not config.data:
+            raise ValueError("no dataset given: set data (--data DIR) to a COCO-format dataset folder")
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dist: DistInfo = init_distributed(str(self.device))
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.out = Path(config.output_dir)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+
+        crop = config.crop_resize_scales if config.crop else None
+        train_tf = train_transforms(config.train_scales, config.max_size, crop, tuple(config.crop_size))
+        self.train_set = CocoDetection(config.data, config.train_split, train_tf)
+        self.val_set = (
+            CocoDetection(config.data, config.val_split, eval_transforms(config.eval_size, config.max_size))
+            if config.val_split
+            else None
+        )
+        if self.val_set is not None and self.val_set.category_ids != self.train_set.category_ids:
+            raise ValueError("train and val splits declare different categories; they must share one category list")
+
+        self.model: DETR = create_model(
+            config.model,
+            num_classes=len(self.train_set.class_names),
+            class_names=self.train_set.class_names,
+            num_queries=config.num_queries,
+            aux_loss=config.aux_loss,
+            pretrained_backbone=config.pretrained_backbone and config.weights is None,
+            weights=config.weights,
+            **config.model_kwargs,
+        ).to(self.device)
+        self.loss_module: nn.Module = LossModule(self.model)
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_drop, gamma=0.1)
+        self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
+        if config.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp fp16 needs a GPU; on CPU use amp bf16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
+
+        self.sampler = ResumableSampler(len(self.train_set), config.seed, self.dist.rank, self.dist.world_size)
+        self.seeded = SeededDataset(self.train_set, config.seed)
+        self.epoch = 0  # current epoch
+        self.epoch_step = 0  # optimizer steps done in the current epoch
+        self.step = 0  # optimizer steps done in total
+        self.best_ap = -1.0
+        self.history: list[dict[str, Any]] = []
+        if config.resume:
+            self._resume(self.out / CHECKPOINT)
+
+    # ------------------------------------------------------------ persistence
+    def _resume(self, path: Path) -> None:
+        ckpt = read_checkpoint(path)
+        if ckpt["config"].get("model") != self.config.model:
+            raise CheckpointError(f"{path} was written by a {ckpt['config'].get('model')} run, not {self.config.model}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.epoch_step, self.step = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]
+        self.best_ap = ckpt.get("best_ap", -1.0)
+        _set_rng_state(ckpt["rng"])
+        self._log({"type": "resume", "epoch": self.epoch, "step": self.step, "from": str(path)})
+
+    def save_checkpoint(self) -> None:
+        """Everything needed to continue exactly from here, written atomically (rank 0 only)."""
+        if not self.dist.is_main:
+            return
+        ckpt = {
+            "version": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "epoch": self.epoch,
+            "epoch_step": self.epoch_step,
+            "step": self.step,
+            "best_ap": self.best_ap,
+            "rng": _rng_state(),
+            "config": self.config.to_dict(),
+            "class_names": self.train_set.class_names,
+        }
+        atomic_write(self.out / CHECKPOINT, lambda tmp: torch.save(ckpt, tmp))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        self.history.append(record)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # --------------------------------------------------------------- training
+    def _loader(self) -> DataLoader:
+        self.seeded.epoch = self.epoch
+        per_process_batch = self.config.batch_size
+        self.sampler.set_epoch(self.epoch, start=self.epoch_step * per_process_batch * self.config.accumulate)
+        return DataLoader(
+            self.seeded,
+            batch_size=per_process_batch,
+            sampler=self.sampler,
+            collate_fn=collate,
+            num_workers=self.config.workers,
+            drop_last=False,
+            # its own generator: creating the loader must not draw from the global RNG (dropout's),
+            # or a resumed run would see different random numbers than an uninterrupted one
+            generator=torch.Generator().manual_seed(self.config.seed + self.epoch),
+        )
+
+    def _check_finite(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
+        bad = torch.tensor(0.0 if torch.isfinite(loss) else 1.0, device=loss.device)
+        if self.dist.enabled:
+            dist.all_reduce(bad)
+        if bad.item() > 0:
+            shown = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items() if not k[-1].isdigit())
+            raise TrainingDiverged(
+                f"loss is not finite at epoch {self.epoch}, step {self.step} ({shown}); stopping. The last good "
+                f"checkpoint is {self.out / CHECKPOINT}: resume from it with a lower lr, or check the data"
+            )
+
+    def train_one_epoch(self) -> bool:
+        """Run the rest of the current epoch; returns False when ``max_steps`` was reached."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        loader = self._loader()
+        self.loss_module.train()
+        micro, sums = 0, {}
+        bar = tqdm(
+            total=len(loader) // cfg.accumulate,
+            initial=0,
+            desc=f"epoch {self.epoch}",
+            disable=not (cfg.progress and self.dist.is_main),
+            leave=False,
+        )
+        for images, mask, targets in loader:
+            images, mask = images.to(self.device, non_blocking=True), mask.to(self.device)
+            targets = _to_device(targets, self.device)
+            with torch.autocast(
+                self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+            ):
+                terms = self.loss_module(images, mask, targets)
+            loss = terms["loss"]
+            self._check_finite(loss, terms)
+            self.scaler.scale(loss / cfg.accumulate).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            micro += 1
+            if micro < cfg.accumulate:
+                continue
+            if cfg.clip_max_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_max_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.epoch_step += 1
+            averaged = {k: v / micro for k, v in sums.items()}
+            micro, sums = 0, {}
+            bar.update(1)
+            bar.set_postfix(loss=f"{averaged['loss']:.3f}")
+            if self.step % cfg.log_every == 0:
+                lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+                self._log({"type": "train", "epoch": self.epoch, "step": self.step, **lrs, **averaged})
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+            if cfg.max_steps and self.step >= cfg.max_steps:
+                bar.close()
+                return False
+        bar.close()
+        # micro-batches left over (fewer than `accumulate`) are dropped, their gradients cleared
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def evaluate(self) -> dict[str, Any] | None:
+        """COCO metrics on the validation split (rank 0), or None without one."""
+        if self.val_set is None or not self.dist.is_main:
+            return None
+        loader = DataLoader(
+            self.val_set, batch_size=self.config.batch_size, collate_fn=collate, num_workers=self.config.workers
+        )
+        results = predict_dataset(
+            self.model, loader, self.val_set.category_ids, self.device, self.autocast_dtype, self.config.progress
+        )
+        metrics = coco_evaluate(self.val_set.annotations.raw, results, per_class=self.config.per_class_ap)
+        atomic_write_text(self.out / "predictions_val.json", json.dumps(results))
+        return metrics
+
+    def _evaluate_and_keep_best(self) -> dict[str, Any] | None:
+        metrics = self.evaluate()
+        if metrics is not None:
+            scalars = {k: v for k, v in metrics.items() if k != "per_class_AP"}
+            self._log({"type": "eval", "epoch": self.epoch, "step": self.step, **scalars})
+            if metrics["AP"] > self.best_ap:
+                self.best_ap = metrics["AP"]
+                self.model.save_pretrained(self.out / "best")
+        barrier(self.dist)
+        return metrics
+
+    def fit(self) -> dict[str, Any]:
+        """Train for the configured epochs (or steps), evaluating, checkpointing and plotting."""
+        cfg = self.config
+        if self.dist.is_main:
+            atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        metrics: dict[str, Any] | None = None
+        start = time.perf_counter()
+        while self.epoch < cfg.epochs:
+            finished_epoch = self.train_one_epoch()
+            if finished_epoch:
+                self.scheduler.step()
+                self.epoch += 1
+                self.epoch_step = 0
+            done = not finished_epoch or self.epoch >= cfg.epochs
+            if done or self.epoch % cfg.eval_every == 0:
+                metrics = self._evaluate_and_keep_best()
+            self.save_checkpoint()
+            if self.dist.is_main:
+                plot_curves(self.out / "log.jsonl", self.out / "curves.png")
+            if done:
+                break
+        summary = {"epochs": self.epoch, "steps": self.step, "seconds": round(time.perf_counter() - start, 1)}
+        if metrics is not None:
+            summary["metrics"] = metrics
+        if self.dist.enabled:
+            self._check_replicas_identical()
+        if self.dist.is_main:
+            self.model.save_pretrained(self.out / "final")
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+    def _check_replicas_identical(self) -> None:
+        """All processes must hold the same weights after DDP training; logged for the record."""
+        checksum = torch.tensor(
+            [float(sum(p.detach().double().sum() for p in self.model.parameters()))], dtype=torch.float64
+        )
+        gathered = [torch.zeros_like(checksum) for _ in range(self.dist.world_size)]
+        dist.all_gather(gathered, checksum)
+        values = [g.item() for g in gathered]
+        self._log({"type": "ddp_check", "param_checksums": values, "identical": len(set(values)) == 1})
+        if len(set(values)) != 1:
+            raise RuntimeError(f"DDP replicas diverged: parameter checksums {values}")
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run a training job described by ``config``; returns a summary (epochs, steps, final metrics)."""
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.dist.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+__all__ = ["Trainer", "TrainingDiverged", "train"]
