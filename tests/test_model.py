@@ -18,10 +18,10 @@ def small_detr(num_classes: int = 5, num_queries: int = 7, aux_loss: bool = True
     return DETR(DETRConfig(backbone, transformer, num_classes, num_queries=num_queries, aux_loss=aux_loss))
 
 
-def test_registry_lists_the_four_factories():
-    assert detr.list_models() == ["detr_r101", "detr_r101_dc5", "detr_r50", "detr_r50_dc5"]
-    with pytest.raises(ValueError, match="unknown model 'detr_r18'.*detr_r50"):
-        detr.create_model("detr_r18")
+def test_registry_lists_the_factories():
+    assert detr.list_models() == ["detr_r101", "detr_r101_dc5", "detr_r18", "detr_r34", "detr_r50", "detr_r50_dc5"]
+    with pytest.raises(ValueError, match="unknown model 'detr_r152'.*detr_r50"):
+        detr.create_model("detr_r152")
 
 
 @pytest.mark.parametrize("name", detr.list_models())
