@@ -61,6 +61,9 @@ def build_detr(
     dim_feedforward: int = 2048,
     dropout: float = 0.1,
     normalize_before: bool = False,
+    query_groups: int = 1,
+    freeze_stem: bool = True,
+    backbone_layers: int = 4,
     **loss_kwargs: Any,
 ) -> DETR:
     """Build a DETR from its parts; the registered factories fix the backbone.
@@ -74,6 +77,8 @@ def build_detr(
         dilation=dilation,
         train_backbone=train_backbone,
         norm=backbone_norm,
+        freeze_stem=freeze_stem,
+        num_layers=backbone_layers,
     )
     transformer = Transformer(
         d_model=d_model,
@@ -88,7 +93,10 @@ def build_detr(
     if class_names is None and num_classes == len(COCO_CLASS_NAMES):
         class_names = COCO_CLASS_NAMES
     model = DETR(
-        config, position_encoding=build_position_encoding(position_embedding, d_model), class_names=class_names
+        config,
+        position_encoding=build_position_encoding(position_embedding, d_model),
+        class_names=class_names,
+        query_groups=query_groups,
     )
     if weights is not None:
         load_weights(model, weights)

@@ -108,6 +108,11 @@ class DETR(nn.Module):
         position_encoding: maps the (B, h, w) feature padding mask to a (B, d_model, h, w)
             encoding; defaults to the sine encoding with d_model // 2 features per axis.
         class_names: optional names of the ``num_classes`` classes, used by :meth:`predict`.
+        query_groups: train with this many independent groups of ``num_queries`` queries
+            (Group DETR, Chen et al. 2022): each group is matched one-to-one to the targets
+            and the groups cannot attend to each other, which gives each target several
+            supervised queries and speeds up convergence. Only the first group is used
+            outside training, so inference is unchanged.
     """
 
     def __init__(
@@ -116,8 +121,11 @@ class DETR(nn.Module):
         *,
         position_encoding: nn.Module | None = None,
         class_names: Sequence[str] | None = None,
+        query_groups: int = 1,
     ) -> None:
         super().__init__()
+        if not _positive_int(query_groups):
+            raise ValueError(f"query_groups must be an int >= 1, got {query_groups!r}")
         if not isinstance(config, DETRConfig):
             raise TypeError(f"DETR takes a DETRConfig, got {type(config).__name__}")
         if class_names is not None and len(class_names) != config.num_classes:
@@ -127,13 +135,14 @@ class DETR(nn.Module):
         self.num_queries = config.num_queries
         self.aux_loss = config.aux_loss
         self.class_names = list(class_names) if class_names is not None else None
+        self.query_groups = query_groups
         d_model = config.transformer.d_model
 
         self.backbone = config.backbone
         self.position_encoding = position_encoding or PositionEmbeddingSine(d_model // 2, normalize=True)
         self.input_proj = nn.Conv2d(config.backbone.num_channels, d_model, kernel_size=1)
         self.transformer = config.transformer
-        self.query_embed = nn.Embedding(config.num_queries, d_model)
+        self.query_embed = nn.Embedding(config.num_queries * query_groups, d_model)
         self.class_head = nn.Linear(d_model, config.num_classes + 1)
         self.box_head = MLP(d_model, d_model, 4, num_layers=3)
 
@@ -163,10 +172,19 @@ class DETR(nn.Module):
         return self._decode(x, check_images(x, mask), all_layers)
 
     def _decode(self, x: Tensor, mask: Tensor, all_layers: bool | None) -> tuple[Tensor, Tensor]:
+        """Like :meth:`decode`, without input checks; in training with query groups, Q = groups * num_queries."""
         features = self.backbone(x)  # (B, C_b, h, w)
         feat_mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]  # (B, h, w)
         pos = self.position_encoding(feat_mask).to(features.dtype)  # (B, d, h, w)
-        hs, _ = self.transformer(self.input_proj(features), feat_mask, self.query_embed.weight, pos)  # (L, B, Q, d)
+        src = self.input_proj(features)
+        groups = self.query_groups if self.training else 1
+        queries = self.query_embed.weight[: self.num_queries * groups]  # (G*Q, d)
+        if groups == 1:
+            hs, _ = self.transformer(src, feat_mask, queries, pos)  # (L, B, Q, d)
+        else:
+            group = torch.arange(len(queries), device=queries.device) // self.num_queries
+            same_group = group[:, None] == group[None, :]  # (G*Q, G*Q): queries only see their own group
+            hs, _ = self.transformer(src, feat_mask, queries, pos, query_attn_mask=same_group)  # (L, B, G*Q, d)
         if not (self.aux_loss if all_layers is None else all_layers):
             hs = hs[-1:]
         return self.class_head(hs), self.box_head(hs).sigmoid()
@@ -178,6 +196,7 @@ class DETR(nn.Module):
         with ``aux_loss`` the list of such tuples, one per decoder layer, final last.
         """
         logits, boxes = self.decode(x, mask)  # (L, B, Q, K+1), (L, B, Q, 4)
+        logits, boxes = logits[:, :, : self.num_queries], boxes[:, :, : self.num_queries]  # first query group
         if self.aux_loss:
             return list(zip(logits.unbind(0), boxes.unbind(0)))
         return logits[-1], boxes[-1]
@@ -191,8 +210,18 @@ class DETR(nn.Module):
         """
         mask = check_images(x, mask)
         check_targets(targets, x.shape[0], self.num_classes)
-        logits, boxes = self._decode(x, mask, all_layers=None)
-        return self.criterion(list(zip(logits.unbind(0), boxes.unbind(0))), targets)
+        logits, boxes = self._decode(x, mask, all_layers=None)  # (L, B, G*Q, K+1), (L, B, G*Q, 4)
+        groups = logits.shape[2] // self.num_queries
+        terms: dict[str, Tensor] = {}
+        total = None
+        for g in range(groups):  # each group is matched and supervised on its own
+            q = slice(g * self.num_queries, (g + 1) * self.num_queries)
+            group_terms = self.criterion(list(zip(logits[:, :, q].unbind(0), boxes[:, :, q].unbind(0))), targets)
+            total = group_terms["loss"] if total is None else total + group_terms["loss"]
+            if g == 0:
+                terms = group_terms  # terms of the first group, the one used for inference
+        terms["loss"] = total
+        return terms
 
     def get_loss(self, x: Tensor, targets: Sequence[Target], mask: Tensor | None = None) -> Tensor:
         """Scalar training loss (weighted CE + L1 + GIoU, over every decoder layer with ``aux_loss``)."""

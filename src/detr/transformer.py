@@ -38,8 +38,19 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        """query (B, Lq, C), key/value (B, Lk, C), key_padding_mask (B, Lk) True on padding -> (B, Lq, C)."""
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """query (B, Lq, C), key/value (B, Lk, C) -> (B, Lq, C).
+
+        key_padding_mask: (B, Lk) bool, True on padding; attn_mask: (Lq, Lk) bool, True where a
+        query may attend to a key (used to keep query groups apart).
+        """
         c = self.embed_dim
         w, b = self.in_proj_weight, self.in_proj_bias
         if query is key:  # self-attention: one matmul for q and k
@@ -54,11 +65,13 @@ class MultiheadAttention(nn.Module):
         q = q.view(batch, len_q, self.num_heads, head_dim).transpose(1, 2)  # (B, h, Lq, d)
         k = k.view(batch, -1, self.num_heads, head_dim).transpose(1, 2)  # (B, h, Lk, d)
         v = v.view(batch, -1, self.num_heads, head_dim).transpose(1, 2)  # (B, h, Lk, d)
-        attn_mask = None
+        mask = None
         if key_padding_mask is not None:
-            attn_mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk), True = attend
+            mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk), True = attend
+        if attn_mask is not None:
+            mask = attn_mask if mask is None else mask & attn_mask  # broadcast to (B, 1, Lq, Lk)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, h, Lq, d)
         out = out.transpose(1, 2).reshape(batch, len_q, c)  # (B, Lq, C)
         return self.out_proj(out)
@@ -148,12 +161,13 @@ class TransformerDecoderLayer(nn.Module):
         memory_key_padding_mask: Tensor | None,
         pos: Tensor | None,
         query_pos: Tensor | None,
+        self_attn_mask: Tensor | None = None,
     ) -> Tensor:
-        """tgt, query_pos: (B, Q, C); memory, pos: (B, HW, C); mask (B, HW) -> (B, Q, C)."""
+        """tgt, query_pos: (B, Q, C); memory, pos: (B, HW, C); mask (B, HW); self_attn_mask (Q, Q) -> (B, Q, C)."""
         if self.normalize_before:
             tgt2 = self.norm1(tgt)
             q = _with_pos(tgt2, query_pos)
-            tgt = tgt + self.dropout1(self.self_attn(q, q, tgt2))
+            tgt = tgt + self.dropout1(self.self_attn(q, q, tgt2, attn_mask=self_attn_mask))
             tgt2 = self.norm2(tgt)
             tgt2 = self.multihead_attn(
                 _with_pos(tgt2, query_pos), _with_pos(memory, pos), memory, memory_key_padding_mask
@@ -162,7 +176,7 @@ class TransformerDecoderLayer(nn.Module):
             tgt2 = self.norm3(tgt)
             return tgt + self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(tgt2)))))
         q = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt)))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt, attn_mask=self_attn_mask)))
         tgt2 = self.multihead_attn(_with_pos(tgt, query_pos), _with_pos(memory, pos), memory, memory_key_padding_mask)
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         tgt2 = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
@@ -195,6 +209,7 @@ class TransformerDecoder(nn.Module):
         memory_key_padding_mask: Tensor | None,
         pos: Tensor | None,
         query_pos: Tensor | None,
+        self_attn_mask: Tensor | None = None,
     ) -> Tensor:
         """tgt (B, Q, C), memory (B, HW, C) -> (num_layers, B, Q, C), each output normed.
 
@@ -203,7 +218,7 @@ class TransformerDecoder(nn.Module):
         """
         intermediate = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, memory_key_padding_mask, pos, query_pos)
+            tgt = layer(tgt, memory, memory_key_padding_mask, pos, query_pos, self_attn_mask)
             intermediate.append(self.norm(tgt))
         return torch.stack(intermediate)
 
@@ -245,7 +260,14 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        src: Tensor,
+        mask: Tensor,
+        query_embed: Tensor,
+        pos_embed: Tensor,
+        query_attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Run encoder and decoder.
 
         Args:
@@ -253,6 +275,8 @@ class Transformer(nn.Module):
             mask: (B, H, W) bool, True on padding.
             query_embed: (Q, C) learned query positions.
             pos_embed: (B, C, H, W) position encoding of the features.
+            query_attn_mask: optional (Q, Q) bool, True where query i may attend to query j in
+                the decoder's self-attention (separates query groups).
 
         Returns:
             hs: (num_decoder_layers, B, Q, C) normed decoder outputs, final layer last.
@@ -266,5 +290,5 @@ class Transformer(nn.Module):
         tgt = query_pos.new_zeros(query_pos.shape)  # queries start empty, their position is all they know
 
         memory = self.encoder(src, key_padding_mask, pos)
-        hs = self.decoder(tgt, memory, key_padding_mask, pos, query_pos)
+        hs = self.decoder(tgt, memory, key_padding_mask, pos, query_pos, query_attn_mask)
         return hs, memory.transpose(1, 2).reshape(batch, c, h, w)  # (B, HW, C) -> (B, C, H, W)

@@ -41,11 +41,14 @@ class TrainConfig:
     lr: float = 1e-4
     lr_backbone: float = 1e-5
     weight_decay: float = 1e-4
+    lr_schedule: str = "step"  # step: divide by 10 after lr_drop epochs (reference) | cosine: decay to 0
     lr_drop: int = 200  # epochs after which the learning rate is divided by 10
+    warmup_steps: int = 0  # linear warm-up of the learning rate over this many optimizer steps
     clip_max_norm: float = 0.1  # 0 disables clipping
     amp: str = "none"  # none | bf16 | fp16 (fp16 on GPU only)
     seed: int = 42
     max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
+    max_minutes: float = 0.0  # also stop after this much training time (0: no limit)
     # bookkeeping
     output_dir: str = "runs/detr"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -65,6 +68,8 @@ class TrainConfig:
             (self.weight_decay >= 0 and self.clip_max_norm >= 0, "weight_decay and clip_max_norm must be >= 0"),
             (self.amp in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {self.amp!r}"),
             (self.lr_drop >= 1, "lr_drop must be >= 1 (epochs)"),
+            (self.lr_schedule in ("step", "cosine"), f"lr_schedule must be step or cosine, got {self.lr_schedule!r}"),
+            (self.warmup_steps >= 0 and self.max_steps >= 0 and self.max_minutes >= 0, "warmup_steps, max_steps, max_minutes must be >= 0"),
             (len(self.crop_size) == 2, "crop_size must be [min, max]"),
             (self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1"),
             (self.num_queries >= 1, "num_queries must be >= 1"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -165,21 +166,33 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_drop, gamma=0.1)
+        self.sampler = ResumableSampler(len(self.train_set), config.seed, self.dist.rank, self.dist.world_size)
+        self.steps_per_epoch = max(1, -(-len(self.sampler) // config.batch_size) // config.accumulate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp fp16 needs a GPU; on CPU use amp bf16")
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
 
-        self.sampler = ResumableSampler(len(self.train_set), config.seed, self.dist.rank, self.dist.world_size)
         self.seeded = SeededDataset(self.train_set, config.seed)
         self.epoch = 0  # current epoch
         self.epoch_step = 0  # optimizer steps done in the current epoch
         self.step = 0  # optimizer steps done in total
         self.best_ap = -1.0
+        self.started = time.perf_counter()
         self.history: list[dict[str, Any]] = []
         if config.resume:
             self._resume(self.out / CHECKPOINT)
+
+    def lr_factor(self, step: int) -> float:
+        """Learning-rate multiplier after ``step`` optimizer steps: warm-up, then step drop or cosine."""
+        cfg = self.config
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        if cfg.lr_schedule == "step":
+            return warm * 0.1 ** ((step // self.steps_per_epoch) // cfg.lr_drop)
+        total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        progress = min(1.0, max(0.0, step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     # ------------------------------------------------------------ persistence
     def _resume(self, path: Path) -> None:
@@ -288,6 +301,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
             self.step += 1
             self.epoch_step += 1
             averaged = {k: v / micro for k, v in sums.items()}
@@ -299,7 +313,7 @@ class Trainer:
                 self._log({"type": "train", "epoch": self.epoch, "step": self.step, **lrs, **averaged})
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
-            if cfg.max_steps and self.step >= cfg.max_steps:
+            if cfg.max_steps and self.step >= cfg.max_steps or self._out_of_time():
                 bar.close()
                 return False
         bar.close()
@@ -321,6 +335,14 @@ class Trainer:
         atomic_write_text(self.out / "predictions_val.json", json.dumps(results))
         return metrics
 
+    def _out_of_time(self) -> bool:
+        if not self.config.max_minutes:
+            return False
+        over = torch.tensor(float(time.perf_counter() - self.started > 60 * self.config.max_minutes))
+        if self.dist.enabled:  # every process must stop at the same step
+            dist.broadcast(over, src=0)
+        return bool(over.item())
+
     def _evaluate_and_keep_best(self) -> dict[str, Any] | None:
         metrics = self.evaluate()
         if metrics is not None:
@@ -338,11 +360,10 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
         metrics: dict[str, Any] | None = None
-        start = time.perf_counter()
+        start = self.started = time.perf_counter()
         while self.epoch < cfg.epochs:
             finished_epoch = self.train_one_epoch()
             if finished_epoch:
-                self.scheduler.step()
                 self.epoch += 1
                 self.epoch_step = 0
             done = not finished_epoch or self.epoch >= cfg.epochs
