@@ -62,6 +62,9 @@ def build_detr(
     dropout: float = 0.1,
     normalize_before: bool = False,
     query_groups: int = 1,
+    denoising_groups: int = 0,
+    denoising_box_noise: float = 0.4,
+    denoising_label_noise: float = 0.2,
     freeze_stem: bool = True,
     backbone_layers: int = 4,
     **loss_kwargs: Any,
@@ -97,6 +100,9 @@ def build_detr(
         position_encoding=build_position_encoding(position_embedding, d_model),
         class_names=class_names,
         query_groups=query_groups,
+        denoising_groups=denoising_groups,
+        denoising_box_noise=denoising_box_noise,
+        denoising_label_noise=denoising_label_noise,
     )
     if weights is not None:
         load_weights(model, weights)

@@ -15,9 +15,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import box_convert, generalized_box_iou
 
 from .checks import check_images, check_targets
 from .criterion import SetCriterion
+from .denoising import DenoisingBatch, DenoisingQueries
+from .denoising import attention_mask as denoising_attention_mask
 from .matcher import HungarianMatcher, Target
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import postprocess, valid_sizes
@@ -113,6 +116,9 @@ class DETR(nn.Module):
             and the groups cannot attend to each other, which gives each target several
             supervised queries and speeds up convergence. Only the first group is used
             outside training, so inference is unchanged.
+        denoising_groups: train with this many groups of denoising queries (DN-DETR, see
+            :mod:`detr.denoising`), with ``denoising_box_noise`` and ``denoising_label_noise``;
+            0 (the reference) turns them off. Training only; inference is unchanged.
     """
 
     def __init__(
@@ -122,6 +128,9 @@ class DETR(nn.Module):
         position_encoding: nn.Module | None = None,
         class_names: Sequence[str] | None = None,
         query_groups: int = 1,
+        denoising_groups: int = 0,
+        denoising_box_noise: float = 0.4,
+        denoising_label_noise: float = 0.2,
     ) -> None:
         super().__init__()
         if not _positive_int(query_groups):
@@ -145,6 +154,11 @@ class DETR(nn.Module):
         self.query_embed = nn.Embedding(config.num_queries * query_groups, d_model)
         self.class_head = nn.Linear(d_model, config.num_classes + 1)
         self.box_head = MLP(d_model, d_model, 4, num_layers=3)
+        self.denoising = (
+            DenoisingQueries(config.num_classes, d_model, denoising_groups, denoising_box_noise, denoising_label_noise)
+            if denoising_groups
+            else None
+        )
 
         matcher = config.matcher if config.matcher is not None else HungarianMatcher(1.0, 5.0, 2.0)
         self.criterion = SetCriterion(
@@ -171,15 +185,24 @@ class DETR(nn.Module):
         """
         return self._decode(x, check_images(x, mask), all_layers)
 
-    def _decode(self, x: Tensor, mask: Tensor, all_layers: bool | None) -> tuple[Tensor, Tensor]:
-        """Like :meth:`decode`, without input checks; in training with query groups, Q = groups * num_queries."""
+    def _decode(
+        self, x: Tensor, mask: Tensor, all_layers: bool | None, dn: DenoisingBatch | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Like :meth:`decode`, without input checks. In training with query groups Q = groups *
+        num_queries, and denoising queries ``dn`` (E of them) come after: Q = groups * num_queries + E."""
         features = self.backbone(x)  # (B, C_b, h, w)
         feat_mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]  # (B, h, w)
         pos = self.position_encoding(feat_mask).to(features.dtype)  # (B, d, h, w)
         src = self.input_proj(features)
         groups = self.query_groups if self.training else 1
         queries = self.query_embed.weight[: self.num_queries * groups]  # (G*Q, d)
-        if groups == 1:
+        if dn is not None:
+            batch = x.shape[0]
+            query_pos = torch.cat([queries.unsqueeze(0).expand(batch, -1, -1), dn.query_pos], dim=1)  # (B, GQ+E, d)
+            tgt = torch.cat([query_pos.new_zeros(batch, len(queries), query_pos.shape[-1]), dn.tgt], dim=1)
+            attn = denoising_attention_mask(len(queries), groups, dn)  # (B, 1, GQ+E, GQ+E)
+            hs, _ = self.transformer(src, feat_mask, query_pos, pos, query_attn_mask=attn, tgt=tgt)
+        elif groups == 1:
             hs, _ = self.transformer(src, feat_mask, queries, pos)  # (L, B, Q, d)
         else:
             group = torch.arange(len(queries), device=queries.device) // self.num_queries
@@ -210,7 +233,12 @@ class DETR(nn.Module):
         """
         mask = check_images(x, mask)
         check_targets(targets, x.shape[0], self.num_classes)
-        logits, boxes = self._decode(x, mask, all_layers=None)  # (L, B, G*Q, K+1), (L, B, G*Q, 4)
+        dn = self.denoising(targets, x.device) if self.denoising is not None and self.training else None
+        logits, boxes = self._decode(x, mask, all_layers=None, dn=dn)  # (L, B, G*Q [+E], K+1), (L, B, G*Q [+E], 4)
+        if dn is not None:
+            extra = dn.valid.shape[1]
+            dn_logits, dn_boxes = logits[:, :, -extra:], boxes[:, :, -extra:]
+            logits, boxes = logits[:, :, :-extra], boxes[:, :, :-extra]
         groups = logits.shape[2] // self.num_queries
         terms: dict[str, Tensor] = {}
         total = None
@@ -220,8 +248,34 @@ class DETR(nn.Module):
             total = group_terms["loss"] if total is None else total + group_terms["loss"]
             if g == 0:
                 terms = group_terms  # terms of the first group, the one used for inference
+        if dn is not None:
+            dn_terms = self._denoising_loss(dn_logits, dn_boxes, dn)
+            total = total + dn_terms.pop("loss")
+            terms.update(dn_terms)
         terms["loss"] = total
         return terms
+
+    def _denoising_loss(self, logits: Tensor, boxes: Tensor, dn: DenoisingBatch) -> dict[str, Tensor]:
+        """Reconstruction loss of the denoising queries: each must give back its own target (no matching).
+
+        logits (L, B, E, K+1), boxes (L, B, E, 4); CE, L1 and GIoU averaged over the valid
+        queries, with the loss coefficients of the matching loss, summed over layers.
+        """
+        weights = self.criterion.weight_dict
+        target_class, target_box = dn.class_id[dn.valid], dn.box[dn.valid].float()  # (M,), (M, 4)
+        target_xyxy = box_convert(target_box, "cxcywh", "xyxy")
+        total = torch.zeros((), device=logits.device)
+        layer: dict[str, Tensor] = {}
+        for layer_logits, layer_boxes in zip(logits, boxes):
+            pred_box = layer_boxes[dn.valid].float()  # (M, 4)
+            giou = torch.diag(generalized_box_iou(box_convert(pred_box, "cxcywh", "xyxy"), target_xyxy))
+            layer = {
+                "loss_dn_ce": F.cross_entropy(layer_logits[dn.valid].float(), target_class),
+                "loss_dn_bbox": F.l1_loss(pred_box, target_box, reduction="none").sum(1).mean(),
+                "loss_dn_giou": (1 - giou).mean(),
+            }
+            total = total + sum(weights[name.replace("_dn", "")] * value for name, value in layer.items())
+        return {**layer, "loss": total}  # the terms logged are the final layer's
 
     def get_loss(self, x: Tensor, targets: Sequence[Target], mask: Tensor | None = None) -> Tensor:
         """Scalar training loss (weighted CE + L1 + GIoU, over every decoder layer with ``aux_loss``)."""

@@ -267,16 +267,18 @@ class Transformer(nn.Module):
         query_embed: Tensor,
         pos_embed: Tensor,
         query_attn_mask: Tensor | None = None,
+        tgt: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Run encoder and decoder.
 
         Args:
             src: (B, C, H, W) projected features.
             mask: (B, H, W) bool, True on padding.
-            query_embed: (Q, C) learned query positions.
+            query_embed: (Q, C) learned query positions, or (B, Q, C) per image.
             pos_embed: (B, C, H, W) position encoding of the features.
-            query_attn_mask: optional (Q, Q) bool, True where query i may attend to query j in
-                the decoder's self-attention (separates query groups).
+            query_attn_mask: optional (Q, Q) or (B, 1, Q, Q) bool, True where query i may attend
+                to query j in the decoder's self-attention (separates query groups).
+            tgt: optional (B, Q, C) initial query content; zeros (the reference) when omitted.
 
         Returns:
             hs: (num_decoder_layers, B, Q, C) normed decoder outputs, final layer last.
@@ -286,8 +288,9 @@ class Transformer(nn.Module):
         src = src.flatten(2).transpose(1, 2)  # (B, HW, C)
         pos = pos_embed.flatten(2).transpose(1, 2)  # (B, HW, C)
         key_padding_mask = mask.flatten(1)  # (B, HW)
-        query_pos = query_embed.unsqueeze(0).expand(batch, -1, -1)  # (B, Q, C)
-        tgt = query_pos.new_zeros(query_pos.shape)  # queries start empty, their position is all they know
+        query_pos = query_embed if query_embed.dim() == 3 else query_embed.unsqueeze(0).expand(batch, -1, -1)  # (B, Q, C)
+        if tgt is None:
+            tgt = query_pos.new_zeros(query_pos.shape)  # queries start empty, their position is all they know
 
         memory = self.encoder(src, key_padding_mask, pos)
         hs = self.decoder(tgt, memory, key_padding_mask, pos, query_pos, query_attn_mask)

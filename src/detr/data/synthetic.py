@@ -131,8 +131,8 @@ def write_split(out: Path, split: str, count: int, seed: int, config: SynthConfi
     images, annotations = [], []
     for i in range(count):
         image, objects = make_image(rng, config)
-        name = f"{split}_{i:05d}.png"
-        image.save(image_dir / name)
+        name = f"{split}_{i:05d}.jpg"
+        image.save(image_dir / name, quality=92)  # JPEG: 10x faster to write than PNG for noisy images
         images.append({"id": i + 1, "file_name": name, "width": image.width, "height": image.height})
         for box, cls in objects:
             w, h = box[2] - box[0], box[3] - box[1]
