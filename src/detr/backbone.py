@@ -41,8 +41,8 @@ class ResNetBackbone(nn.Module):
         train_backbone: if False, every backbone parameter is frozen (the reference's
             ``lr_backbone=0``); otherwise only the stem and ``layer1`` are, when
             ``freeze_stem`` (the reference; turn it off to train from scratch).
-        num_layers: 4 (the reference) or 3 to stop after ``layer3``: stride 16 and a quarter of
-            the channels, finer features for small images at less cost.
+        num_layers: 4 (the reference), or 3 / 2 to stop after ``layer3`` / ``layer2``: stride 16 / 8
+            and half / a quarter of the channels, finer features for small images at less cost.
         norm: ``"frozen_bn"`` (reference) or ``"bn"`` (trainable batch norm, for training
             from scratch where no pretrained statistics exist).
     """
@@ -60,8 +60,8 @@ class ResNetBackbone(nn.Module):
         super().__init__()
         if name not in RESNET_IMAGENET_WEIGHTS:
             raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(RESNET_IMAGENET_WEIGHTS)}")
-        if num_layers not in (3, 4):
-            raise ValueError(f"num_layers must be 4 (up to layer4, the reference) or 3 (up to layer3), got {num_layers}")
+        if num_layers not in (2, 3, 4):
+            raise ValueError(f"num_layers must be 4 (up to layer4, the reference), 3 or 2, got {num_layers}")
         if dilation and num_layers != 4:
             raise ValueError("dilation (DC5) changes layer4, so it needs num_layers=4")
         if dilation and name in ("resnet18", "resnet34"):
@@ -73,10 +73,10 @@ class ResNetBackbone(nn.Module):
         )
         if pretrained:
             self._load_imagenet_weights(resnet, name)
-        self.num_channels = (512 if name in ("resnet18", "resnet34") else 2048) // (2 if num_layers == 3 else 1)
+        self.num_channels = (512 if name in ("resnet18", "resnet34") else 2048) // 2 ** (4 - num_layers)
         self.name = name
         self.dilation = dilation
-        self.stride = 16 if dilation or num_layers == 3 else 32
+        self.stride = 16 if dilation else 2 ** (num_layers + 1)
         for pname, param in resnet.named_parameters():
             in_stem = not pname.startswith(("layer2", "layer3", "layer4"))
             trainable = train_backbone and not (freeze_stem and in_stem)

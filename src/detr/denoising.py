@@ -12,6 +12,7 @@ inference, which uses no denoising query, is unchanged.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,7 +51,10 @@ class DenoisingQueries(nn.Module):
             raise ValueError("label_noise must be in [0, 1] and box_noise >= 0")
         self.num_classes, self.groups, self.box_noise, self.label_noise = num_classes, groups, box_noise, label_noise
         self.label_embed = nn.Embedding(num_classes, d_model)
-        self.box_embed = nn.Sequential(nn.Linear(4, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        # box -> sine features of each coordinate (the same kind of encoding the image features
+        # get, so a query "at" a place starts out similar to the features there) -> MLP
+        self.box_embed = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.d_model = d_model
 
     def forward(self, targets: Sequence[Target], device: torch.device) -> DenoisingBatch | None:
         """Noised queries for ``targets``; None when no image has a target."""
@@ -74,7 +78,22 @@ class DenoisingQueries(nn.Module):
         half_wh = box[..., 2:].repeat(1, 1, 2) / 2  # (B, E, 4): each corner moves by up to box_noise * half size
         xyxy = xyxy + (torch.rand_like(xyxy) * 2 - 1) * half_wh * self.box_noise
         noisy_box = box_convert(xyxy.clamp(0, 1), "xyxy", "cxcywh").clamp(min=1e-3)
-        return DenoisingBatch(self.box_embed(noisy_box), self.label_embed(noisy_class), valid, class_id, box, n_max)
+        query_pos = self.box_embed(box_sine_embedding(noisy_box, self.d_model // 2))
+        return DenoisingBatch(query_pos, self.label_embed(noisy_class), valid, class_id, box, n_max)
+
+
+def box_sine_embedding(box: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
+    """(..., 4) normalized cxcywh -> (..., 4 * num_feats) sine/cosine features per coordinate.
+
+    Coordinates are scaled by 2 pi like the image position encoding (order y, x, h, w ... as
+    (cy, cx, h, w) so that the first half matches the sine encoding of the feature map).
+    """
+    dim_t = torch.arange(num_feats, dtype=torch.float32, device=box.device)
+    dim_t = temperature ** (2 * (dim_t // 2) / num_feats)  # (F,)
+    coords = box[..., [1, 0, 3, 2]].float() * 2 * math.pi  # (..., 4): cy, cx, h, w
+    pos = coords[..., None] / dim_t  # (..., 4, F)
+    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)  # (..., 4, F)
+    return pos.flatten(-2)  # (..., 4F)
 
 
 def attention_mask(num_matching: int, query_groups: int, dn: DenoisingBatch) -> Tensor:
