@@ -186,7 +186,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    result = run_demo(args.out, minutes=args.minutes, steps=args.steps, train_images=args.train_images, seed=args.seed)
+    result = run_demo(
+        args.out, minutes=args.minutes, steps=args.steps, train_images=args.train_images, seed=args.seed
+    )
     m = result["metrics"]
     print(
         f"\ndemo: AP50 {m.get('AP50', 0):.3f}  AP {m.get('AP', 0):.3f}  AP75 {m.get('AP75', 0):.3f}  "
@@ -283,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a detector from scratch on generated shapes, on the CPU, in minutes")
     p.add_argument("--out", default="runs/demo", help="folder for the data, the run and the metrics")
     p.add_argument("--minutes", type=float, default=8.5, help="training time budget")
-    p.add_argument("--steps", type=int, default=2400, help="optimizer steps (the cosine schedule spans them)")
+    p.add_argument("--steps", type=int, default=2200, help="optimizer steps (the cosine schedule spans them)")
     p.add_argument("--train-images", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)

@@ -50,10 +50,10 @@ def demo_config(data: Path, out: Path, minutes: float, steps: int, seed: int = 0
         eval_size=size,
         epochs=1000,  # bounded by steps / minutes
         batch_size=16,
-        lr=2e-4,
-        lr_backbone=2e-4,
+        lr=5e-4,  # from scratch: 2e-4 reached AP50 0.40, 5e-4 0.65, 1e-3 diverged (README)
+        lr_backbone=5e-4,
         lr_schedule="cosine",
-        warmup_steps=50,
+        warmup_steps=100,
         max_steps=steps,
         max_minutes=minutes,
         eval_every=1000,  # once, at the end
@@ -93,7 +93,7 @@ def validation_grid(run: Path, data: Path, count: int = 12, columns: int = 4, sc
 def run_demo(
     out: str | Path = "runs/demo",
     minutes: float = 8.5,
-    steps: int = 2400,
+    steps: int = 2200,
     train_images: int = 3000,
     val_images: int = 300,
     seed: int = 0,
