@@ -1,6 +1,6 @@
 """Run the full `detr demo` and print AP50, AP and wall time (the figures recorded in the README).
 
-    .venv/bin/python bench/demo.py [--out runs/bench-demo]
+.venv/bin/python bench/demo.py [--out runs/bench-demo]
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ def main() -> None:
     result = run_demo(args.out)
     wall = time.perf_counter() - start
     m = result["metrics"]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"demo: AP50 {m['AP50']:.3f}  AP {m['AP']:.3f}  AP75 {m['AP75']:.3f}  steps {result['steps']}  train {result['train_seconds']:.0f}s  wall {wall:.0f}s")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"demo: AP50 {m['AP50']:.3f}  AP {m['AP']:.3f}  AP75 {m['AP75']:.3f}  steps {result['steps']}  train {result['train_seconds']:.0f}s  wall {wall:.0f}s"
+    )
 
 
 if __name__ == "__main__":

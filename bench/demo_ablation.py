@@ -22,9 +22,17 @@ VARIANTS = [
         dict(num_queries=100, lr=1e-4, lr_backbone=1e-5, lr_schedule="step", lr_drop=1000, warmup_steps=0),
         dict(backbone_norm="frozen_bn", freeze_stem=True, backbone_layers=4, denoising_groups=0),
     ),
-    ("+ trainable batch norm and stem, backbone lr = lr", dict(lr_backbone=1e-4), dict(backbone_norm="bn", freeze_stem=False)),
+    (
+        "+ trainable batch norm and stem, backbone lr = lr",
+        dict(lr_backbone=1e-4),
+        dict(backbone_norm="bn", freeze_stem=False),
+    ),
     ("+ backbone cut after layer2 (stride 8), 10 queries", dict(num_queries=10), dict(backbone_layers=2)),
-    ("+ warm-up 100 steps, cosine schedule, lr 5e-4", dict(lr=5e-4, lr_backbone=5e-4, lr_schedule="cosine", warmup_steps=100), {}),
+    (
+        "+ warm-up 100 steps, cosine schedule, lr 5e-4",
+        dict(lr=5e-4, lr_backbone=5e-4, lr_schedule="cosine", warmup_steps=100),
+        {},
+    ),
     ("+ 4 groups of denoising queries", {}, dict(denoising_groups=4)),
     ("+ 3 query groups (one-to-many)", {}, dict(query_groups=3)),
 ]

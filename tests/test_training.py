@@ -354,3 +354,13 @@ def test_bad_annotations_name_the_file(tmp_path):
         CocoDetection(coco_file(tmp_path / "b", annotations=undeclared), "train")
     with pytest.raises(FileNotFoundError, match="no 'val' split"):
         CocoDetection(coco_file(tmp_path / "c"), "val")
+
+
+def test_bf16_mixed_precision_and_gradient_accumulation_on_cpu(shapes, tmp_path):
+    run = tmp_path / "run"
+    summary = Trainer(tiny_config(shapes, run, amp="bf16", accumulate=2, max_steps=2, val_split="")).fit()
+    assert summary["steps"] == 2
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if r["type"] == "train")
+    with pytest.raises(ValueError, match="amp fp16 needs a GPU"):
+        Trainer(tiny_config(shapes, tmp_path / "r2", amp="fp16", val_split=""))

@@ -186,9 +186,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    result = run_demo(
-        args.out, minutes=args.minutes, steps=args.steps, train_images=args.train_images, seed=args.seed
-    )
+    result = run_demo(args.out, minutes=args.minutes, steps=args.steps, train_images=args.train_images, seed=args.seed)
     m = result["metrics"]
     print(
         f"\ndemo: AP50 {m.get('AP50', 0):.3f}  AP {m.get('AP', 0):.3f}  AP75 {m.get('AP75', 0):.3f}  "

@@ -17,7 +17,9 @@ from .data.synthetic import SynthConfig, make_dataset
 from .engine.config import TrainConfig
 from .fileio import atomic_write, atomic_write_text
 
-DEMO_DATA = SynthConfig(image_size=64, max_objects=3, min_size=0.25, max_size=0.6, classes=("circle", "square", "triangle"))
+DEMO_DATA = SynthConfig(
+    image_size=64, max_objects=3, min_size=0.25, max_size=0.6, classes=("circle", "square", "triangle")
+)
 
 DEMO_MODEL = {
     "d_model": 128,
@@ -63,7 +65,9 @@ def demo_config(data: Path, out: Path, minutes: float, steps: int, seed: int = 0
     )
 
 
-def validation_grid(run: Path, data: Path, count: int = 12, columns: int = 4, scale: int = 4, threshold: float = 0.5) -> Path:
+def validation_grid(
+    run: Path, data: Path, count: int = 12, columns: int = 4, scale: int = 4, threshold: float = 0.5
+) -> Path:
     """PNG of validation images: predictions (coloured, with class and score) over ground truth (white)."""
     from PIL import Image
 

@@ -43,7 +43,9 @@ class DenoisingBatch:
 class DenoisingQueries(nn.Module):
     """Makes noised ground-truth queries (see the module docstring)."""
 
-    def __init__(self, num_classes: int, d_model: int, groups: int = 5, box_noise: float = 0.4, label_noise: float = 0.2) -> None:
+    def __init__(
+        self, num_classes: int, d_model: int, groups: int = 5, box_noise: float = 0.4, label_noise: float = 0.2
+    ) -> None:
         super().__init__()
         if groups < 1:
             raise ValueError(f"denoising groups must be >= 1, got {groups}")
@@ -69,7 +71,11 @@ class DenoisingQueries(nn.Module):
             n = len(t["class_id"])
             class_id[i, :n], box[i, :n], valid[i, :n] = t["class_id"].to(device), t["box"].to(device).float(), True
         # repeat for every group: (B, G * N_max, ...)
-        class_id, box, valid = class_id.repeat(1, self.groups), box.repeat(1, self.groups, 1), valid.repeat(1, self.groups)
+        class_id, box, valid = (
+            class_id.repeat(1, self.groups),
+            box.repeat(1, self.groups, 1),
+            valid.repeat(1, self.groups),
+        )
 
         noisy_class = class_id.clone()
         flip = torch.rand(class_id.shape, device=device) < self.label_noise

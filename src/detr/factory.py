@@ -109,118 +109,64 @@ def build_detr(
     return model
 
 
-# backbone and dilation of each registered architecture
-ARCHITECTURES: dict[str, tuple[str, bool]] = {
-    "detr_r18": ("resnet18", False),
-    "detr_r34": ("resnet34", False),
-    "detr_r50": ("resnet50", False),
-    "detr_r101": ("resnet101", False),
-    "detr_r50_dc5": ("resnet50", True),
-    "detr_r101_dc5": ("resnet101", True),
-}
+def _register_architecture(name: str, backbone: str, dilation: bool, doc: str) -> Callable[..., DETR]:
+    """Define and register the factory ``name``: DETR on ``backbone`` (with DC5 ``dilation``)."""
 
+    def factory(
+        pretrained_backbone: bool = False,
+        num_classes: int = 91,
+        num_queries: int = 100,
+        aux_loss: bool = False,
+        weights: Any = None,
+        **kwargs: Any,
+    ) -> DETR:
+        model = build_detr(
+            backbone,
+            dilation,
+            pretrained_backbone=pretrained_backbone,
+            num_classes=num_classes,
+            num_queries=num_queries,
+            aux_loss=aux_loss,
+            weights=weights,
+            **kwargs,
+        )
+        # how to rebuild this model (save_pretrained); the weights are saved separately
+        model.spec = {
+            "model": name,
+            "kwargs": {"num_classes": num_classes, "num_queries": num_queries, "aux_loss": aux_loss, **kwargs},
+        }
+        return model
 
-def _make(
-    name: str,
-    pretrained_backbone: bool,
-    num_classes: int,
-    num_queries: int,
-    aux_loss: bool,
-    weights: Any,
-    kwargs: dict[str, Any],
-) -> DETR:
-    backbone_name, dilation = ARCHITECTURES[name]
-    model = build_detr(
-        backbone_name,
-        dilation,
-        pretrained_backbone=pretrained_backbone,
-        num_classes=num_classes,
-        num_queries=num_queries,
-        aux_loss=aux_loss,
-        weights=weights,
-        **kwargs,
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc + (
+        "\n\n    Arguments: ``pretrained_backbone`` (ImageNet ResNet), ``num_classes``, ``num_queries``,"
+        "\n    ``aux_loss``, ``weights`` (see :func:`detr.weights.fetch_checkpoint`), and any argument of"
+        "\n    :func:`build_detr`."
     )
-    # how to rebuild this model (save_pretrained); weights are saved separately
-    model.spec = {
-        "model": name,
-        "kwargs": {"num_classes": num_classes, "num_queries": num_queries, "aux_loss": aux_loss, **kwargs},
-    }
-    return model
+    return register_model(factory)
 
 
-@register_model
-def detr_r18(
-    pretrained_backbone: bool = False,
-    num_classes: int = 91,
-    num_queries: int = 100,
-    aux_loss: bool = False,
-    weights: Any = None,
-    **kwargs: Any,
-) -> DETR:
-    """DETR with a ResNet-18 backbone (512 channels): no published weights; for small data and CPUs."""
-    return _make("detr_r18", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)
-
-
-@register_model
-def detr_r34(
-    pretrained_backbone: bool = False,
-    num_classes: int = 91,
-    num_queries: int = 100,
-    aux_loss: bool = False,
-    weights: Any = None,
-    **kwargs: Any,
-) -> DETR:
-    """DETR with a ResNet-34 backbone (512 channels): no published weights."""
-    return _make("detr_r34", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)
-
-
-@register_model
-def detr_r50(
-    pretrained_backbone: bool = False,
-    num_classes: int = 91,
-    num_queries: int = 100,
-    aux_loss: bool = False,
-    weights: Any = None,
-    **kwargs: Any,
-) -> DETR:
-    """DETR with a ResNet-50 backbone (42.0 box AP on COCO val2017 in the reference release)."""
-    return _make("detr_r50", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)
-
-
-@register_model
-def detr_r101(
-    pretrained_backbone: bool = False,
-    num_classes: int = 91,
-    num_queries: int = 100,
-    aux_loss: bool = False,
-    weights: Any = None,
-    **kwargs: Any,
-) -> DETR:
-    """DETR with a ResNet-101 backbone (43.5 box AP in the reference release)."""
-    return _make("detr_r101", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)
-
-
-@register_model
-def detr_r50_dc5(
-    pretrained_backbone: bool = False,
-    num_classes: int = 91,
-    num_queries: int = 100,
-    aux_loss: bool = False,
-    weights: Any = None,
-    **kwargs: Any,
-) -> DETR:
-    """DETR-DC5, ResNet-50 with a dilated last stage (stride 16; 43.3 box AP in the reference release)."""
-    return _make("detr_r50_dc5", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)
-
-
-@register_model
-def detr_r101_dc5(
-    pretrained_backbone: bool = False,
-    num_classes: int = 91,
-    num_queries: int = 100,
-    aux_loss: bool = False,
-    weights: Any = None,
-    **kwargs: Any,
-) -> DETR:
-    """DETR-DC5 with ResNet-101 (44.9 box AP in the reference release)."""
-    return _make("detr_r101_dc5", pretrained_backbone, num_classes, num_queries, aux_loss, weights, kwargs)
+detr_r18 = _register_architecture(
+    "detr_r18",
+    "resnet18",
+    False,
+    "DETR with a ResNet-18 backbone (512 channels): no published weights; for small data and CPUs.",
+)
+detr_r34 = _register_architecture(
+    "detr_r34", "resnet34", False, "DETR with a ResNet-34 backbone: no published weights."
+)
+detr_r50 = _register_architecture(
+    "detr_r50",
+    "resnet50",
+    False,
+    "DETR with a ResNet-50 backbone (42.0 box AP on COCO val2017 in the reference release).",
+)
+detr_r101 = _register_architecture(
+    "detr_r101", "resnet101", False, "DETR with a ResNet-101 backbone (43.5 box AP in the reference release)."
+)
+detr_r50_dc5 = _register_architecture(
+    "detr_r50_dc5", "resnet50", True, "DETR-DC5: ResNet-50 with a dilated last stage (stride 16; 43.3 box AP)."
+)
+detr_r101_dc5 = _register_architecture(
+    "detr_r101_dc5", "resnet101", True, "DETR-DC5 with ResNet-101 (44.9 box AP in the reference release)."
+)

@@ -288,7 +288,9 @@ class Transformer(nn.Module):
         src = src.flatten(2).transpose(1, 2)  # (B, HW, C)
         pos = pos_embed.flatten(2).transpose(1, 2)  # (B, HW, C)
         key_padding_mask = mask.flatten(1)  # (B, HW)
-        query_pos = query_embed if query_embed.dim() == 3 else query_embed.unsqueeze(0).expand(batch, -1, -1)  # (B, Q, C)
+        query_pos = (
+            query_embed if query_embed.dim() == 3 else query_embed.unsqueeze(0).expand(batch, -1, -1)
+        )  # (B, Q, C)
         if tgt is None:
             tgt = query_pos.new_zeros(query_pos.shape)  # queries start empty, their position is all they know
 

@@ -69,7 +69,10 @@ class TrainConfig:
             (self.amp in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {self.amp!r}"),
             (self.lr_drop >= 1, "lr_drop must be >= 1 (epochs)"),
             (self.lr_schedule in ("step", "cosine"), f"lr_schedule must be step or cosine, got {self.lr_schedule!r}"),
-            (self.warmup_steps >= 0 and self.max_steps >= 0 and self.max_minutes >= 0, "warmup_steps, max_steps, max_minutes must be >= 0"),
+            (
+                self.warmup_steps >= 0 and self.max_steps >= 0 and self.max_minutes >= 0,
+                "warmup_steps, max_steps, max_minutes must be >= 0",
+            ),
             (len(self.crop_size) == 2, "crop_size must be [min, max]"),
             (self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1"),
             (self.num_queries >= 1, "num_queries must be >= 1"),

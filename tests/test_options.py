@@ -1,0 +1,148 @@
+"""The options for fast training from scratch: query groups, denoising queries, backbone depth, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import detr
+from detr.denoising import box_sine_embedding
+from detr.engine import TrainConfig, Trainer
+
+from .conftest import random_targets
+
+SMALL = dict(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64, dropout=0.0)
+
+
+def small(**kwargs) -> detr.DETR:
+    torch.manual_seed(0)
+    return detr.detr_r18(
+        num_classes=4, num_queries=5, aux_loss=True, backbone_norm="bn", freeze_stem=False, **SMALL, **kwargs
+    )
+
+
+def test_query_groups_train_separately_and_infer_with_the_first():
+    model = small(query_groups=3)
+    assert model.query_embed.weight.shape == (15, 32)
+    x = torch.randn(2, 3, 64, 64)
+    targets = random_targets(2, 4, counts=(2, 1))
+    model.train()
+    logits, boxes = model.decode(x)
+    assert logits.shape == (2, 2, 15, 5)  # (L, B, groups * Q, K + 1) in training
+    assert model(x)[-1][0].shape == (2, 5, 5)  # the API shape: first group
+    # each group only sees itself: changing group 2's queries leaves group 1's outputs alone
+    with torch.no_grad():
+        model.query_embed.weight[5:] += 1.0
+    logits2, _ = model.decode(x)
+    torch.testing.assert_close(logits2[:, :, :5], logits[:, :, :5])
+    assert not torch.allclose(logits2[:, :, 5:], logits[:, :, 5:])
+    # the loss is the sum of the groups' losses
+    terms = model.get_loss_dict(x, targets)
+    per_group = [
+        model.criterion(list(zip(logits2[:, :, q].unbind(0), _[:, :, q].unbind(0))), targets)["loss"]
+        for q in (slice(0, 5), slice(5, 10), slice(10, 15))
+    ]
+    torch.testing.assert_close(terms["loss"], sum(per_group))
+    model.eval()
+    assert model.decode(x)[0].shape == (2, 2, 5, 5)
+
+
+def test_denoising_queries_train_only_and_stay_out_of_the_matching_queries():
+    model = small(denoising_groups=2).train()
+    x = torch.randn(2, 3, 64, 64)
+    targets = random_targets(2, 4, counts=(3, 0))
+    terms = model.get_loss_dict(x, targets)
+    assert {"loss_dn_ce", "loss_dn_bbox", "loss_dn_giou"} <= set(terms)
+    terms["loss"].backward()
+    assert model.denoising.label_embed.weight.grad.abs().sum() > 0
+    assert model.denoising.box_embed[0].weight.grad.abs().sum() > 0
+    # the matching queries never see the denoising ones
+    dn = model.denoising(targets, x.device)
+    assert dn.query_pos.shape == (2, 2 * 3, 32) and dn.valid.sum() == 2 * 3
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    with torch.no_grad():
+        with_dn, _ = model._decode(x, mask, None, dn)
+        without, _ = model._decode(x, mask, None)
+    torch.testing.assert_close(with_dn[:, :, :5], without, atol=1e-5, rtol=0)
+    # inference does not use them at all
+    model.eval()
+    before = model(x)[-1][0]
+    with torch.no_grad():
+        model.denoising.label_embed.weight.add_(3.0)
+    torch.testing.assert_close(model(x)[-1][0], before)
+
+
+def test_denoising_with_no_targets_at_all():
+    model = small(denoising_groups=2).train()
+    empty = {"class_id": torch.zeros(0, dtype=torch.int64), "box": torch.zeros(0, 4)}
+    terms = model.get_loss_dict(torch.randn(1, 3, 64, 64), [empty])
+    assert "loss_dn_ce" not in terms and torch.isfinite(terms["loss"])
+
+
+def test_box_sine_embedding():
+    emb = box_sine_embedding(torch.tensor([[0.5, 0.25, 0.1, 0.2]]), 16)
+    assert emb.shape == (1, 64)
+    # first feature of each coordinate is sin(2 pi * coordinate), in the order cy, cx, h, w
+    torch.testing.assert_close(emb[0, [0, 16, 32, 48]], torch.sin(2 * math.pi * torch.tensor([0.25, 0.5, 0.2, 0.1])))
+
+
+@pytest.mark.parametrize("layers, stride, channels", [(2, 8, 128), (3, 16, 256), (4, 32, 512)])
+def test_backbone_depth(layers, stride, channels):
+    backbone = detr.ResNetBackbone("resnet18", num_layers=layers)
+    assert (backbone.stride, backbone.num_channels) == (stride, channels)
+    assert backbone(torch.randn(1, 3, 64, 64)).shape == (1, channels, 64 // stride, 64 // stride)
+
+
+def test_backbone_option_errors():
+    with pytest.raises(ValueError, match="num_layers must be 4"):
+        detr.ResNetBackbone("resnet50", num_layers=1)
+    with pytest.raises(ValueError, match="DC5.*num_layers=4"):
+        detr.ResNetBackbone("resnet50", dilation=True, num_layers=3)
+    with pytest.raises(ValueError, match="norm must be 'frozen_bn'"):
+        detr.ResNetBackbone("resnet18", norm="group")
+    with pytest.raises(ValueError, match="query_groups must be an int >= 1"):
+        small(query_groups=0)
+    with pytest.raises(ValueError, match="label_noise must be in"):
+        small(denoising_groups=1, denoising_label_noise=2.0)
+
+
+def test_trainable_batch_norm_and_stem():
+    model = small()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    assert all(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_learning_rate_schedules(tmp_path):
+    from detr.data.synthetic import SynthConfig, make_dataset
+
+    data = make_dataset(tmp_path / "d", train=8, val=2, seed=0, config=SynthConfig(image_size=32, max_objects=1))
+    base = dict(
+        data=str(data),
+        output_dir=str(tmp_path / "r"),
+        model="detr_r18",
+        pretrained_backbone=False,
+        batch_size=4,
+        val_split="",
+        model_kwargs=SMALL,
+    )
+    cosine = Trainer(TrainConfig(**base, lr_schedule="cosine", warmup_steps=4, max_steps=20))
+    assert cosine.steps_per_epoch == 2
+    assert cosine.lr_factor(0) == pytest.approx(0.25) and cosine.lr_factor(3) == pytest.approx(1.0)
+    assert cosine.lr_factor(12) == pytest.approx(0.5) and cosine.lr_factor(20) == pytest.approx(0.0)
+    step = Trainer(TrainConfig(**base, lr_drop=3, epochs=10))
+    assert step.lr_factor(5) == 1.0 and step.lr_factor(6) == pytest.approx(0.1)  # epoch 3 starts at step 6
+    with pytest.raises(ValueError, match="lr_schedule must be step or cosine"):
+        TrainConfig(**base, lr_schedule="linear")
+
+
+def test_export_leaves_out_training_only_parts(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = detr.detr_r50(num_classes=2, num_queries=4, query_groups=2, denoising_groups=2).eval()
+    model.export_hf(tmp_path / "hf")
+    hf = transformers.DetrForObjectDetection.from_pretrained(tmp_path / "hf").eval()
+    assert hf.model.query_position_embeddings.weight.shape == (4, 256)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], hf(pixel_values=x).logits, atol=1e-4, rtol=0)
