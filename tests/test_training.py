@@ -107,7 +107,7 @@ def test_one_epoch_from_the_cli_writes_everything(shapes, tmp_path, capsys):
         == 0
     )
     assert "circle" in capsys.readouterr().out
-    images = sorted((shapes / "val").glob("*.png"))[:2]
+    images = sorted((shapes / "val").glob("*.jpg"))[:2]
     assert (
         main(
             [
