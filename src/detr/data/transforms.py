@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
@@ -113,4 +112,4 @@ def collate(
     return pixel_values, mask, [t for _, t in batch]
 
 
-__all__ = ["RandomSizeCrop", "ToDETRTarget", "collate", "eval_transforms", "train_transforms", "tv_tensors"]
+__all__ = ["RandomSizeCrop", "ToDETRTarget", "collate", "eval_transforms", "train_transforms"]

@@ -4,7 +4,7 @@ YAML/JSON file or the command line."""
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +108,3 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of config keys to values")
     return values
-
-
-def field_defaults() -> dict[str, Any]:
-    out = {}
-    for f in fields(TrainConfig):
-        out[f.name] = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-    return out

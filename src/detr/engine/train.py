@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import random
 import time
@@ -25,7 +24,6 @@ from .distributed import DistInfo, ResumableSampler, barrier, init_distributed
 from .evaluate import coco_evaluate, predict_dataset
 from .plots import plot_curves
 
-log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pth"
 CHECKPOINT_VERSION = 1
