@@ -1,4 +1,4 @@
-"""The ``detr`` command: train, eval, predict, synth, models, selftest."""
+"""The ``detr`` command: train, eval, predict, export, synth, demo, models, selftest."""
 
 from __future__ import annotations
 
@@ -169,6 +169,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import check_onnx, export_onnx
+    from .serialization import load_model
+
+    model = load_model(args.weights, args.model).eval()
+    path = export_onnx(model, args.out, height=args.height, width=args.width)
+    print(f"wrote {path} (inputs pixel_values (B, 3, H, W), pixel_mask (B, H, W); any B, H, W)")
+    if not args.no_check:
+        gen = torch.Generator().manual_seed(0)
+        for batch, h, w in ((1, args.height, args.width), (2, args.height * 3 // 4, args.width + 64)):
+            x = torch.randn(batch, 3, h, w, generator=gen)
+            mask = torch.zeros(batch, h, w, dtype=torch.bool)
+            mask[-1, :, w - w // 4 :] = batch > 1  # pad the last image of the batch
+            logits, boxes = check_onnx(path, model, x, mask)
+            print(f"onnxruntime vs PyTorch at batch {batch}, {h}x{w}: max |diff| logits {logits:.1e}, boxes {boxes:.1e}")
+    return 0
+
+
 # ---------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synthetic import SynthConfig, make_dataset
@@ -270,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, default=1333)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a model to ONNX (dynamic batch, height, width; mask input)")
+    p.add_argument("--weights", required=True, help="saved model directory, checkpoint, or published name")
+    p.add_argument("--model", help="factory for a plain checkpoint (default: detr_r50)")
+    p.add_argument("--out", default="detr.onnx", help="ONNX file to write")
+    p.add_argument("--height", type=int, default=800, help="height of the example traced (any works later)")
+    p.add_argument("--width", type=int, default=800, help="width of the example traced")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="generate a synthetic shapes dataset in COCO format")
     p.add_argument("--out", required=True)

@@ -27,24 +27,32 @@ from .matcher import Target
 class DenoisingBatch:
     """The denoising queries of one batch.
 
-    query_pos: (B, E, d) positions; tgt: (B, E, d) contents; valid: (B, E) bool, False on padding
-    slots (images with fewer targets); class_id: (B, E) and box: (B, E, 4) cxcywh the targets to
-    reconstruct; E = groups * N_max.
+    query_pos: (B, E, d) positions (None when the model embeds ``noisy_box`` itself); tgt: (B, E, d)
+    contents; valid: (B, E) bool, False on padding slots (images with fewer targets); class_id: (B, E)
+    and box: (B, E, 4) cxcywh the targets to reconstruct; noisy_box (B, E, 4) cxcywh the noised boxes;
+    E = groups * N_max.
     """
 
-    query_pos: Tensor
+    query_pos: Tensor | None
     tgt: Tensor
     valid: Tensor
     class_id: Tensor
     box: Tensor
     n_max: int
+    noisy_box: Tensor
 
 
 class DenoisingQueries(nn.Module):
     """Makes noised ground-truth queries (see the module docstring)."""
 
     def __init__(
-        self, num_classes: int, d_model: int, groups: int = 5, box_noise: float = 0.4, label_noise: float = 0.2
+        self,
+        num_classes: int,
+        d_model: int,
+        groups: int = 5,
+        box_noise: float = 0.4,
+        label_noise: float = 0.2,
+        embed_box: bool = True,
     ) -> None:
         super().__init__()
         if groups < 1:
@@ -55,7 +63,10 @@ class DenoisingQueries(nn.Module):
         self.label_embed = nn.Embedding(num_classes, d_model)
         # box -> sine features of each coordinate (the same kind of encoding the image features
         # get, so a query "at" a place starts out similar to the features there) -> MLP
-        self.box_embed = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        # (embed_box=False: the model turns the noised boxes into positions itself, see detr.refinement)
+        self.box_embed = (
+            nn.Sequential(nn.Linear(2 * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model)) if embed_box else None
+        )
         self.d_model = d_model
 
     def forward(self, targets: Sequence[Target], device: torch.device) -> DenoisingBatch | None:
@@ -84,8 +95,8 @@ class DenoisingQueries(nn.Module):
         half_wh = box[..., 2:].repeat(1, 1, 2) / 2  # (B, E, 4): each corner moves by up to box_noise * half size
         xyxy = xyxy + (torch.rand_like(xyxy) * 2 - 1) * half_wh * self.box_noise
         noisy_box = box_convert(xyxy.clamp(0, 1), "xyxy", "cxcywh").clamp(min=1e-3)
-        query_pos = self.box_embed(box_sine_embedding(noisy_box, self.d_model // 2))
-        return DenoisingBatch(query_pos, self.label_embed(noisy_class), valid, class_id, box, n_max)
+        query_pos = None if self.box_embed is None else self.box_embed(box_sine_embedding(noisy_box, self.d_model // 2))
+        return DenoisingBatch(query_pos, self.label_embed(noisy_class), valid, class_id, box, n_max, noisy_box)
 
 
 def box_sine_embedding(box: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:

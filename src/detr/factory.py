@@ -65,6 +65,7 @@ def build_detr(
     denoising_groups: int = 0,
     denoising_box_noise: float = 0.4,
     denoising_label_noise: float = 0.2,
+    box_refinement: bool = False,
     freeze_stem: bool = True,
     backbone_layers: int = 4,
     **loss_kwargs: Any,
@@ -103,6 +104,7 @@ def build_detr(
         denoising_groups=denoising_groups,
         denoising_box_noise=denoising_box_noise,
         denoising_label_noise=denoising_label_noise,
+        box_refinement=box_refinement,
     )
     if weights is not None:
         load_weights(model, weights)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,10 @@ from .matcher import HungarianMatcher, Target
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import postprocess, valid_sizes
 from .preprocess import ImagePreprocessor
+from .refinement import AnchorRefinement
+
+if TYPE_CHECKING:
+    from .inference import InferenceDETR
 
 Output = tuple[Tensor, Tensor]
 
@@ -119,6 +123,10 @@ class DETR(nn.Module):
         denoising_groups: train with this many groups of denoising queries (DN-DETR, see
             :mod:`detr.denoising`), with ``denoising_box_noise`` and ``denoising_label_noise``;
             0 (the reference) turns them off. Training only; inference is unchanged.
+        box_refinement: anchor-box queries refined layer by layer (DAB-DETR style, see
+            :mod:`detr.refinement`): ``query_embed`` becomes the queries' initial content, learned
+            anchors their positions, and the box head predicts corrections of each layer's anchors.
+            Changes the architecture (not the reference's), for faster training from scratch.
     """
 
     def __init__(
@@ -131,6 +139,7 @@ class DETR(nn.Module):
         denoising_groups: int = 0,
         denoising_box_noise: float = 0.4,
         denoising_label_noise: float = 0.2,
+        box_refinement: bool = False,
     ) -> None:
         super().__init__()
         if not _positive_int(query_groups):
@@ -154,8 +163,19 @@ class DETR(nn.Module):
         self.query_embed = nn.Embedding(config.num_queries * query_groups, d_model)
         self.class_head = nn.Linear(d_model, config.num_classes + 1)
         self.box_head = MLP(d_model, d_model, 4, num_layers=3)
+        self.refinement = AnchorRefinement(config.num_queries * query_groups, d_model) if box_refinement else None
+        if box_refinement:  # the first predictions are the anchors themselves
+            nn.init.zeros_(self.box_head.layers[-1].weight)
+            nn.init.zeros_(self.box_head.layers[-1].bias)
         self.denoising = (
-            DenoisingQueries(config.num_classes, d_model, denoising_groups, denoising_box_noise, denoising_label_noise)
+            DenoisingQueries(
+                config.num_classes,
+                d_model,
+                denoising_groups,
+                denoising_box_noise,
+                denoising_label_noise,
+                embed_box=not box_refinement,  # with refinement the noised box is the query's anchor
+            )
             if denoising_groups
             else None
         )
@@ -186,16 +206,25 @@ class DETR(nn.Module):
         return self._decode(x, check_images(x, mask), all_layers)
 
     def _decode(
-        self, x: Tensor, mask: Tensor, all_layers: bool | None, dn: DenoisingBatch | None = None
+        self, x: Tensor, mask: Tensor | None, all_layers: bool | None, dn: DenoisingBatch | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Like :meth:`decode`, without input checks. In training with query groups Q = groups *
-        num_queries, and denoising queries ``dn`` (E of them) come after: Q = groups * num_queries + E."""
+        """Like :meth:`decode`, without input checks; ``mask`` None means no padding (and no
+        attention masking at all). In training with query groups Q = groups * num_queries, and
+        denoising queries ``dn`` (E of them) come after: Q = groups * num_queries + E."""
         features = self.backbone(x)  # (B, C_b, h, w)
-        feat_mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]  # (B, h, w)
-        pos = self.position_encoding(feat_mask).to(features.dtype)  # (B, d, h, w)
+        batch, _, h, w = features.shape
+        if mask is None:  # one position encoding, shared by the batch
+            feat_mask = None
+            pos = self.position_encoding(torch.zeros((1, h, w), dtype=torch.bool, device=x.device))  # (1, d, h, w)
+            pos = pos.to(features.dtype).expand(batch, -1, -1, -1)  # (B, d, h, w)
+        else:
+            feat_mask = F.interpolate(mask[None].float(), size=(h, w)).to(torch.bool)[0]  # (B, h, w)
+            pos = self.position_encoding(feat_mask).to(features.dtype)  # (B, d, h, w)
         src = self.input_proj(features)
         groups = self.query_groups if self.training else 1
         queries = self.query_embed.weight[: self.num_queries * groups]  # (G*Q, d)
+        if self.refinement is not None:
+            return self._decode_refined(src, feat_mask, pos, queries, groups, all_layers, dn)
         if dn is not None:
             batch = x.shape[0]
             query_pos = torch.cat([queries.unsqueeze(0).expand(batch, -1, -1), dn.query_pos], dim=1)  # (B, GQ+E, d)
@@ -211,6 +240,37 @@ class DETR(nn.Module):
         if not (self.aux_loss if all_layers is None else all_layers):
             hs = hs[-1:]
         return self.class_head(hs), self.box_head(hs).sigmoid()
+
+    def _decode_refined(
+        self,
+        src: Tensor,
+        feat_mask: Tensor | None,
+        pos: Tensor,
+        queries: Tensor,
+        groups: int,
+        all_layers: bool | None,
+        dn: DenoisingBatch | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The decoder with anchor-box queries (``box_refinement``); arguments as inside :meth:`_decode`."""
+        assert self.refinement is not None
+        batch = src.shape[0]
+        memory, key_padding_mask, pos = self.transformer.encode(src, feat_mask, pos)  # (B, HW, d), (B, HW), (B, HW, d)
+        tgt = queries.unsqueeze(0).expand(batch, -1, -1)  # (B, G*Q, d)
+        anchors = self.refinement.initial_anchors(len(queries)).unsqueeze(0).expand(batch, -1, -1)  # (B, G*Q, 4)
+        attn = None
+        if dn is not None:
+            tgt = torch.cat([tgt, dn.tgt], dim=1)  # (B, G*Q+E, d)
+            anchors = torch.cat([anchors, dn.noisy_box], dim=1)  # (B, G*Q+E, 4)
+            attn = denoising_attention_mask(len(queries), groups, dn)  # (B, 1, G*Q+E, G*Q+E)
+        elif groups > 1:
+            group = torch.arange(len(queries), device=queries.device) // self.num_queries
+            attn = group[:, None] == group[None, :]  # (G*Q, G*Q)
+        hs, boxes = self.refinement(
+            self.transformer.decoder, self.box_head, tgt, anchors, memory, key_padding_mask, pos, attn
+        )  # (L, B, Q', d), (L, B, Q', 4)
+        if not (self.aux_loss if all_layers is None else all_layers):
+            hs, boxes = hs[-1:], boxes[-1:]
+        return self.class_head(hs), boxes.to(hs.dtype)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Output | list[Output]:
         """x: (B, 3, H, W) float, mask: (B, H, W) bool (True on padding).
@@ -302,6 +362,16 @@ class DETR(nn.Module):
         return export_hf(self, directory)
 
     # -------------------------------------------------------------- inference
+    def optimize_for_inference(
+        self, dtype: torch.dtype = torch.float32, channels_last: bool = True, compile: bool = False
+    ) -> InferenceDETR:
+        """A faster inference-only copy whose ``forward(x, mask=None)`` returns ``(pred_logits,
+        pred_boxes)`` of the last layer: batch norm folded, channels-last, no masking work without
+        padding, optional bf16 autocast and ``torch.compile`` (see :mod:`detr.inference`)."""
+        from .inference import InferenceDETR
+
+        return InferenceDETR(self, dtype=dtype, channels_last=channels_last, compile=compile)
+
     @torch.no_grad()
     def predict(
         self,

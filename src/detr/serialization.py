@@ -120,6 +120,8 @@ def export_hf(model: DETR, directory: str | Path) -> Path:
         )
     if kwargs.get("normalize_before"):
         raise ValueError("pre-norm transformers cannot be exported: transformers' DETR is post-norm only")
+    if model.refinement is not None:
+        raise ValueError("box_refinement models cannot be exported: transformers' DETR has no anchor-box queries")
     t = model.transformer
     names = model.class_names or [f"class_{i}" for i in range(model.num_classes)]
     config = {

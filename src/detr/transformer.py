@@ -260,10 +260,18 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
+    def encode(self, src: Tensor, mask: Tensor | None, pos_embed: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Flatten and encode: src (B, C, H, W), mask (B, H, W) or None (no padding), pos_embed
+        (B, C, H, W) -> memory (B, HW, C), key padding mask (B, HW) or None, position encoding (B, HW, C)."""
+        src = src.flatten(2).transpose(1, 2)  # (B, HW, C)
+        pos = pos_embed.flatten(2).transpose(1, 2)  # (B, HW, C)
+        key_padding_mask = None if mask is None else mask.flatten(1)  # (B, HW)
+        return self.encoder(src, key_padding_mask, pos), key_padding_mask, pos
+
     def forward(
         self,
         src: Tensor,
-        mask: Tensor,
+        mask: Tensor | None,
         query_embed: Tensor,
         pos_embed: Tensor,
         query_attn_mask: Tensor | None = None,
@@ -273,7 +281,7 @@ class Transformer(nn.Module):
 
         Args:
             src: (B, C, H, W) projected features.
-            mask: (B, H, W) bool, True on padding.
+            mask: (B, H, W) bool, True on padding; None when nothing is padded.
             query_embed: (Q, C) learned query positions, or (B, Q, C) per image.
             pos_embed: (B, C, H, W) position encoding of the features.
             query_attn_mask: optional (Q, Q) or (B, 1, Q, Q) bool, True where query i may attend
@@ -285,15 +293,12 @@ class Transformer(nn.Module):
             memory: (B, C, H, W) encoder output.
         """
         batch, c, h, w = src.shape
-        src = src.flatten(2).transpose(1, 2)  # (B, HW, C)
-        pos = pos_embed.flatten(2).transpose(1, 2)  # (B, HW, C)
-        key_padding_mask = mask.flatten(1)  # (B, HW)
+        memory, key_padding_mask, pos = self.encode(src, mask, pos_embed)
         query_pos = (
             query_embed if query_embed.dim() == 3 else query_embed.unsqueeze(0).expand(batch, -1, -1)
         )  # (B, Q, C)
         if tgt is None:
             tgt = query_pos.new_zeros(query_pos.shape)  # queries start empty, their position is all they know
 
-        memory = self.encoder(src, key_padding_mask, pos)
         hs = self.decoder(tgt, memory, key_padding_mask, pos, query_pos, query_attn_mask)
         return hs, memory.transpose(1, 2).reshape(batch, c, h, w)  # (B, HW, C) -> (B, C, H, W)
