@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
@@ -21,6 +22,103 @@ RESNET_IMAGENET_WEIGHTS = {
     "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
     "resnet101": "ResNet101_Weights.IMAGENET1K_V1",
 }
+
+
+class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """A frozen batch norm whose convolution applies it (see :class:`ConvFrozenBN2d`): passes its input through.
+
+    It keeps the parameters and buffers, so checkpoints keep their keys.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class ConvFrozenBN2d(nn.Conv2d):
+    """A convolution followed by a frozen batch norm, computed as one convolution.
+
+    conv(x, W) * s + b = conv(x, W * s) + b for the per-channel scale s and shift b of the frozen
+    statistics, so the batch norm's two passes over the feature map (and one in the backward) go
+    away while W keeps training. The batch norm module stays where it was, as a
+    :class:`FoldedFrozenBatchNorm2d`, and is only referenced here.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: FoldedFrozenBatchNorm2d) -> None:
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=conv.bias is not None,
+        )
+        self.weight, self.bias = conv.weight, conv.bias
+        self._bn = (bn,)  # a tuple, not a submodule: the state dict keeps the reference layout
+
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        """(C_out,) scale and shift of the batch norm, the conv's own bias included in the shift."""
+        (bn,) = self._bn
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        shift = bn.bias - bn.running_mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias * scale
+        return scale, shift
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = self.scale_shift()
+        return self._conv_forward(x, self.weight * scale[:, None, None, None], shift)
+
+    def folded(self) -> nn.Conv2d:
+        """A plain convolution with the batch norm folded into its weights (for inference)."""
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            bias=True,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
+        with torch.no_grad():
+            scale, shift = self.scale_shift()
+            conv.weight.copy_(self.weight * scale[:, None, None, None])
+            conv.bias.copy_(shift)
+        return conv
+
+
+def conv_norm_pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """(parent, conv name, norm name) of every convolution directly followed by a batch norm in a
+    torchvision ResNet: its naming puts ``bnN`` right after ``convN``, and a ``downsample`` is
+    ``Sequential(conv, bn)``."""
+    pairs = []
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if not isinstance(child, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+                continue
+            conv_name = "conv" + name[2:] if name.startswith("bn") else str(int(name) - 1) if name.isdigit() else None
+            if conv_name is not None and isinstance(getattr(parent, conv_name, None), nn.Conv2d):
+                pairs.append((parent, conv_name, name))
+    return pairs
+
+
+def fuse_frozen_batch_norms(module: nn.Module) -> int:
+    """Make every (conv, frozen batch norm) pair of a torchvision ResNet one :class:`ConvFrozenBN2d`,
+    in place; returns how many. Parameter names do not change."""
+    fused = 0
+    for parent, conv_name, name in conv_norm_pairs(module):
+        child, conv = getattr(parent, name), getattr(parent, conv_name)
+        if type(child) is FrozenBatchNorm2d and type(conv) is nn.Conv2d:
+            bn = FoldedFrozenBatchNorm2d(child.weight.shape[0], eps=child.eps)
+            bn.load_state_dict(child.state_dict())
+            setattr(parent, name, bn)
+            setattr(parent, conv_name, ConvFrozenBN2d(conv, bn))
+            fused += 1
+    return fused
 
 
 def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
@@ -44,7 +142,10 @@ class ResNetBackbone(nn.Module):
         num_layers: 4 (the reference), or 3 / 2 to stop after ``layer3`` / ``layer2``: stride 16 / 8
             and half / a quarter of the channels, finer features for small images at less cost.
         norm: ``"frozen_bn"`` (reference) or ``"bn"`` (trainable batch norm, for training
-            from scratch where no pretrained statistics exist).
+            from scratch where no pretrained statistics exist). Frozen batch norms are computed
+            inside their convolutions (:class:`ConvFrozenBN2d`, same result and parameter names).
+        channels_last: keep weights and feature maps in channels-last memory format, which
+            oneDNN (CPU) and cuDNN convolutions run fastest in; the result is the same.
     """
 
     def __init__(
@@ -56,6 +157,7 @@ class ResNetBackbone(nn.Module):
         norm: str = "frozen_bn",
         freeze_stem: bool = True,
         num_layers: int = 4,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if name not in RESNET_IMAGENET_WEIGHTS:
@@ -82,6 +184,11 @@ class ResNetBackbone(nn.Module):
             trainable = train_backbone and not (freeze_stem and in_stem)
             param.requires_grad_(trainable)
         self.body = IntermediateLayerGetter(resnet, return_layers={f"layer{num_layers}": "0"})
+        if norm == "frozen_bn":
+            fuse_frozen_batch_norms(self.body)
+        self.channels_last = channels_last
+        if channels_last:
+            self.body.to(memory_format=torch.channels_last)
 
     @staticmethod
     def _load_imagenet_weights(resnet: nn.Module, name: str) -> None:
@@ -96,4 +203,6 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, 3, H, W) normalised images -> (B, num_channels, H', W') features."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.body(x)["0"]

@@ -65,6 +65,9 @@ def export_onnx(
     model = copy.deepcopy(model).eval()
     model.denoising = None  # training only
     fold_batch_norms(model.backbone)
+    if getattr(model.backbone, "channels_last", False):  # a memory layout means nothing to ONNX, and its
+        model.backbone.channels_last = False  # stride checks would pin the dynamic sizes
+        model.backbone.to(memory_format=torch.contiguous_format)
     wrapper = _ExportWrapper(model).eval()
     pixel_values = torch.randn(batch_size, 3, height, width)
     pixel_mask = torch.zeros(batch_size, height, width, dtype=torch.bool)

@@ -20,47 +20,37 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
-from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .backbone import ConvFrozenBN2d, conv_norm_pairs
 from .checks import check_images
 
 if TYPE_CHECKING:
     from .model import DETR
 
-_BATCH_NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
-
-
-def _fold(conv: nn.Conv2d, bn: nn.Module) -> None:
-    """Fold ``bn`` (eval-mode statistics) into ``conv`` in place; ``bn`` must then be bypassed."""
-    weight, bias = fuse_conv_bn_weights(
-        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
-    )
-    conv.weight = nn.Parameter(weight.detach(), requires_grad=False)
-    conv.bias = nn.Parameter(bias.detach(), requires_grad=False)
-
-
 def fold_batch_norms(module: nn.Module) -> int:
     """Fold every batch norm of a torchvision ResNet into its convolution, in place; returns how many.
 
-    Pairs are found by torchvision's naming, where each ``bnN`` directly follows ``convN`` and a
-    ``downsample`` is ``Sequential(conv, bn)``; the batch norms become ``nn.Identity``. Batch
-    norms must be frozen or in eval mode (running statistics), as at inference.
+    Pairs are found by torchvision's naming (:func:`detr.backbone.conv_norm_pairs`); the batch
+    norms become ``nn.Identity`` and the convolutions plain ones with a bias. Trainable batch norms
+    must be in eval mode (running statistics), as at inference.
     """
-    folded = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if not isinstance(child, _BATCH_NORMS):
-                continue
-            if isinstance(child, nn.BatchNorm2d) and child.training:
-                raise ValueError("batch norm in training mode cannot be folded; call model.eval() first")
-            conv_name = "conv" + name[2:] if name.startswith("bn") else str(int(name) - 1) if name.isdigit() else None
-            conv = getattr(parent, conv_name, None) if conv_name else None
-            if not isinstance(conv, nn.Conv2d):
-                continue
-            _fold(conv, child)
-            setattr(parent, name, nn.Identity())
-            folded += 1
-    return folded
+    pairs = conv_norm_pairs(module)
+    for parent, conv_name, norm_name in pairs:
+        conv, norm = getattr(parent, conv_name), getattr(parent, norm_name)
+        if isinstance(norm, nn.BatchNorm2d) and norm.training:
+            raise ValueError("batch norm in training mode cannot be folded; call model.eval() first")
+        if isinstance(conv, ConvFrozenBN2d):  # already computed inside the conv: make it permanent
+            folded = conv.folded()
+        else:
+            folded = copy.deepcopy(conv)
+            weight, bias = fuse_conv_bn_weights(
+                conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
+            )
+            folded.weight = nn.Parameter(weight.detach(), requires_grad=False)
+            folded.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        setattr(parent, conv_name, folded.requires_grad_(False))
+        setattr(parent, norm_name, nn.Identity())
+    return len(pairs)
 
 
 class InferenceDETR(nn.Module):
