@@ -81,6 +81,29 @@ def test_denoising_with_no_targets_at_all():
     assert "loss_dn_ce" not in terms and torch.isfinite(terms["loss"])
 
 
+def test_box_refinement_starts_at_the_anchors_and_refines_per_layer(tmp_path):
+    model = small(box_refinement=True, denoising_groups=2).train()
+    x = torch.randn(2, 3, 64, 64)
+    targets = random_targets(2, 4, counts=(2, 1))
+    # before training the box head predicts no correction: every layer's boxes are the learned anchors
+    _, boxes = model.decode(x)
+    anchors = model.refinement.initial_anchors(5)
+    torch.testing.assert_close(boxes, anchors.expand_as(boxes))
+    terms = model.get_loss_dict(x, targets)
+    terms["loss"].backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    # anchors, their position MLP and the denoising labels all learn; the box head's hidden layers
+    # get gradients once its zero-initialised last layer has moved
+    assert no_grad == [f"box_head.layers.{i}.{w}" for i in (0, 1) for w in ("weight", "bias")], no_grad
+    # the denoising queries start from the noised ground truth: their anchors are the noised boxes
+    assert model.denoising.box_embed is None
+    with pytest.raises(ValueError, match="box_refinement models cannot be exported"):
+        model.export_hf(tmp_path / "hf")
+    model.eval()
+    model.save_pretrained(tmp_path / "m")
+    torch.testing.assert_close(detr.DETR.from_pretrained(tmp_path / "m").eval()(x)[-1], model(x)[-1])
+
+
 def test_box_sine_embedding():
     emb = box_sine_embedding(torch.tensor([[0.5, 0.25, 0.1, 0.2]]), 16)
     assert emb.shape == (1, 64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
@@ -32,6 +33,40 @@ class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return x
+
+
+class _ScaledWeightConv(torch.autograd.Function):
+    """conv2d(x, weight * scale, shift) that keeps only x, weight and scale for the backward.
+
+    Autograd through ``weight * scale`` would keep the scaled copy of every weight alive until
+    the backward; here it is recomputed there instead (cheap: weights are small next to features).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, scale, shift, stride, padding, dilation, groups):  # type: ignore[override]
+        ctx.save_for_backward(x, weight, scale)
+        ctx.conv = (stride, padding, dilation, groups)
+        return F.conv2d(x, weight * scale[:, None, None, None], shift, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight, scale = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            weight * scale[:, None, None, None],
+            None,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0] * len(stride),
+            groups,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
+        )
+        grad_weight = grad_w * scale[:, None, None, None] if grad_w is not None else None
+        return grad_x, grad_weight, None, None, None, None, None, None
 
 
 class ConvFrozenBN2d(nn.Conv2d):
@@ -68,7 +103,13 @@ class ConvFrozenBN2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         scale, shift = self.scale_shift()
-        return self._conv_forward(x, self.weight * scale[:, None, None, None], shift)
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):  # not in ResNets; the general path
+            return self._conv_forward(x, self.weight * scale[:, None, None, None], shift)
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return _ScaledWeightConv.apply(
+                x, self.weight, scale, shift, self.stride, self.padding, self.dilation, self.groups
+            )
+        return F.conv2d(x, self.weight * scale[:, None, None, None], shift, self.stride, self.padding, self.dilation, self.groups)
 
     def folded(self) -> nn.Conv2d:
         """A plain convolution with the batch norm folded into its weights (for inference)."""

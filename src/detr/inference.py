@@ -102,10 +102,5 @@ class InferenceDETR(nn.Module):
     @torch.inference_mode()
     def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x: (B, 3, H, W) float normalized images; mask: (B, H, W) bool, True on padding, or None."""
-        if mask is not None:
-            check_images(x, mask)
-            if not mask.any():  # nothing padded: skip all masking work
-                mask = None
-        else:
-            check_images(x, None)
-        return self._run(x, mask)
+        mask = check_images(x, mask)
+        return self._run(x, mask if mask.any() else None)  # nothing padded: no masking work at all

@@ -93,6 +93,11 @@ class DETRConfig:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
 
+def _padding_or_none(mask: Tensor) -> Tensor | None:
+    """The mask, or None when nothing is padded: then no mask is interpolated or applied at all."""
+    return mask if mask.any() else None
+
+
 class MLP(nn.Module):
     """Linear layers with ReLU between them (DETR's box head: 3 layers, last one to 4)."""
 
@@ -203,7 +208,7 @@ class DETR(nn.Module):
             pred_logits (L, B, Q, K+1) and pred_boxes (L, B, Q, 4) normalized cxcywh, final layer last;
             L = 1 when only the last layer is wanted.
         """
-        return self._decode(x, check_images(x, mask), all_layers)
+        return self._decode(x, _padding_or_none(check_images(x, mask)), all_layers)
 
     def _decode(
         self, x: Tensor, mask: Tensor | None, all_layers: bool | None, dn: DenoisingBatch | None = None
@@ -291,7 +296,7 @@ class DETR(nn.Module):
         targets: one dict per image, ``class_id`` int64 (N_i,) in [0, num_classes-1] and ``box``
         float (N_i, 4) normalized cxcywh relative to the image's valid region; N_i may be 0.
         """
-        mask = check_images(x, mask)
+        mask = _padding_or_none(check_images(x, mask))
         check_targets(targets, x.shape[0], self.num_classes)
         dn = self.denoising(targets, x.device) if self.denoising is not None and self.training else None
         logits, boxes = self._decode(x, mask, all_layers=None, dn=dn)  # (L, B, G*Q [+E], K+1), (L, B, G*Q [+E], 4)

@@ -111,6 +111,8 @@ def export_hf(model: DETR, directory: str | Path) -> Path:
     Supported: ResNet-50/101 without dilation (transformers' own ResNet backbone has no DC5),
     post-norm transformer.
     """
+    if model.refinement is not None:
+        raise ValueError("box_refinement models cannot be exported: transformers' DETR has no anchor-box queries")
     spec = _spec(model)
     kwargs = spec["kwargs"]
     depths = {"detr_r50": [3, 4, 6, 3], "detr_r101": [3, 4, 23, 3]}.get(spec["model"])
@@ -120,8 +122,6 @@ def export_hf(model: DETR, directory: str | Path) -> Path:
         )
     if kwargs.get("normalize_before"):
         raise ValueError("pre-norm transformers cannot be exported: transformers' DETR is post-norm only")
-    if model.refinement is not None:
-        raise ValueError("box_refinement models cannot be exported: transformers' DETR has no anchor-box queries")
     t = model.transformer
     names = model.class_names or [f"class_{i}" for i in range(model.num_classes)]
     config = {

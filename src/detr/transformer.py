@@ -17,6 +17,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class _Dropout(torch.autograd.Function):
+    """Dropout whose keep mask comes from a uniform draw: on CPUs about twice as fast as the
+    Bernoulli sampler behind ``F.dropout``, same distribution; keeps only the bool mask."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
+        keep = torch.rand_like(x) >= p
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return x * keep * ctx.scale
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (keep,) = ctx.saved_tensors
+        return grad * keep * ctx.scale, None
+
+
+def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float) -> Tensor:
+    """softmax(q k^T / sqrt(d)) with dropout p, times v: what the fused kernel computes when it must
+    drop attention weights, which on CPUs it does through a slower generic path."""
+    weights = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, h, Lq, Lk)
+    if mask is not None:
+        weights = weights.masked_fill(~mask, float("-inf"))
+    return _Dropout.apply(weights.softmax(-1), p) @ v  # (B, h, Lq, d)
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head attention with a packed (3C, C) input projection, batch-first.
 
@@ -70,9 +96,11 @@ class MultiheadAttention(nn.Module):
             mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk), True = attend
         if attn_mask is not None:
             mask = attn_mask if mask is None else mask & attn_mask  # broadcast to (B, 1, Lq, Lk)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, h, Lq, d)
+        dropout = self.dropout if self.training else 0.0
+        if dropout > 0 and q.device.type == "cpu":
+            out = _attention_with_dropout(q, k, v, mask, dropout)  # (B, h, Lq, d)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, h, Lq, d)
         out = out.transpose(1, 2).reshape(batch, len_q, c)  # (B, Lq, C)
         return self.out_proj(out)
 
