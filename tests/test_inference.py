@@ -71,6 +71,20 @@ def test_postprocess_scales_to_the_original_image_and_sorts():
     assert top["labels"].tolist() == [2]
 
 
+def test_postprocess_all_classes_scores_every_query_class_pair():
+    logits = torch.log(torch.tensor([[[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]]]))  # (1, 2 queries, 2 classes + none)
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.25, 0.1, 0.1]]])
+    sizes = torch.tensor([[100, 200]])
+    (best,) = postprocess(logits, boxes, sizes)
+    (pairs,) = postprocess(logits, boxes, sizes, all_classes=True)
+    torch.testing.assert_close(pairs["scores"], torch.tensor([0.7, 0.6, 0.3, 0.2]))
+    assert pairs["labels"].tolist() == [1, 0, 1, 0]
+    # each pair keeps its query's box; the best pair per query is the reference detection
+    torch.testing.assert_close(pairs["boxes"][[0, 1]], best["boxes"])
+    torch.testing.assert_close(pairs["boxes"][2], best["boxes"][1])
+    assert postprocess(logits, boxes, sizes, top_k=3, all_classes=True)[0]["scores"].shape == (3,)
+
+
 def test_predict_on_raw_images_gives_boxes_on_the_original_images():
     torch.manual_seed(0)
     model = small_detr(num_classes=3, num_queries=6, aux_loss=True)

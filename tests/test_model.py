@@ -204,3 +204,50 @@ def test_learned_position_embedding_has_parameters_and_rejects_big_maps():
     assert "position_encoding.row_embed.weight" in model.state_dict()
     with pytest.raises(ValueError, match="at most 50x50"):
         model(torch.randn(1, 3, 64, 51 * 32))
+
+
+def test_frozen_batch_norm_inside_the_convolution_is_conv_then_batch_norm():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from detr.backbone import ConvFrozenBN2d, FoldedFrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False).double()
+    bn = FrozenBatchNorm2d(16).double()
+    bn.weight.uniform_(0.5, 1.5), bn.bias.normal_(), bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+    folded_bn = FoldedFrozenBatchNorm2d(16).double()
+    folded_bn.load_state_dict(bn.state_dict())
+    fused = ConvFrozenBN2d(conv, folded_bn)
+    x = torch.randn(2, 8, 15, 15, dtype=torch.double, requires_grad=True)
+    expected = bn(conv(x))
+    got = folded_bn(fused(x))  # the batch norm module itself passes through
+    torch.testing.assert_close(got, expected)
+    grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, (x, conv.weight), grad)
+    got_grads = torch.autograd.grad(got, (x, fused.weight), grad)
+    for e, g in zip(expected_grads, got_grads):
+        torch.testing.assert_close(g, e)
+    torch.testing.assert_close(fused.folded()(x), expected)
+
+
+def test_resnet_backbone_keeps_the_reference_parameter_names():
+    import torchvision
+
+    backbone = ResNetBackbone("resnet50")
+    reference = torchvision.models.resnet50(norm_layer=torchvision.ops.misc.FrozenBatchNorm2d).state_dict()
+    ours = {k.removeprefix("body."): v for k, v in backbone.state_dict().items()}
+    assert set(ours) == {k for k in reference if not k.startswith("fc.")}
+    assert backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_attention_dropout_drops_and_rescales():
+    from detr.transformer import _attention_with_dropout
+
+    torch.manual_seed(0)
+    q, k = torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 2000, 8)  # uniform attention: every weight 1/2000
+    v = torch.ones(1, 1, 2000, 8)
+    out = _attention_with_dropout(q, k, v, None, 0.3)
+    # each output is the sum of the kept weights / 0.7: mean 1, and about 30% of the 2000 terms dropped
+    kept = out[0, 0, :, 0] * 0.7 * 2000
+    assert ((kept > 1300) & (kept < 1500)).all(), kept
+    torch.testing.assert_close(out.mean(), torch.tensor(1.0), atol=0.05, rtol=0)

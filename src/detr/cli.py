@@ -107,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     model.to(device)
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
-    results = predict_dataset(model, loader, dataset.category_ids, device, progress=True)
+    results = predict_dataset(model, loader, dataset.category_ids, device, progress=True, all_classes=args.all_classes)
     metrics = coco_evaluate(dataset.annotations.raw, results, per_class=args.per_class)
     print(format_metrics(metrics))
     for name in METRIC_NAMES[6:]:
@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--per-class", action="store_true", help="also print AP per class")
+    p.add_argument(
+        "--all-classes", action="store_true", help="score every query-class pair, not only each query's best class"
+    )
     p.add_argument("--out", help="write metrics and predictions to this JSON file")
     p.set_defaults(func=cmd_eval)
 

@@ -26,11 +26,15 @@ def postprocess(
     image_sizes: Tensor,
     score_threshold: float = 0.0,
     top_k: int | None = None,
+    all_classes: bool = False,
 ) -> list[dict[str, Tensor]]:
     """Per-image detections from one layer's outputs.
 
     Each query gives one detection: its most likely class other than "no object",
-    with that probability as the score (the reference post-processing).
+    with that probability as the score (the reference post-processing). With ``all_classes``
+    each query gives one detection per class, scored by that class's probability (the
+    post-processing of Deformable DETR and its successors): a query unsure between two classes
+    then also offers its second guess, at a lower score, which can only add recall.
 
     Args:
         pred_logits: (B, Q, K+1) class logits, last channel "no object".
@@ -55,10 +59,16 @@ def postprocess(
             f"image_sizes must have shape (B, 2) = ({pred_logits.shape[0]}, 2), got {tuple(image_sizes.shape)}"
         )
     prob = pred_logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
-    scores, labels = prob.max(-1)  # (B, Q)
     height, width = image_sizes.float().unbind(1)
     scale = torch.stack([width, height, width, height], dim=1)[:, None, :]  # (B, 1, 4)
     boxes = box_convert(pred_boxes.float(), "cxcywh", "xyxy") * scale  # (B, Q, 4)
+    if all_classes:
+        batch, queries, classes = prob.shape
+        scores = prob.flatten(1)  # (B, Q*K), query-major
+        labels = torch.arange(classes, device=prob.device).repeat(queries).expand(batch, -1)  # (B, Q*K)
+        boxes = boxes.repeat_interleave(classes, dim=1)  # (B, Q*K, 4)
+    else:
+        scores, labels = prob.max(-1)  # (B, Q)
 
     results = []
     for s, l, b in zip(scores, labels, boxes):

@@ -58,6 +58,7 @@ class TrainConfig:
     resume: bool = False  # continue from output_dir/checkpoint.pth
     progress: bool = True
     per_class_ap: bool = False
+    eval_all_classes: bool = False  # score every query-class pair at evaluation, not only each query's best class
 
     def __post_init__(self) -> None:
         checks = [

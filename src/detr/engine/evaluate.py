@@ -27,11 +27,13 @@ def predict_dataset(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    all_classes: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``model`` over a loader of (images, mask, targets) and return COCO results.
 
     Each result is ``{"image_id", "category_id", "bbox": [x, y, w, h] pixels of the original
-    image, "score"}``; every query's best class is kept (AP is computed over the ranking).
+    image, "score"}``; every query's best class is kept (AP is computed over the ranking), or
+    with ``all_classes`` every query-class pair (see :func:`detr.postprocess.postprocess`).
     """
     from tqdm import tqdm
 
@@ -43,7 +45,7 @@ def predict_dataset(
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logits, boxes = model.decode(images, mask, all_layers=False)
         sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-        for target, det in zip(targets, postprocess(logits[-1].float(), boxes[-1].float(), sizes)):
+        for target, det in zip(targets, postprocess(logits[-1].float(), boxes[-1].float(), sizes, all_classes=all_classes)):
             xyxy = det["boxes"].cpu()
             xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1)
             for box, score, label in zip(xywh.tolist(), det["scores"].tolist(), det["labels"].tolist()):

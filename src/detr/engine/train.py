@@ -327,7 +327,13 @@ class Trainer:
             self.val_set, batch_size=self.config.batch_size, collate_fn=collate, num_workers=self.config.workers
         )
         results = predict_dataset(
-            self.model, loader, self.val_set.category_ids, self.device, self.autocast_dtype, self.config.progress
+            self.model,
+            loader,
+            self.val_set.category_ids,
+            self.device,
+            self.autocast_dtype,
+            self.config.progress,
+            all_classes=self.config.eval_all_classes,
         )
         metrics = coco_evaluate(self.val_set.annotations.raw, results, per_class=self.config.per_class_ap)
         atomic_write_text(self.out / "predictions_val.json", json.dumps(results))
