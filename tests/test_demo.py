@@ -30,9 +30,10 @@ def test_short_demo_writes_every_artefact(tmp_path):
     model = DETR.from_pretrained(metrics["paths"]["model"])
     assert model.class_names == ["circle", "square", "triangle"]
     val = CocoDetection(out / "data", "val", eval_transforms(64, 96))
-    again = predict_dataset(model, DataLoader(val, batch_size=4, collate_fn=collate), val.category_ids)
+    loader = DataLoader(val, batch_size=4, collate_fn=collate)
+    again = predict_dataset(model, loader, val.category_ids, all_classes=True)  # as the demo evaluates
     before = json.loads((out / "run" / "predictions_val.json").read_text())
-    assert len(again) == len(before) == 16 * 10
+    assert len(again) == len(before) == 16 * 10 * 3  # every query-class pair
     for a, b in zip(again, before):
         assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
         torch.testing.assert_close(torch.tensor(a["bbox"]), torch.tensor(b["bbox"]), atol=1e-3, rtol=0)
