@@ -29,8 +29,9 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import detr  # noqa: E402
 from tests.conftest import make_hf_detr, random_targets  # noqa: E402  (random HF DETR with calibrated BN)
+
+import detr  # noqa: E402
 
 THREADS = 2
 
@@ -266,7 +267,11 @@ def main() -> None:
     import transformers
 
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
         platform.processor(),
     )
     print(
@@ -277,7 +282,9 @@ def main() -> None:
     print(f"matmul peak (3072^3): fp32 {peaks[torch.float32]:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16]:.0f} GFLOP/s")
     rows = inference(args.reps, args.quick, args.compile, peaks)
     rows += [""] + training(args.reps, args.quick)
-    memory = {kind: peak_memory(kind) for kind in ("infer-hf", "infer-ours", "infer-ours-bf16", "train-hf", "train-ours")}
+    memory = {
+        kind: peak_memory(kind) for kind in ("infer-hf", "infer-ours", "infer-ours-bf16", "train-hf", "train-ours")
+    }
     rows += [
         "",
         "| peak memory added by one step | HF | ours fp32 | ours bf16 |",

@@ -17,7 +17,7 @@ import torch
 
 import detr
 from detr import hub
-from detr.weights import CheckpointError, convert_hf_state_dict, convert_to_hf_state_dict
+from detr.weights import convert_hf_state_dict, convert_to_hf_state_dict
 
 from .conftest import make_hf_detr, padded_pair
 from .test_hf_parity import reference_layout

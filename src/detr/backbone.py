@@ -109,7 +109,9 @@ class ConvFrozenBN2d(nn.Conv2d):
             return _ScaledWeightConv.apply(
                 x, self.weight, scale, shift, self.stride, self.padding, self.dilation, self.groups
             )
-        return F.conv2d(x, self.weight * scale[:, None, None, None], shift, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(
+            x, self.weight * scale[:, None, None, None], shift, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def folded(self) -> nn.Conv2d:
         """A plain convolution with the batch norm folded into its weights (for inference)."""

@@ -184,7 +184,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             mask = torch.zeros(batch, h, w, dtype=torch.bool)
             mask[-1, :, w - w // 4 :] = batch > 1  # pad the last image of the batch
             logits, boxes = check_onnx(path, model, x, mask)
-            print(f"onnxruntime vs PyTorch at batch {batch}, {h}x{w}: max |diff| logits {logits:.1e}, boxes {boxes:.1e}")
+            print(
+                f"onnxruntime vs PyTorch at batch {batch}, {h}x{w}: max |diff| logits {logits:.1e}, boxes {boxes:.1e}"
+            )
     return 0
 
 

@@ -65,7 +65,9 @@ class DenoisingQueries(nn.Module):
         # get, so a query "at" a place starts out similar to the features there) -> MLP
         # (embed_box=False: the model turns the noised boxes into positions itself, see detr.refinement)
         self.box_embed = (
-            nn.Sequential(nn.Linear(2 * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model)) if embed_box else None
+            nn.Sequential(nn.Linear(2 * d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+            if embed_box
+            else None
         )
         self.d_model = d_model
 

@@ -105,9 +105,7 @@ def check_onnx(
     if pixel_mask is None:
         pixel_mask = torch.zeros(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.bool)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits, boxes = session.run(
-        OUTPUT_NAMES, {"pixel_values": pixel_values.numpy(), "pixel_mask": pixel_mask.numpy()}
-    )
+    logits, boxes = session.run(OUTPUT_NAMES, {"pixel_values": pixel_values.numpy(), "pixel_mask": pixel_mask.numpy()})
     with torch.no_grad():
         ref_logits, ref_boxes = model.eval().decode(pixel_values, pixel_mask, all_layers=False)
     return (

@@ -27,6 +27,7 @@ from .checks import check_images
 if TYPE_CHECKING:
     from .model import DETR
 
+
 def fold_batch_norms(module: nn.Module) -> int:
     """Fold every batch norm of a torchvision ResNet into its convolution, in place; returns how many.
 

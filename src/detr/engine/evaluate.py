@@ -45,7 +45,9 @@ def predict_dataset(
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logits, boxes = model.decode(images, mask, all_layers=False)
         sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-        for target, det in zip(targets, postprocess(logits[-1].float(), boxes[-1].float(), sizes, all_classes=all_classes)):
+        for target, det in zip(
+            targets, postprocess(logits[-1].float(), boxes[-1].float(), sizes, all_classes=all_classes)
+        ):
             xyxy = det["boxes"].cpu()
             xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1)
             for box, score, label in zip(xywh.tolist(), det["scores"].tolist(), det["labels"].tolist()):

@@ -24,7 +24,6 @@ from .distributed import DistInfo, ResumableSampler, barrier, init_distributed
 from .evaluate import coco_evaluate, predict_dataset
 from .plots import plot_curves
 
-
 CHECKPOINT = "checkpoint.pth"
 CHECKPOINT_VERSION = 1
 
