@@ -70,6 +70,18 @@ def test_bf16_mode_stays_close_to_fp32(our_model):
     assert not torch.equal(logits16, logits)  # it did run in bf16
 
 
+@pytest.mark.slow
+def test_compiled_inference_path_matches():
+    torch.manual_seed(0)
+    model = detr.detr_r18(num_classes=3, num_queries=5, **TINY).eval()
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        ref_logits, ref_boxes = model(x)
+    logits, boxes = model.optimize_for_inference(compile=True)(x)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(boxes, ref_boxes, atol=1e-4, rtol=0)
+
+
 def test_inference_path_rejects_bad_input_and_dtype(our_model):
     with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.bfloat16"):
         our_model.optimize_for_inference(torch.float16)

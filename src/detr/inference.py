@@ -86,7 +86,8 @@ class InferenceDETR(nn.Module):
         self.num_queries = model.num_queries
         self.dtype = dtype
         self.channels_last = channels_last
-        self._run = torch.compile(self._outputs, dynamic=True) if compile else self._outputs
+        # freezing: weights become constants, so inductor can pre-pack them for oneDNN and fuse more
+        self._run = torch.compile(self._outputs, dynamic=True, options={"freezing": True}) if compile else self._outputs
 
     def _outputs(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.channels_last:
