@@ -35,6 +35,11 @@ class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
         return x
 
 
+def _scaled(weight: Tensor, scale: Tensor) -> Tensor:
+    """(C_out, C_in, k, k) conv weight times a (C_out,) per-output-channel scale."""
+    return weight * scale[:, None, None, None]
+
+
 class _ScaledWeightConv(torch.autograd.Function):
     """conv2d(x, weight * scale, shift) that keeps only x, weight and scale for the backward.
 
@@ -46,7 +51,7 @@ class _ScaledWeightConv(torch.autograd.Function):
     def forward(ctx, x, weight, scale, shift, stride, padding, dilation, groups):  # type: ignore[override]
         ctx.save_for_backward(x, weight, scale)
         ctx.conv = (stride, padding, dilation, groups)
-        return F.conv2d(x, weight * scale[:, None, None, None], shift, stride, padding, dilation, groups)
+        return F.conv2d(x, _scaled(weight, scale), shift, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -55,7 +60,7 @@ class _ScaledWeightConv(torch.autograd.Function):
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad,
             x,
-            weight * scale[:, None, None, None],
+            _scaled(weight, scale),
             None,
             stride,
             padding,
@@ -65,7 +70,7 @@ class _ScaledWeightConv(torch.autograd.Function):
             groups,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
         )
-        grad_weight = grad_w * scale[:, None, None, None] if grad_w is not None else None
+        grad_weight = _scaled(grad_w, scale) if grad_w is not None else None
         return grad_x, grad_weight, None, None, None, None, None, None
 
 
@@ -103,15 +108,12 @@ class ConvFrozenBN2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         scale, shift = self.scale_shift()
-        if self.padding_mode != "zeros" or isinstance(self.padding, str):  # not in ResNets; the general path
-            return self._conv_forward(x, self.weight * scale[:, None, None, None], shift)
-        if torch.is_grad_enabled() and self.weight.requires_grad:
+        zero_padded = self.padding_mode == "zeros" and not isinstance(self.padding, str)  # always so in ResNets
+        if zero_padded and torch.is_grad_enabled() and self.weight.requires_grad:
             return _ScaledWeightConv.apply(
                 x, self.weight, scale, shift, self.stride, self.padding, self.dilation, self.groups
             )
-        return F.conv2d(
-            x, self.weight * scale[:, None, None, None], shift, self.stride, self.padding, self.dilation, self.groups
-        )
+        return self._conv_forward(x, _scaled(self.weight, scale), shift)
 
     def folded(self) -> nn.Conv2d:
         """A plain convolution with the batch norm folded into its weights (for inference)."""
@@ -129,7 +131,7 @@ class ConvFrozenBN2d(nn.Conv2d):
         )
         with torch.no_grad():
             scale, shift = self.scale_shift()
-            conv.weight.copy_(self.weight * scale[:, None, None, None])
+            conv.weight.copy_(_scaled(self.weight, scale))
             conv.bias.copy_(shift)
         return conv
 

@@ -3,12 +3,11 @@
 The exported graph takes ``pixel_values`` (B, 3, H, W) float32 normalized images and
 ``pixel_mask`` (B, H, W) bool, True on padding (all False for unpadded images), and returns
 ``logits`` (B, Q, K+1) and ``boxes`` (B, Q, 4) normalized cxcywh of the last decoder layer.
-Batch norms are folded into the convolutions first (:func:`detr.inference.fold_batch_norms`).
+Batch norms are folded into the convolutions first (:func:`detr.inference.inference_copy`).
 """
 
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .fileio import atomic_write
-from .inference import fold_batch_norms
+from .inference import inference_copy
 
 if TYPE_CHECKING:
     from .model import DETR
@@ -62,9 +61,7 @@ def export_onnx(
         import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError as err:
         raise ImportError('ONNX export needs onnx and onnxscript: pip install "detr[export]"') from err
-    model = copy.deepcopy(model).eval()
-    model.denoising = None  # training only
-    fold_batch_norms(model.backbone)
+    model = inference_copy(model)
     if getattr(model.backbone, "channels_last", False):  # a memory layout means nothing to ONNX, and its
         model.backbone.channels_last = False  # stride checks would pin the dynamic sizes
         model.backbone.to(memory_format=torch.contiguous_format)

@@ -54,6 +54,17 @@ def fold_batch_norms(module: nn.Module) -> int:
     return len(pairs)
 
 
+def inference_copy(model: DETR) -> DETR:
+    """A frozen eval-mode copy of ``model`` without its training-only parts, batch norms folded."""
+    model = copy.deepcopy(model).eval()
+    model.denoising = None
+    model.criterion = None
+    for param in model.parameters():
+        param.requires_grad_(False)
+    fold_batch_norms(model.backbone)
+    return model
+
+
 class InferenceDETR(nn.Module):
     """Inference-only copy of a :class:`~detr.model.DETR` (see the module docstring).
 
@@ -74,12 +85,7 @@ class InferenceDETR(nn.Module):
         super().__init__()
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
-        model = copy.deepcopy(model).eval()
-        model.denoising = None  # training only
-        model.criterion = None
-        for param in model.parameters():
-            param.requires_grad_(False)
-        fold_batch_norms(model.backbone)
+        model = inference_copy(model)
         if channels_last:
             model.backbone.to(memory_format=torch.channels_last)
         self.model = model

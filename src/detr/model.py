@@ -230,21 +230,26 @@ class DETR(nn.Module):
         queries = self.query_embed.weight[: self.num_queries * groups]  # (G*Q, d)
         if self.refinement is not None:
             return self._decode_refined(src, feat_mask, pos, queries, groups, all_layers, dn)
+        attn = self._query_attention_mask(len(queries), groups, dn)
         if dn is not None:
-            batch = x.shape[0]
             query_pos = torch.cat([queries.unsqueeze(0).expand(batch, -1, -1), dn.query_pos], dim=1)  # (B, GQ+E, d)
             tgt = torch.cat([query_pos.new_zeros(batch, len(queries), query_pos.shape[-1]), dn.tgt], dim=1)
-            attn = denoising_attention_mask(len(queries), groups, dn)  # (B, 1, GQ+E, GQ+E)
             hs, _ = self.transformer(src, feat_mask, query_pos, pos, query_attn_mask=attn, tgt=tgt)
-        elif groups == 1:
-            hs, _ = self.transformer(src, feat_mask, queries, pos)  # (L, B, Q, d)
         else:
-            group = torch.arange(len(queries), device=queries.device) // self.num_queries
-            same_group = group[:, None] == group[None, :]  # (G*Q, G*Q): queries only see their own group
-            hs, _ = self.transformer(src, feat_mask, queries, pos, query_attn_mask=same_group)  # (L, B, G*Q, d)
+            hs, _ = self.transformer(src, feat_mask, queries, pos, query_attn_mask=attn)  # (L, B, G*Q, d)
         if not (self.aux_loss if all_layers is None else all_layers):
             hs = hs[-1:]
         return self.class_head(hs), self.box_head(hs).sigmoid()
+
+    def _query_attention_mask(self, num_matching: int, groups: int, dn: DenoisingBatch | None) -> Tensor | None:
+        """Decoder self-attention mask keeping query groups (and denoising groups) apart, True = may
+        attend: (B, 1, Q', Q') with denoising queries, (G*Q, G*Q) with several groups, else None."""
+        if dn is not None:
+            return denoising_attention_mask(num_matching, groups, dn)
+        if groups == 1:
+            return None
+        group = torch.arange(num_matching, device=self.query_embed.weight.device) // self.num_queries
+        return group[:, None] == group[None, :]  # queries only see their own group
 
     def _decode_refined(
         self,
@@ -262,14 +267,10 @@ class DETR(nn.Module):
         memory, key_padding_mask, pos = self.transformer.encode(src, feat_mask, pos)  # (B, HW, d), (B, HW), (B, HW, d)
         tgt = queries.unsqueeze(0).expand(batch, -1, -1)  # (B, G*Q, d)
         anchors = self.refinement.initial_anchors(len(queries)).unsqueeze(0).expand(batch, -1, -1)  # (B, G*Q, 4)
-        attn = None
         if dn is not None:
             tgt = torch.cat([tgt, dn.tgt], dim=1)  # (B, G*Q+E, d)
             anchors = torch.cat([anchors, dn.noisy_box], dim=1)  # (B, G*Q+E, 4)
-            attn = denoising_attention_mask(len(queries), groups, dn)  # (B, 1, G*Q+E, G*Q+E)
-        elif groups > 1:
-            group = torch.arange(len(queries), device=queries.device) // self.num_queries
-            attn = group[:, None] == group[None, :]  # (G*Q, G*Q)
+        attn = self._query_attention_mask(len(queries), groups, dn)
         hs, boxes = self.refinement(
             self.transformer.decoder, self.box_head, tgt, anchors, memory, key_padding_mask, pos, attn
         )  # (L, B, Q', d), (L, B, Q', 4)
