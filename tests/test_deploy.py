@@ -70,6 +70,42 @@ def test_bf16_mode_stays_close_to_fp32(our_model):
     assert not torch.equal(logits16, logits)  # it did run in bf16
 
 
+def test_bf16_mode_keeps_decoder_and_heads_in_float32():
+    """bf16 where the FLOPs are (backbone, encoder), float32 next to the outputs; on weights whose
+    fp32 outputs are not chaotic (residual branches scaled as trained ResNets have them) the
+    logits stay within 1e-2 of fp32."""
+    from tests.conftest import make_hf_detr
+
+    model = detr.detr_r50(num_classes=91, weights=make_hf_detr().state_dict()).eval()
+    with torch.no_grad():
+        for name, module in model.backbone.named_modules():
+            if name.endswith("bn3"):
+                module.weight.mul_(0.5)
+                module.bias.mul_(0.5)
+    bf16 = model.optimize_for_inference(torch.bfloat16)
+    seen: dict[str, torch.dtype] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output) -> None:
+            seen[name] = output.dtype
+
+        return hook
+
+    for name in ("model.backbone", "model.transformer.encoder", "model.transformer.decoder", "model.class_head"):
+        bf16.get_submodule(name).register_forward_hook(record(name))
+    x, pad = padded_pair(seed=6)
+    logits, boxes = model.optimize_for_inference()(x, pad)
+    logits16, boxes16 = bf16(x, pad)
+    assert seen == {
+        "model.backbone": torch.bfloat16,
+        "model.transformer.encoder": torch.bfloat16,
+        "model.transformer.decoder": torch.float32,
+        "model.class_head": torch.float32,
+    }
+    assert (logits16 - logits).abs().max() < 1e-2
+    assert (boxes16 - boxes).abs().max() < 1e-2
+
+
 @pytest.mark.slow
 def test_compiled_inference_path_matches():
     torch.manual_seed(0)
