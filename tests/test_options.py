@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import detr
+from detr.dense import DenseHead
 from detr.denoising import box_sine_embedding
 from detr.engine import TrainConfig, Trainer
 
@@ -169,3 +170,71 @@ def test_export_leaves_out_training_only_parts(tmp_path):
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], hf(pixel_values=x).logits, atol=1e-4, rtol=0)
+
+
+def test_dense_head_assigns_tokens_by_centre_sampling():
+    head = DenseHead(d_model=8, num_classes=3)
+    anchors, valid = head.anchors(4, 4, None, torch.device("cpu"))  # cell centres at 0.125, 0.375, ...
+    assert anchors.shape == (1, 16, 4) and valid.all()
+    torch.testing.assert_close(anchors[0, 5], torch.tensor([0.375, 0.375, 0.5, 0.5]))  # 2 cells wide
+    target = {
+        "class_id": torch.tensor([0, 1, 2]),
+        "box": torch.tensor([[0.375, 0.375, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.1, 0.9, 0.02, 0.02]]),
+    }
+    assigned = head.assign(anchors[0], valid[0], target)
+    # the small box owns the cell of its centre, which the big one's central region also covers;
+    # the big one keeps the other three cells of its central region; the tiny one gets its own cell
+    expected = torch.full((16,), -1)
+    expected[5] = 0
+    expected[[6, 9, 10]] = 1
+    expected[12] = 2
+    torch.testing.assert_close(assigned, expected)
+    # padded tokens are never positive, and the valid region sets the cell centres
+    feat_mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    feat_mask[:, :, 2:] = True  # right half padded: two valid columns
+    anchors, valid = head.anchors(4, 4, feat_mask, torch.device("cpu"))
+    assert valid.sum() == 8 and anchors[0, 1, 0] == 0.75  # column 1's centre is 3/4 of the valid width
+    assigned = head.assign(anchors[0], valid[0], target)
+    assert (assigned[~valid[0]] == -1).all() and (assigned >= 0).any()
+
+
+def test_dense_aux_loss_trains_encoder_and_leaves_inference_alone(tmp_path):
+    model = small(dense_aux_loss=True, denoising_groups=2).train()
+    x = torch.randn(2, 3, 64, 96)
+    mask = torch.zeros(2, 64, 96, dtype=torch.bool)
+    mask[1, :, 64:] = True
+    targets = random_targets(2, 4, counts=(2, 1))
+    terms = model.get_loss_dict(x, targets, mask)
+    assert {"loss_dense_ce", "loss_dense_bbox", "loss_dense_giou"} <= set(terms)
+    weights = model.dense_head.weights
+    dense_total = sum(weights[k] * terms[k] for k in weights)
+    assert dense_total > 0
+    terms["loss"].backward()
+    assert model.dense_head.class_head.weight.grad.abs().sum() > 0
+    assert model.dense_head.box_head.layers[-1].weight.grad.abs().sum() > 0
+    # the dense head's gradient reaches the encoder: alone, it moves the encoder's weights
+    model.zero_grad()
+    model.dense_head.loss(*_dense_outputs(model, x, mask), targets)["loss"].backward()
+    assert model.transformer.encoder.layers[0].linear1.weight.grad.abs().sum() > 0
+    assert model.transformer.decoder.layers[0].linear1.weight.grad is None
+    # inference ignores the head; saved and reloaded, the model predicts the same
+    model.eval()
+    before = model(x)[-1][0]
+    with torch.no_grad():
+        model.dense_head.class_head.weight.add_(3.0)
+    torch.testing.assert_close(model(x)[-1][0], before)
+    model.save_pretrained(tmp_path / "m")
+    torch.testing.assert_close(detr.DETR.from_pretrained(tmp_path / "m").eval()(x)[-1], model(x)[-1])
+    assert model.optimize_for_inference().model.dense_head is None
+
+
+def _dense_outputs(model: detr.DETR, x: torch.Tensor, mask: torch.Tensor):
+    dense: list = []
+    model._decode(x, mask, all_layers=None, dense=dense)
+    return dense[0]
+
+
+def test_dense_aux_loss_with_box_refinement():
+    model = small(dense_aux_loss=True, box_refinement=True).train()
+    terms = model.get_loss_dict(torch.randn(2, 3, 64, 64), random_targets(2, 4, counts=(1, 2)))
+    assert torch.isfinite(terms["loss"]) and terms["loss_dense_giou"] > 0

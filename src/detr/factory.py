@@ -66,6 +66,7 @@ def build_detr(
     denoising_box_noise: float = 0.4,
     denoising_label_noise: float = 0.2,
     box_refinement: bool = False,
+    dense_aux_loss: bool = False,
     freeze_stem: bool = True,
     backbone_layers: int = 4,
     **loss_kwargs: Any,
@@ -105,6 +106,7 @@ def build_detr(
         denoising_box_noise=denoising_box_noise,
         denoising_label_noise=denoising_label_noise,
         box_refinement=box_refinement,
+        dense_aux_loss=dense_aux_loss,
     )
     if weights is not None:
         load_weights(model, weights)

@@ -25,6 +25,7 @@ from .matcher import HungarianMatcher, Target
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import postprocess, valid_sizes
 from .preprocess import ImagePreprocessor
+from .dense import DenseHead
 from .refinement import AnchorRefinement
 
 if TYPE_CHECKING:
@@ -132,6 +133,9 @@ class DETR(nn.Module):
             :mod:`detr.refinement`): ``query_embed`` becomes the queries' initial content, learned
             anchors their positions, and the box head predicts corrections of each layer's anchors.
             Changes the architecture (not the reference's), for faster training from scratch.
+        dense_aux_loss: train with an auxiliary one-stage head on the encoder output whose
+            every token is supervised, one-to-many (Co-DETR style, see :mod:`detr.dense`): a
+            dense training signal for the backbone and encoder. Training only; inference is unchanged.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class DETR(nn.Module):
         denoising_box_noise: float = 0.4,
         denoising_label_noise: float = 0.2,
         box_refinement: bool = False,
+        dense_aux_loss: bool = False,
     ) -> None:
         super().__init__()
         if not _positive_int(query_groups):
@@ -185,6 +190,12 @@ class DETR(nn.Module):
             else None
         )
 
+        self.dense_head = (
+            DenseHead(d_model, config.num_classes, bbox_coef=config.bbox_loss_coef, giou_coef=config.giou_loss_coef)
+            if dense_aux_loss
+            else None
+        )
+
         matcher = config.matcher if config.matcher is not None else HungarianMatcher(1.0, 5.0, 2.0)
         self.criterion = SetCriterion(
             config.num_classes,
@@ -211,11 +222,17 @@ class DETR(nn.Module):
         return self._decode(x, _padding_or_none(check_images(x, mask)), all_layers)
 
     def _decode(
-        self, x: Tensor, mask: Tensor | None, all_layers: bool | None, dn: DenoisingBatch | None = None
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        all_layers: bool | None,
+        dn: DenoisingBatch | None = None,
+        dense: list[tuple[Tensor, Tensor, Tensor, Tensor]] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Like :meth:`decode`, without input checks; ``mask`` None means no padding (and no
         attention masking at all). In training with query groups Q = groups * num_queries, and
-        denoising queries ``dn`` (E of them) come after: Q = groups * num_queries + E."""
+        denoising queries ``dn`` (E of them) come after: Q = groups * num_queries + E. When a
+        list ``dense`` is given, the dense head's outputs on the encoder output are appended to it."""
         features = self.backbone(x)  # (B, C_b, h, w)
         batch, _, h, w = features.shape
         if mask is None:  # one position encoding, shared by the batch
@@ -229,14 +246,16 @@ class DETR(nn.Module):
         groups = self.query_groups if self.training else 1
         queries = self.query_embed.weight[: self.num_queries * groups]  # (G*Q, d)
         if self.refinement is not None:
-            return self._decode_refined(src, feat_mask, pos, queries, groups, all_layers, dn)
+            return self._decode_refined(src, feat_mask, pos, queries, groups, all_layers, dn, dense)
         attn = self._query_attention_mask(len(queries), groups, dn)
         if dn is not None:
             query_pos = torch.cat([queries.unsqueeze(0).expand(batch, -1, -1), dn.query_pos], dim=1)  # (B, GQ+E, d)
             tgt = torch.cat([query_pos.new_zeros(batch, len(queries), query_pos.shape[-1]), dn.tgt], dim=1)
-            hs, _ = self.transformer(src, feat_mask, query_pos, pos, query_attn_mask=attn, tgt=tgt)
+            hs, memory = self.transformer(src, feat_mask, query_pos, pos, query_attn_mask=attn, tgt=tgt)
         else:
-            hs, _ = self.transformer(src, feat_mask, queries, pos, query_attn_mask=attn)  # (L, B, G*Q, d)
+            hs, memory = self.transformer(src, feat_mask, queries, pos, query_attn_mask=attn)  # (L, B, G*Q, d)
+        if dense is not None and self.dense_head is not None:
+            dense.append(self.dense_head(memory.flatten(2).transpose(1, 2), h, w, feat_mask))  # memory (B, HW, d)
         if not (self.aux_loss if all_layers is None else all_layers):
             hs = hs[-1:]
         return self.class_head(hs), self.box_head(hs).sigmoid()
@@ -260,11 +279,14 @@ class DETR(nn.Module):
         groups: int,
         all_layers: bool | None,
         dn: DenoisingBatch | None,
+        dense: list[tuple[Tensor, Tensor, Tensor, Tensor]] | None,
     ) -> tuple[Tensor, Tensor]:
         """The decoder with anchor-box queries (``box_refinement``); arguments as inside :meth:`_decode`."""
         assert self.refinement is not None
-        batch = src.shape[0]
+        batch, _, h, w = src.shape
         memory, key_padding_mask, pos = self.transformer.encode(src, feat_mask, pos)  # (B, HW, d), (B, HW), (B, HW, d)
+        if dense is not None and self.dense_head is not None:
+            dense.append(self.dense_head(memory, h, w, feat_mask))
         tgt = queries.unsqueeze(0).expand(batch, -1, -1)  # (B, G*Q, d)
         anchors = self.refinement.initial_anchors(len(queries)).unsqueeze(0).expand(batch, -1, -1)  # (B, G*Q, 4)
         if dn is not None:
@@ -300,7 +322,10 @@ class DETR(nn.Module):
         mask = _padding_or_none(check_images(x, mask))
         check_targets(targets, x.shape[0], self.num_classes)
         dn = self.denoising(targets, x.device) if self.denoising is not None and self.training else None
-        logits, boxes = self._decode(x, mask, all_layers=None, dn=dn)  # (L, B, G*Q [+E], K+1), (L, B, G*Q [+E], 4)
+        dense: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        logits, boxes = self._decode(
+            x, mask, all_layers=None, dn=dn, dense=dense
+        )  # (L, B, G*Q [+E], K+1), (L, B, G*Q [+E], 4)
         if dn is not None:
             extra = dn.valid.shape[1]
             dn_logits, dn_boxes = logits[:, :, -extra:], boxes[:, :, -extra:]
@@ -318,6 +343,11 @@ class DETR(nn.Module):
             dn_terms = self._denoising_loss(dn_logits, dn_boxes, dn)
             total = total + dn_terms.pop("loss")
             terms.update(dn_terms)
+        if dense:
+            assert self.dense_head is not None
+            dense_terms = self.dense_head.loss(*dense[0], targets)
+            total = total + dense_terms.pop("loss")
+            terms.update(dense_terms)
         terms["loss"] = total
         return terms
 

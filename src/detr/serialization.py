@@ -158,8 +158,8 @@ def export_hf(model: DETR, directory: str | Path) -> Path:
     }
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # training-only parts (denoising queries, extra query groups) are left out: inference does not use them
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("denoising.")}
+    # training-only parts (denoising queries, dense head, extra query groups) are left out: inference does not use them
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("denoising.", "dense_head."))}
     state["query_embed.weight"] = state["query_embed.weight"][: model.num_queries]
     _write_safetensors(directory / WEIGHTS_NAME, convert_to_hf_state_dict(state))
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))

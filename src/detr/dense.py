@@ -1,0 +1,149 @@
+"""Dense auxiliary head on the encoder output: one-to-many supervision of every image token.
+
+DETR supervises its backbone and encoder only through a handful of matched queries, which is a
+large part of why it learns slowly from scratch. Co-DETR (Zong et al., 2023) adds one-stage
+detector heads with one-to-many label assignment on the encoder output, for training only. This
+module is the simplest such head: each encoder token (a cell of the feature map) predicts
+sigmoid class scores and a box relative to its cell, and is assigned to a target by FCOS-style
+centre sampling (Tian et al., 2019):
+
+- a token is positive for a target when its cell centre lies in the target's central region
+  (the box shrunk ``center_radius`` times around its centre) or is the cell the centre falls in;
+- a token claimed by several targets goes to the one of smallest area;
+- every other valid (unpadded) token is background.
+
+Loss: sigmoid focal loss (torchvision's) over all valid tokens and classes, L1 and GIoU on the
+positive tokens' boxes, each divided by the number of positives. Inference does not use the head.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
+
+from .matcher import Target
+from .refinement import inverse_sigmoid
+
+
+class DenseHead(nn.Module):
+    """Class scores and boxes for every encoder token, and their one-to-many loss.
+
+    Args:
+        d_model: width of the encoder output.
+        num_classes: number of object classes K (sigmoid scores, no "no object" class).
+        class_coef, bbox_coef, giou_coef: weights of the focal, L1 and GIoU terms.
+        center_radius: the central region of a target spans this fraction of its width and height.
+        anchor_cells: side of each token's initial box, in cells (the head predicts corrections).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_classes: int,
+        class_coef: float = 2.0,
+        bbox_coef: float = 5.0,
+        giou_coef: float = 2.0,
+        center_radius: float = 0.5,
+        anchor_cells: float = 2.0,
+    ) -> None:
+        super().__init__()
+        from .model import MLP  # the model module imports this one
+
+        self.num_classes = num_classes
+        self.class_head = nn.Linear(d_model, num_classes)
+        self.box_head = MLP(d_model, d_model, 4, num_layers=3)
+        self.weights = {"loss_dense_ce": class_coef, "loss_dense_bbox": bbox_coef, "loss_dense_giou": giou_coef}
+        self.center_radius = center_radius
+        self.anchor_cells = anchor_cells
+        nn.init.constant_(self.class_head.bias, -math.log(99.0))  # prior 0.01: the focal loss's start
+        nn.init.zeros_(self.box_head.layers[-1].weight)  # first boxes are the anchors
+        nn.init.zeros_(self.box_head.layers[-1].bias)
+
+    def anchors(self, h: int, w: int, feat_mask: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Each token's cell as a normalized cxcywh box of the image's valid region, and which tokens are valid.
+
+        Returns anchors (B or 1, h*w, 4) and valid (B or 1, h*w) bool.
+        """
+        if feat_mask is None:
+            valid_h = torch.full((1,), float(h), device=device)
+            valid_w = torch.full((1,), float(w), device=device)
+            valid = torch.ones(1, h * w, dtype=torch.bool, device=device)
+        else:
+            valid_h = (~feat_mask[:, :, 0]).sum(1).clamp(min=1).float()  # (B,)
+            valid_w = (~feat_mask[:, 0, :]).sum(1).clamp(min=1).float()  # (B,)
+            valid = ~feat_mask.flatten(1)  # (B, h*w)
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=device, dtype=torch.float32) + 0.5,
+            torch.arange(w, device=device, dtype=torch.float32) + 0.5,
+            indexing="ij",
+        )  # (h, w) cell centres in cells
+        cx = xs.flatten()[None] / valid_w[:, None]  # (B, h*w)
+        cy = ys.flatten()[None] / valid_h[:, None]  # (B, h*w)
+        bw = (self.anchor_cells / valid_w[:, None]).expand_as(cx)  # may exceed 1 on tiny maps (clamped in forward)
+        bh = (self.anchor_cells / valid_h[:, None]).expand_as(cy)
+        return torch.stack([cx, cy, bw, bh], dim=-1), valid  # (B, h*w, 4), (B, h*w)
+
+    def forward(
+        self, memory: Tensor, h: int, w: int, feat_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """memory (B, h*w, d) encoder output, feat_mask (B, h, w) True on padding or None.
+
+        Returns logits (B, h*w, K), boxes (B, h*w, 4) normalized cxcywh, anchors (B, h*w, 4)
+        and valid (B, h*w) bool.
+        """
+        batch = memory.shape[0]
+        anchors, valid = self.anchors(h, w, feat_mask, memory.device)
+        anchors, valid = anchors.expand(batch, -1, -1), valid.expand(batch, -1)  # (B, h*w, 4), (B, h*w)
+        boxes = (self.box_head(memory).float() + inverse_sigmoid(anchors.clamp(max=1.0))).sigmoid()
+        return self.class_head(memory).float(), boxes, anchors, valid
+
+    def assign(self, anchors: Tensor, valid: Tensor, target: Target) -> Tensor:
+        """Index of the target each token is assigned to, -1 for background: (h*w,) int64.
+
+        anchors (h*w, 4) and valid (h*w,) of one image; target boxes normalized cxcywh.
+        """
+        boxes = target["box"].to(anchors.dtype)  # (N, 4)
+        assigned = torch.full((anchors.shape[0],), -1, dtype=torch.long, device=anchors.device)
+        if len(boxes) == 0:
+            return assigned
+        centre = anchors[:, None, :2]  # (T, 1, 2) token cell centres
+        offset = (centre - boxes[None, :, :2]).abs()  # (T, N, 2)
+        half = boxes[None, :, 2:] / 2  # (1, N, 2)
+        inside = (offset < half).all(-1)  # (T, N) cell centre inside the box
+        central = (offset < half * self.center_radius).all(-1)  # (T, N) ... and in its central region
+        cell_half = anchors[:, None, 2:] / (2 * self.anchor_cells)  # (T, 1, 2) half a cell
+        own_cell = (offset <= cell_half).all(-1)  # (T, N) the cell the target's centre falls in
+        candidate = ((inside & central) | own_cell) & valid[:, None]  # (T, N)
+        area = (boxes[:, 2] * boxes[:, 3])[None].expand_as(candidate)  # (T, N)
+        area = torch.where(candidate, area, torch.full_like(area, math.inf))
+        smallest = area.argmin(1)  # (T,)
+        return torch.where(candidate.any(1), smallest, assigned)
+
+    def loss(
+        self, logits: Tensor, boxes: Tensor, anchors: Tensor, valid: Tensor, targets: Sequence[Target]
+    ) -> dict[str, Tensor]:
+        """Focal, L1 and GIoU terms (``loss_dense_ce``, ``loss_dense_bbox``, ``loss_dense_giou``) and
+        their weighted sum ``loss``; inputs as returned by :meth:`forward`."""
+        assigned = torch.stack([self.assign(a, v, t) for a, v, t in zip(anchors, valid, targets)])  # (B, h*w)
+        positive = assigned >= 0  # (B, h*w)
+        classes = torch.zeros_like(logits)  # (B, h*w, K) one-hot targets, zero for background
+        matched_box = torch.zeros_like(boxes)  # (B, h*w, 4)
+        for b, target in enumerate(targets):
+            pos = positive[b]
+            classes[b, pos, target["class_id"][assigned[b, pos]]] = 1.0
+            matched_box[b, pos] = target["box"][assigned[b, pos]].to(boxes.dtype)
+        num_pos = max(float(positive.sum()), 1.0)
+        focal = sigmoid_focal_loss(logits[valid], classes[valid], alpha=0.25, gamma=2.0, reduction="sum") / num_pos
+        pred, true = boxes[positive], matched_box[positive]  # (P, 4)
+        l1 = (pred - true).abs().sum() / num_pos
+        giou = (
+            generalized_box_iou_loss(box_convert(pred, "cxcywh", "xyxy"), box_convert(true, "cxcywh", "xyxy"), "sum")
+            / num_pos
+        )
+        terms = {"loss_dense_ce": focal, "loss_dense_bbox": l1, "loss_dense_giou": giou}
+        terms["loss"] = sum(self.weights[name] * value for name, value in terms.items())
+        return terms
