@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import detr
-from detr.dense import DenseHead
 from detr.denoising import box_sine_embedding
+from detr.dense import DenseHead
 from detr.engine import TrainConfig, Trainer
 
 from .conftest import random_targets

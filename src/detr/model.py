@@ -21,11 +21,11 @@ from .checks import check_images, check_targets
 from .criterion import SetCriterion
 from .denoising import DenoisingBatch, DenoisingQueries
 from .denoising import attention_mask as denoising_attention_mask
+from .dense import DenseHead
 from .matcher import HungarianMatcher, Target
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import postprocess, valid_sizes
 from .preprocess import ImagePreprocessor
-from .dense import DenseHead
 from .refinement import AnchorRefinement
 
 if TYPE_CHECKING:
