@@ -238,3 +238,40 @@ def test_dense_aux_loss_with_box_refinement():
     model = small(dense_aux_loss=True, box_refinement=True).train()
     terms = model.get_loss_dict(torch.randn(2, 3, 64, 64), random_targets(2, 4, counts=(1, 2)))
     assert torch.isfinite(terms["loss"]) and terms["loss_dense_giou"] > 0
+
+
+def test_two_stage_anchors_are_the_best_dense_proposals(tmp_path):
+    with pytest.raises(ValueError, match="set box_refinement=True and dense_aux_loss=True"):
+        small(two_stage=True, dense_aux_loss=True)
+    model = small(box_refinement=True, dense_aux_loss=True, two_stage=True, denoising_groups=2, backbone_layers=2)
+    model.train()
+    x = torch.randn(2, 3, 64, 96)  # stride 8: 8 x 12 tokens
+    mask = torch.zeros(2, 64, 96, dtype=torch.bool)
+    mask[1, :, 64:] = True
+    targets = random_targets(2, 4, counts=(2, 1))
+    terms = model.get_loss_dict(x, targets, mask)
+    terms["loss"].backward()
+    no_grad = {n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())}
+    assert "refinement.anchors.weight" in no_grad  # 64 valid tokens >= 5 queries: no learned anchor is used
+    assert model.dense_head.class_head.weight.grad.abs().sum() > 0
+    # before any training step the box head adds nothing: the first layer's boxes are the selected proposals
+    model.eval()
+    with torch.no_grad():
+        dense: list = []
+        logits, boxes = model._decode(x, mask, all_layers=True, dense=dense)
+        scores, proposal_boxes, _, valid = dense[0]
+        best = scores.max(-1).values.masked_fill(~valid, -float("inf")).topk(5, dim=1).indices  # (B, 5)
+        expected = proposal_boxes.gather(1, best.unsqueeze(-1).expand(-1, -1, 4))
+    torch.testing.assert_close(boxes[0], expected)  # layer 0 (the box head's last layer is still zero)
+    assert (valid[1].view(8, 12)[:, 8:] == 0).all()  # padded tokens are never chosen...
+    assert valid[1].gather(0, best[1]).all()  # ...the chosen ones are valid
+    # the dense head stays in the inference copy (it chooses the anchors), which matches the model
+    fast = model.optimize_for_inference()
+    assert fast.model.dense_head is not None
+    torch.testing.assert_close(fast(x, mask), model(x, mask)[-1], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="two_stage models cannot be exported to ONNX"):
+        from detr.export import export_onnx
+
+        export_onnx(model, tmp_path / "m.onnx")
+    model.save_pretrained(tmp_path / "m")
+    torch.testing.assert_close(detr.DETR.from_pretrained(tmp_path / "m").eval()(x, mask)[-1], model(x, mask)[-1])

@@ -67,6 +67,7 @@ def build_detr(
     denoising_label_noise: float = 0.2,
     box_refinement: bool = False,
     dense_aux_loss: bool = False,
+    two_stage: bool = False,
     freeze_stem: bool = True,
     backbone_layers: int = 4,
     **loss_kwargs: Any,
@@ -107,6 +108,7 @@ def build_detr(
         denoising_label_noise=denoising_label_noise,
         box_refinement=box_refinement,
         dense_aux_loss=dense_aux_loss,
+        two_stage=two_stage,
     )
     if weights is not None:
         load_weights(model, weights)

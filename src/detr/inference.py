@@ -61,7 +61,8 @@ def inference_copy(model: DETR) -> DETR:
     """A frozen eval-mode copy of ``model`` without its training-only parts, batch norms folded."""
     model = copy.deepcopy(model).eval()
     model.denoising = None
-    model.dense_head = None
+    if not model.two_stage:  # otherwise it chooses the decoder's anchors
+        model.dense_head = None
     model.criterion = None
     for param in model.parameters():
         param.requires_grad_(False)

@@ -7,6 +7,7 @@ an image as that image alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,10 @@ class DETR(nn.Module):
         dense_aux_loss: train with an auxiliary one-stage head on the encoder output whose
             every token is supervised, one-to-many (Co-DETR style, see :mod:`detr.dense`): a
             dense training signal for the backbone and encoder. Training only; inference is unchanged.
+        two_stage: the decoder's anchors are the boxes of the dense head's best-scoring encoder
+            tokens, one per query (two-stage query selection as in Deformable DETR and DINO's
+            mixed query selection: positions from the image, content learned); needs
+            ``box_refinement`` and ``dense_aux_loss``, and the dense head then runs at inference too.
     """
 
     def __init__(
@@ -150,8 +155,13 @@ class DETR(nn.Module):
         denoising_label_noise: float = 0.2,
         box_refinement: bool = False,
         dense_aux_loss: bool = False,
+        two_stage: bool = False,
     ) -> None:
         super().__init__()
+        if two_stage and not (box_refinement and dense_aux_loss):
+            raise ValueError(
+                "two_stage selects anchor boxes from the dense head: set box_refinement=True and dense_aux_loss=True too"
+            )
         if not _positive_int(query_groups):
             raise ValueError(f"query_groups must be an int >= 1, got {query_groups!r}")
         if not isinstance(config, DETRConfig):
@@ -164,6 +174,7 @@ class DETR(nn.Module):
         self.aux_loss = config.aux_loss
         self.class_names = list(class_names) if class_names is not None else None
         self.query_groups = query_groups
+        self.two_stage = two_stage
         d_model = config.transformer.d_model
 
         self.backbone = config.backbone
@@ -285,10 +296,16 @@ class DETR(nn.Module):
         assert self.refinement is not None
         batch, _, h, w = src.shape
         memory, key_padding_mask, pos = self.transformer.encode(src, feat_mask, pos)  # (B, HW, d), (B, HW), (B, HW, d)
-        if dense is not None and self.dense_head is not None:
-            dense.append(self.dense_head(memory, h, w, feat_mask))
+        proposals = None
+        if self.dense_head is not None and (self.two_stage or dense is not None):
+            proposals = self.dense_head(memory, h, w, feat_mask)
+            if dense is not None:
+                dense.append(proposals)
         tgt = queries.unsqueeze(0).expand(batch, -1, -1)  # (B, G*Q, d)
         anchors = self.refinement.initial_anchors(len(queries)).unsqueeze(0).expand(batch, -1, -1)  # (B, G*Q, 4)
+        if self.two_stage:
+            assert proposals is not None
+            anchors = self._selected_anchors(proposals, anchors, groups)
         if dn is not None:
             tgt = torch.cat([tgt, dn.tgt], dim=1)  # (B, G*Q+E, d)
             anchors = torch.cat([anchors, dn.noisy_box], dim=1)  # (B, G*Q+E, 4)
@@ -299,6 +316,23 @@ class DETR(nn.Module):
         if not (self.aux_loss if all_layers is None else all_layers):
             hs, boxes = hs[-1:], boxes[-1:]
         return self.class_head(hs), boxes.to(hs.dtype)
+
+    def _selected_anchors(
+        self, proposals: tuple[Tensor, Tensor, Tensor, Tensor], learned: Tensor, groups: int
+    ) -> Tensor:
+        """Two-stage anchors: the boxes of the best-scoring valid tokens, one per query, the same
+        for each query group; learned anchors fill in when the map has fewer tokens than queries.
+
+        proposals: the dense head's (logits (B, HW, K), boxes (B, HW, 4), anchors, valid (B, HW));
+        learned: (B, G*Q, 4). Returns (B, G*Q, 4) normalized cxcywh, without gradient.
+        """
+        logits, boxes, _, valid = proposals
+        score = logits.max(-1).values.masked_fill(~valid, -math.inf)  # (B, HW) best class score per token
+        k = min(self.num_queries, score.shape[1])
+        index = score.topk(k, dim=1).indices  # (B, k)
+        chosen = boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4)).detach()  # (B, k, 4)
+        chosen = torch.cat([chosen, learned[:, k : self.num_queries].to(chosen.dtype)], dim=1)  # (B, Q, 4)
+        return chosen.repeat(1, groups, 1)  # (B, G*Q, 4)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Output | list[Output]:
         """x: (B, 3, H, W) float, mask: (B, H, W) bool (True on padding).
