@@ -159,6 +159,19 @@ def test_learning_rate_schedules(tmp_path):
     assert step.lr_factor(5) == 1.0 and step.lr_factor(6) == pytest.approx(0.1)  # epoch 3 starts at step 6
     with pytest.raises(ValueError, match="lr_schedule must be step or cosine"):
         TrainConfig(**base, lr_schedule="linear")
+    # annealed by time: half the minutes gone at a tenth of the steps is half-way down the cosine
+    timed = Trainer(TrainConfig(**base, lr_schedule="cosine", max_steps=1000, max_minutes=2.0, anneal_by_time=True))
+    timed.started -= 60.0  # one of the two minutes has passed
+    assert timed.lr_factor(100) == pytest.approx(0.5, abs=0.01)
+    assert timed.lr_factor(900) == pytest.approx(cosine_factor(0.9), abs=1e-6)  # steps ahead of the clock
+    timed.started -= 120.0
+    assert timed.lr_factor(100) == 0.0
+    with pytest.raises(ValueError, match="anneal_by_time needs lr_schedule cosine and max_minutes > 0"):
+        TrainConfig(**base, lr_schedule="cosine", anneal_by_time=True)
+
+
+def cosine_factor(progress: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def test_export_leaves_out_training_only_parts(tmp_path):

@@ -49,6 +49,9 @@ class TrainConfig:
     seed: int = 42
     max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
     max_minutes: float = 0.0  # also stop after this much training time (0: no limit)
+    # cosine schedule with max_minutes: progress is the larger of the steps' and the time's fraction, so a
+    # run that the clock stops (a slower machine) still ends with the learning rate annealed to 0
+    anneal_by_time: bool = False
     # bookkeeping
     output_dir: str = "runs/detr"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -73,6 +76,10 @@ class TrainConfig:
             (
                 self.warmup_steps >= 0 and self.max_steps >= 0 and self.max_minutes >= 0,
                 "warmup_steps, max_steps, max_minutes must be >= 0",
+            ),
+            (
+                not self.anneal_by_time or (self.lr_schedule == "cosine" and self.max_minutes > 0),
+                "anneal_by_time needs lr_schedule cosine and max_minutes > 0",
             ),
             (len(self.crop_size) == 2, "crop_size must be [min, max]"),
             (self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1"),

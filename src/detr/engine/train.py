@@ -189,7 +189,17 @@ class Trainer:
             return warm * 0.1 ** ((step // self.steps_per_epoch) // cfg.lr_drop)
         total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         progress = min(1.0, max(0.0, step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        if cfg.anneal_by_time and step > cfg.warmup_steps:
+            progress = max(progress, min(1.0, self._elapsed_minutes() / cfg.max_minutes))
         return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _elapsed_minutes(self) -> float:
+        """Training minutes so far, the main process's under DDP (every replica must use the same lr)."""
+        started = getattr(self, "started", None)  # the scheduler asks once before the trainer is complete
+        elapsed = torch.tensor(0.0 if started is None else (time.perf_counter() - started) / 60)
+        if self.dist.enabled:
+            dist.broadcast(elapsed, src=0)
+        return float(elapsed)
 
     # ------------------------------------------------------------ persistence
     def _resume(self, path: Path) -> None:
