@@ -134,11 +134,16 @@ def test_folding_refuses_batch_norm_in_training_mode():
         fold_batch_norms(model.backbone)
 
 
-def test_onnx_export_has_dynamic_batch_height_width_and_mask(tmp_path):
+@pytest.mark.parametrize(
+    "options",
+    [{}, dict(box_refinement=True, dense_aux_loss=True, two_stage=True)],
+    ids=["reference", "two_stage"],
+)
+def test_onnx_export_has_dynamic_batch_height_width_and_mask(tmp_path, options):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     torch.manual_seed(0)
-    model = detr.detr_r18(num_classes=4, num_queries=7, backbone_norm="bn", **TINY).eval()
+    model = detr.detr_r18(num_classes=4, num_queries=7, backbone_norm="bn", **TINY, **options).eval()
     model.save_pretrained(tmp_path / "model")
     assert cli_main(["export", "--weights", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx"),
                      "--height", "128", "--width", "160", "--no-check"]) == 0  # fmt: skip

@@ -282,9 +282,14 @@ def test_two_stage_anchors_are_the_best_dense_proposals(tmp_path):
     fast = model.optimize_for_inference()
     assert fast.model.dense_head is not None
     torch.testing.assert_close(fast(x, mask), model(x, mask)[-1], atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="two_stage models cannot be exported to ONNX"):
-        from detr.export import export_onnx
-
-        export_onnx(model, tmp_path / "m.onnx")
     model.save_pretrained(tmp_path / "m")
     torch.testing.assert_close(detr.DETR.from_pretrained(tmp_path / "m").eval()(x, mask)[-1], model(x, mask)[-1])
+
+
+def test_two_stage_falls_back_on_learned_anchors_when_tokens_run_out():
+    model = small(box_refinement=True, dense_aux_loss=True, two_stage=True).eval()  # stride 32
+    x = torch.randn(1, 3, 64, 64)  # 2 x 2 tokens for 5 queries
+    _, boxes = model.decode(x)
+    learned = model.refinement.initial_anchors(5)
+    torch.testing.assert_close(boxes[0, 0, 4:], learned[:1])  # the fifth query gets the first learned anchor
+    assert not torch.allclose(boxes[0, 0, :4], learned[:4])  # the others are the 4 tokens' proposals

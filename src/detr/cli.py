@@ -315,8 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train a detector from scratch on generated shapes, on the CPU, in minutes")
     p.add_argument("--out", default="runs/demo", help="folder for the data, the run and the metrics")
-    p.add_argument("--minutes", type=float, default=8.5, help="training time budget")
-    p.add_argument("--steps", type=int, default=2400, help="optimizer steps (the cosine schedule spans them)")
+    p.add_argument(
+        "--minutes", type=float, default=8.0, help="training time budget (the schedule anneals by it when it binds)"
+    )
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (the cosine schedule spans them)")
     p.add_argument("--train-images", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)

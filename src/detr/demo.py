@@ -3,7 +3,9 @@
 The recipe (``demo_config``) is the DETR architecture with the library's options for fast
 training from scratch switched on: trainable batch norm and stem (no pretrained statistics
 exist), a backbone cut after ``layer2`` (stride 8 on small images), few queries, denoising
-queries, warm-up and a cosine schedule. See the README for what each buys.
+queries, a dense auxiliary head on the encoder whose best proposals place the decoder's
+anchor-box queries (two-stage), warm-up and a cosine schedule annealed by steps or by the clock,
+whichever runs out first. See the README for what each buys.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ DEMO_MODEL = {
     "backbone_layers": 2,
     "denoising_groups": 4,
     "denoising_box_noise": 1.0,  # 0.4 (DN-DETR's) gave AP50 0.16 at 800 steps, 1.0 gave 0.22
+    "dense_aux_loss": True,  # every encoder token supervised: AP 0.085 -> 0.157 at 800 steps
+    "box_refinement": True,  # with two_stage: anchors from the dense head's proposals, AP -> 0.430
+    "two_stage": True,
 }
 
 
@@ -59,6 +64,7 @@ def demo_config(data: Path, out: Path, minutes: float, steps: int, seed: int = 0
         warmup_steps=200,
         max_steps=steps,
         max_minutes=minutes,
+        anneal_by_time=minutes > 0,  # on a slower machine fewer steps, but still a finished schedule
         eval_every=1000,  # once, at the end
         eval_all_classes=True,  # every query-class pair scored: AP50 0.626 -> 0.637 on the demo model
         workers=0,  # 2 cores: a loader process would take CPU from the two compute threads (slower steps)
@@ -98,8 +104,8 @@ def validation_grid(
 
 def run_demo(
     out: str | Path = "runs/demo",
-    minutes: float = 8.5,
-    steps: int = 2400,
+    minutes: float = 8.0,
+    steps: int = 2000,
     train_images: int = 3000,
     val_images: int = 300,
     seed: int = 0,

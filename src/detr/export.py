@@ -57,11 +57,6 @@ def export_onnx(
             raise ValueError(f"{name} must be in [32, {max_side}], got {value}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if model.two_stage:
-        raise ValueError(
-            "two_stage models cannot be exported to ONNX: how many tokens anchors are chosen from depends on "
-            "the image size, which the graph must keep dynamic; export a model without two_stage"
-        )
     try:
         import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError as err:

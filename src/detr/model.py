@@ -301,7 +301,9 @@ class DETR(nn.Module):
             proposals = self.dense_head(memory, h, w, feat_mask)
             if dense is not None:
                 dense.append(proposals)
-        tgt = queries.unsqueeze(0).expand(batch, -1, -1)  # (B, G*Q, d)
+        tgt = queries.unsqueeze(0).repeat(
+            batch, 1, 1
+        )  # (B, G*Q, d); a copy: the exporter cannot keep B dynamic through an expand
         anchors = self.refinement.initial_anchors(len(queries)).unsqueeze(0).expand(batch, -1, -1)  # (B, G*Q, 4)
         if self.two_stage:
             assert proposals is not None
@@ -321,17 +323,22 @@ class DETR(nn.Module):
         self, proposals: tuple[Tensor, Tensor, Tensor, Tensor], learned: Tensor, groups: int
     ) -> Tensor:
         """Two-stage anchors: the boxes of the best-scoring valid tokens, one per query, the same
-        for each query group; learned anchors fill in when the map has fewer tokens than queries.
+        for each query group; the learned anchors, in order, stand in for missing valid tokens
+        (a map with fewer unpadded tokens than queries).
 
         proposals: the dense head's (logits (B, HW, K), boxes (B, HW, 4), anchors, valid (B, HW));
         learned: (B, G*Q, 4). Returns (B, G*Q, 4) normalized cxcywh, without gradient.
         """
         logits, boxes, _, valid = proposals
-        score = logits.max(-1).values.masked_fill(~valid, -math.inf)  # (B, HW) best class score per token
-        k = min(self.num_queries, score.shape[1])
-        index = score.topk(k, dim=1).indices  # (B, k)
-        chosen = boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4)).detach()  # (B, k, 4)
-        chosen = torch.cat([chosen, learned[:, k : self.num_queries].to(chosen.dtype)], dim=1)  # (B, Q, 4)
+        score = logits.float().max(-1).values.masked_fill(~valid, -math.inf)  # (B, HW) best class score per token
+        # the learned anchors as Q more candidates, ranked below every valid token and above padding,
+        # so that top-Q always has Q candidates (a fixed k, whatever the image size: ONNX export)
+        # (-1e6: far below any real logit, yet distinct steps of 1 in float32, so their order holds)
+        reserve = -1e6 - torch.arange(self.num_queries, device=score.device, dtype=torch.float32)  # (Q,)
+        score = torch.cat([score, reserve.expand(score.shape[0], -1)], dim=1)  # (B, HW+Q)
+        candidates = torch.cat([boxes, learned[:, : self.num_queries].to(boxes.dtype)], dim=1)  # (B, HW+Q, 4)
+        index = score.topk(self.num_queries, dim=1).indices  # (B, Q)
+        chosen = candidates.gather(1, index.unsqueeze(-1).expand(-1, -1, 4)).detach()  # (B, Q, 4)
         return chosen.repeat(1, groups, 1)  # (B, G*Q, 4)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Output | list[Output]:
