@@ -22,7 +22,15 @@ VARIANTS = [
     (
         "reference recipe (frozen BN, frozen stem, layer4, 100 queries, lr 1e-4 / 1e-5, no warm-up)",
         dict(num_queries=100, lr=1e-4, lr_backbone=1e-5, lr_schedule="step", lr_drop=1000, warmup_steps=0),
-        dict(backbone_norm="frozen_bn", freeze_stem=True, backbone_layers=4, denoising_groups=0),
+        dict(
+            backbone_norm="frozen_bn",
+            freeze_stem=True,
+            backbone_layers=4,
+            denoising_groups=0,
+            dense_aux_loss=False,
+            box_refinement=False,
+            two_stage=False,
+        ),
     ),
     (
         "+ trainable batch norm and stem, backbone lr = lr",
