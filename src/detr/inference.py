@@ -93,8 +93,8 @@ def _float32(value: object) -> object:
 
 
 def keep_outputs_float32(model: DETR) -> None:
-    """Make the decoder layers and norm, the heads (and box refinement's query positions) of
-    ``model`` run in float32 even under autocast, in place."""
+    """Make the decoder layers and norm, the heads (and box refinement's query positions, the
+    two-stage dense head) of ``model`` run in float32 even under autocast, in place."""
     decoder = model.transformer.decoder
     for i, layer in enumerate(decoder.layers):
         decoder.layers[i] = Float32(layer)
@@ -103,6 +103,8 @@ def keep_outputs_float32(model: DETR) -> None:
     model.box_head = Float32(model.box_head)
     if model.refinement is not None:
         model.refinement.pos_embed = Float32(model.refinement.pos_embed)
+    if model.dense_head is not None:  # two-stage: it chooses the anchors, a discrete choice rounding can flip
+        model.dense_head = Float32(model.dense_head)
 
 
 class InferenceDETR(nn.Module):
