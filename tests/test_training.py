@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -259,10 +260,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shapes, tmp_path, mon
 
 
 # ------------------------------------------------------------------ multi-process
+def free_port() -> int:
+    """A TCP port nobody listens on now (a fixed one can still be held by a run that just ended)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_process_gloo_torchrun_ends_with_identical_weights(shapes, tmp_path):
     run = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
         "-m", "detr", *tiny_args(shapes, run, "--epochs", "1", "--batch-size", "2"),
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -15,14 +15,20 @@ from .matcher import Target
 Matcher = Callable[[tuple[Tensor, Tensor], Sequence[Target]], list[tuple[Tensor, Tensor]]]
 
 
-def num_boxes_across_processes(targets: Sequence[Target], device: torch.device) -> float:
-    """Average number of target boxes per process (all-reduced under DDP), at least 1."""
-    num = torch.tensor(float(sum(len(t["class_id"]) for t in targets)), device=device)
+def mean_count_across_processes(count: Tensor) -> float:
+    """``count`` (a float scalar tensor) averaged over processes (all-reduced under DDP), at least 1:
+    the normaliser of a loss summed over boxes, the same on every process."""
     world = 1
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num)
+        count = count.clone()
+        dist.all_reduce(count)
         world = dist.get_world_size()
-    return max(num.item() / world, 1.0)
+    return max(count.item() / world, 1.0)
+
+
+def num_boxes_across_processes(targets: Sequence[Target], device: torch.device) -> float:
+    """Average number of target boxes per process (all-reduced under DDP), at least 1."""
+    return mean_count_across_processes(torch.tensor(float(sum(len(t["class_id"]) for t in targets)), device=device))
 
 
 class SetCriterion(nn.Module):

@@ -13,7 +13,7 @@ centre sampling (Tian et al., 2019):
 - every other valid (unpadded) token is background.
 
 Loss: sigmoid focal loss (torchvision's) over all valid tokens and classes, L1 and GIoU on the
-positive tokens' boxes, each divided by the number of positives. Inference does not use the head.
+positive tokens' boxes, each divided by the number of positives (averaged over processes under DDP). Inference does not use the head.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
+from .criterion import mean_count_across_processes
 from .matcher import Target
 from .refinement import inverse_sigmoid
 
@@ -136,7 +137,7 @@ class DenseHead(nn.Module):
             pos = positive[b]
             classes[b, pos, target["class_id"][assigned[b, pos]]] = 1.0
             matched_box[b, pos] = target["box"][assigned[b, pos]].to(boxes.dtype)
-        num_pos = max(float(positive.sum()), 1.0)
+        num_pos = mean_count_across_processes(positive.sum().float())
         focal = sigmoid_focal_loss(logits[valid], classes[valid], alpha=0.25, gamma=2.0, reduction="sum") / num_pos
         pred, true = boxes[positive], matched_box[positive]  # (P, 4)
         l1 = (pred - true).abs().sum() / num_pos
