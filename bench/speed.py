@@ -30,7 +30,11 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import make_hf_detr, random_targets  # noqa: E402  (random HF DETR with calibrated BN)
+from tests.conftest import (  # noqa: E402  (random HF DETR with calibrated BN)
+    make_hf_detr,
+    random_targets,
+    scale_residual_branches,
+)
 
 import detr  # noqa: E402
 
@@ -197,16 +201,6 @@ def inference(reps: int, quick: bool, compile: bool, peaks: dict[torch.dtype, fl
                 )
                 print(rows[-1], flush=True)
     return rows
-
-
-def scale_residual_branches(model: detr.DETR, factor: float) -> detr.DETR:
-    """Scale the last batch norm of every bottleneck's residual branch (``bn3``) by ``factor``, in place."""
-    with torch.no_grad():
-        for name, module in model.backbone.named_modules():
-            if name.endswith("bn3"):
-                module.weight.mul_(factor)
-                module.bias.mul_(factor)
-    return model
 
 
 def bf16_accuracy(quick: bool) -> list[str]:

@@ -64,6 +64,16 @@ def make_hf_detr(num_labels: int = 91, auxiliary_loss: bool = False, seed: int =
     return model
 
 
+def scale_residual_branches(model: detr.DETR, factor: float) -> detr.DETR:
+    """Scale the last batch norm of every bottleneck's residual branch (``bn3``) by ``factor``, in place."""
+    with torch.no_grad():
+        for name, module in model.backbone.named_modules():
+            if name.endswith("bn3"):
+                module.weight.mul_(factor)
+                module.bias.mul_(factor)
+    return model
+
+
 @pytest.fixture(scope="session")
 def hf_model():
     return make_hf_detr()

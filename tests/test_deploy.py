@@ -74,14 +74,9 @@ def test_bf16_mode_keeps_decoder_and_heads_in_float32():
     """bf16 where the FLOPs are (backbone, encoder), float32 next to the outputs; on weights whose
     fp32 outputs are not chaotic (residual branches scaled as trained ResNets have them) the
     logits stay within 1e-2 of fp32."""
-    from tests.conftest import make_hf_detr
+    from tests.conftest import make_hf_detr, scale_residual_branches
 
-    model = detr.detr_r50(num_classes=91, weights=make_hf_detr().state_dict()).eval()
-    with torch.no_grad():
-        for name, module in model.backbone.named_modules():
-            if name.endswith("bn3"):
-                module.weight.mul_(0.5)
-                module.bias.mul_(0.5)
+    model = scale_residual_branches(detr.detr_r50(num_classes=91, weights=make_hf_detr().state_dict()).eval(), 0.5)
     bf16 = model.optimize_for_inference(torch.bfloat16)
     seen: dict[str, torch.dtype] = {}
 

@@ -12,6 +12,12 @@ from torch import Tensor
 BOX_TOLERANCE = 0.01
 
 
+def padding_or_none(mask: Tensor) -> Tensor | None:
+    """The (B, H, W) padding mask, or None when nothing is padded: then no mask need be
+    interpolated or applied at all."""
+    return mask if mask.any() else None
+
+
 def check_images(x: Tensor, mask: Tensor | None) -> Tensor:
     """Validate a (B, 3, H, W) float batch and its (B, H, W) bool padding mask; return the mask."""
     if not isinstance(x, Tensor):

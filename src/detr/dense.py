@@ -13,7 +13,9 @@ centre sampling (Tian et al., 2019):
 - every other valid (unpadded) token is background.
 
 Loss: sigmoid focal loss (torchvision's) over all valid tokens and classes, L1 and GIoU on the
-positive tokens' boxes, each divided by the number of positives (averaged over processes under DDP). Inference does not use the head.
+positive tokens' boxes, each divided by the number of positives (averaged over processes under
+DDP). Inference does not use the head, unless the model's ``two_stage`` takes its best proposals
+as the decoder's anchors.
 """
 
 from __future__ import annotations

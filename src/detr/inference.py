@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .backbone import ConvFrozenBN2d, conv_norm_pairs
-from .checks import check_images
+from .checks import check_images, padding_or_none
 
 if TYPE_CHECKING:
     from .model import DETR
@@ -156,4 +156,4 @@ class InferenceDETR(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x: (B, 3, H, W) float normalized images; mask: (B, H, W) bool, True on padding, or None."""
         mask = check_images(x, mask)
-        return self._run(x, mask if mask.any() else None)  # nothing padded: no masking work at all
+        return self._run(x, padding_or_none(mask))  # nothing padded: no masking work at all

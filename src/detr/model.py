@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou
 
-from .checks import check_images, check_targets
+from .checks import check_images, check_targets, padding_or_none
 from .criterion import SetCriterion
 from .denoising import DenoisingBatch, DenoisingQueries
 from .denoising import attention_mask as denoising_attention_mask
@@ -95,11 +95,6 @@ class DETRConfig:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
 
 
-def _padding_or_none(mask: Tensor) -> Tensor | None:
-    """The mask, or None when nothing is padded: then no mask is interpolated or applied at all."""
-    return mask if mask.any() else None
-
-
 class MLP(nn.Module):
     """Linear layers with ReLU between them (DETR's box head: 3 layers, last one to 4)."""
 
@@ -136,7 +131,8 @@ class DETR(nn.Module):
             Changes the architecture (not the reference's), for faster training from scratch.
         dense_aux_loss: train with an auxiliary one-stage head on the encoder output whose
             every token is supervised, one-to-many (Co-DETR style, see :mod:`detr.dense`): a
-            dense training signal for the backbone and encoder. Training only; inference is unchanged.
+            dense training signal for the backbone and encoder. Training only (inference is
+            unchanged) unless ``two_stage`` uses its proposals.
         two_stage: the decoder's anchors are the boxes of the dense head's best-scoring encoder
             tokens, one per query (two-stage query selection as in Deformable DETR and DINO's
             mixed query selection: positions from the image, content learned); needs
@@ -230,7 +226,7 @@ class DETR(nn.Module):
             pred_logits (L, B, Q, K+1) and pred_boxes (L, B, Q, 4) normalized cxcywh, final layer last;
             L = 1 when only the last layer is wanted.
         """
-        return self._decode(x, _padding_or_none(check_images(x, mask)), all_layers)
+        return self._decode(x, padding_or_none(check_images(x, mask)), all_layers)
 
     def _decode(
         self,
@@ -301,9 +297,8 @@ class DETR(nn.Module):
             proposals = self.dense_head(memory, h, w, feat_mask)
             if dense is not None:
                 dense.append(proposals)
-        tgt = queries.unsqueeze(0).repeat(
-            batch, 1, 1
-        )  # (B, G*Q, d); a copy: the exporter cannot keep B dynamic through an expand
+        # a copy, not an expand: through an expanded tgt the ONNX exporter pins the batch size to 1
+        tgt = queries.unsqueeze(0).repeat(batch, 1, 1)  # (B, G*Q, d)
         anchors = self.refinement.initial_anchors(len(queries)).unsqueeze(0).expand(batch, -1, -1)  # (B, G*Q, 4)
         if self.two_stage:
             assert proposals is not None
@@ -360,7 +355,7 @@ class DETR(nn.Module):
         targets: one dict per image, ``class_id`` int64 (N_i,) in [0, num_classes-1] and ``box``
         float (N_i, 4) normalized cxcywh relative to the image's valid region; N_i may be 0.
         """
-        mask = _padding_or_none(check_images(x, mask))
+        mask = padding_or_none(check_images(x, mask))
         check_targets(targets, x.shape[0], self.num_classes)
         dn = self.denoising(targets, x.device) if self.denoising is not None and self.training else None
         dense: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []

@@ -194,9 +194,9 @@ class Trainer:
         return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def _elapsed_minutes(self) -> float:
-        """Training minutes so far, the main process's under DDP (every replica must use the same lr)."""
-        started = getattr(self, "started", None)  # the scheduler asks once before the trainer is complete
-        elapsed = torch.tensor(0.0 if started is None else (time.perf_counter() - started) / 60)
+        """Training minutes so far, the main process's under DDP (every replica must stop at the same
+        step and use the same lr)."""
+        elapsed = torch.tensor((time.perf_counter() - self.started) / 60)
         if self.dist.enabled:
             dist.broadcast(elapsed, src=0)
         return float(elapsed)
@@ -349,12 +349,7 @@ class Trainer:
         return metrics
 
     def _out_of_time(self) -> bool:
-        if not self.config.max_minutes:
-            return False
-        over = torch.tensor(float(time.perf_counter() - self.started > 60 * self.config.max_minutes))
-        if self.dist.enabled:  # every process must stop at the same step
-            dist.broadcast(over, src=0)
-        return bool(over.item())
+        return bool(self.config.max_minutes) and self._elapsed_minutes() > self.config.max_minutes
 
     def _evaluate_and_keep_best(self) -> dict[str, Any] | None:
         metrics = self.evaluate()
