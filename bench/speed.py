@@ -264,7 +264,7 @@ def training(reps: int, quick: bool) -> list[str]:
     parts: dict[str, list[float]] = {"forward": [], "matcher + loss": [], "backward": [], "matcher": []}
     for rep in range(1 + max(1, reps // 2)):
         start = time.perf_counter()
-        logits, boxes = ours._decode(x8, mask8, all_layers=None)  # (L, B, Q, K+1), (L, B, Q, 4)
+        logits, boxes, _ = ours._decode(x8, mask8, all_layers=None)  # (L, B, Q, K+1), (L, B, Q, 4)
         t_forward = time.perf_counter()
         outputs = list(zip(logits.unbind(0), boxes.unbind(0)))
         loss = ours.criterion(outputs, targets8)["loss"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import detr
+from detr.processing.preprocess import pad_batch
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 
@@ -90,7 +91,7 @@ def padded_pair(seed: int = 0, sizes=((320, 416), (256, 288))) -> tuple[torch.Te
     """Two normalised random images of different sizes in one padded batch, with the padding mask."""
     gen = torch.Generator().manual_seed(seed)
     images = [torch.randn(3, h, w, generator=gen) for h, w in sizes]
-    return detr.preprocess.pad_batch(images, size_divisor=32)
+    return pad_batch(images, size_divisor=32)
 
 
 def random_targets(batch: int, num_classes: int, counts=(3, 1), seed: int = 0) -> list[dict[str, torch.Tensor]]:

@@ -9,8 +9,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import detr
 from detr.cli import main as cli_main
-from detr.export import check_onnx, export_onnx
-from detr.inference import fold_batch_norms
+from detr.deploy.export import check_onnx, export_onnx
+from detr.deploy.inference import fold_batch_norms
 
 from .conftest import padded_pair
 

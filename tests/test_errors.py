@@ -11,7 +11,7 @@ import torch
 
 import detr
 from detr import DETRConfig, ResNetBackbone, Transformer
-from detr.weights import CheckpointError
+from detr.hub.checkpoints import CheckpointError
 
 from .test_model import small_detr
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import detr
-from detr.weights import convert_hf_state_dict
+from detr.hub.checkpoints import convert_hf_state_dict
 
 from .conftest import make_hf_detr, padded_pair, random_targets
 

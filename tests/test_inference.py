@@ -8,8 +8,14 @@ import torch
 from PIL import Image
 
 import detr
-from detr.postprocess import postprocess, valid_sizes
-from detr.preprocess import ImagePreprocessor, resized_size, to_image_tensor
+from detr.processing.postprocess import postprocess, valid_sizes
+from detr.processing.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImagePreprocessor,
+    resized_size,
+    to_image_tensor,
+)
 
 from .conftest import COCO128
 from .test_model import small_detr
@@ -150,9 +156,7 @@ def test_pil_preprocessing_is_the_reference_pipeline():
 
     image = Image.open(sorted((COCO128 / "val2017").glob("*.jpg"))[0]).convert("RGB")
     h, w = resized_size(image.height, image.width, 800, 1333)
-    expected = F1.normalize(
-        F1.to_tensor(image.resize((w, h), Image.BILINEAR)), detr.preprocess.IMAGENET_MEAN, detr.preprocess.IMAGENET_STD
-    )
+    expected = F1.normalize(F1.to_tensor(image.resize((w, h), Image.BILINEAR)), IMAGENET_MEAN, IMAGENET_STD)
     batch = ImagePreprocessor(size_divisor=1)(image)
     assert batch.pixel_values.shape[-2:] == (h, w) and not batch.mask.any()
     torch.testing.assert_close(batch.pixel_values[0], expected, atol=1e-6, rtol=0)

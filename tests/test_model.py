@@ -209,7 +209,7 @@ def test_learned_position_embedding_has_parameters_and_rejects_big_maps():
 def test_frozen_batch_norm_inside_the_convolution_is_conv_then_batch_norm():
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from detr.backbone import ConvFrozenBN2d, FoldedFrozenBatchNorm2d
+    from detr.models.backbone import ConvFrozenBN2d, FoldedFrozenBatchNorm2d
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False).double()
@@ -241,7 +241,7 @@ def test_resnet_backbone_keeps_the_reference_parameter_names():
 
 
 def test_attention_dropout_drops_and_rescales():
-    from detr.transformer import _attention_with_dropout
+    from detr.models.transformer import _attention_with_dropout
 
     torch.manual_seed(0)
     q, k = torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 2000, 8)  # uniform attention: every weight 1/2000

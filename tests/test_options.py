@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import detr
-from detr.denoising import box_sine_embedding
-from detr.dense import DenseHead
 from detr.engine import TrainConfig, Trainer
+from detr.models.layers import box_sine_embedding
+from detr.options.dense import DenseHead
 
 from .conftest import random_targets
 
@@ -64,8 +64,8 @@ def test_denoising_queries_train_only_and_stay_out_of_the_matching_queries():
     assert dn.query_pos.shape == (2, 2 * 3, 32) and dn.valid.sum() == 2 * 3
     mask = torch.zeros(2, 64, 64, dtype=torch.bool)
     with torch.no_grad():
-        with_dn, _ = model._decode(x, mask, None, dn)
-        without, _ = model._decode(x, mask, None)
+        with_dn, _, _ = model._decode(x, mask, None, targets)
+        without, _, _ = model._decode(x, mask, None)
     torch.testing.assert_close(with_dn[:, :, :5], without, atol=1e-5, rtol=0)
     # inference does not use them at all
     model.eval()
@@ -186,7 +186,7 @@ def test_export_leaves_out_training_only_parts(tmp_path):
 
 
 def test_dense_head_assigns_tokens_by_centre_sampling():
-    head = DenseHead(d_model=8, num_classes=3)
+    head = DenseHead()
     anchors, valid = head.anchors(4, 4, None, torch.device("cpu"))  # cell centres at 0.125, 0.375, ...
     assert anchors.shape == (1, 16, 4) and valid.all()
     torch.testing.assert_close(anchors[0, 5], torch.tensor([0.375, 0.375, 0.5, 0.5]))  # 2 cells wide
@@ -227,7 +227,7 @@ def test_dense_aux_loss_trains_encoder_and_leaves_inference_alone(tmp_path):
     assert model.dense_head.box_head.layers[-1].weight.grad.abs().sum() > 0
     # the dense head's gradient reaches the encoder: alone, it moves the encoder's weights
     model.zero_grad()
-    model.dense_head.loss(*_dense_outputs(model, x, mask), targets)["loss"].backward()
+    model.dense_head.loss(*_dense_outputs(model, x, mask, targets), targets)["loss"].backward()
     assert model.transformer.encoder.layers[0].linear1.weight.grad.abs().sum() > 0
     assert model.transformer.decoder.layers[0].linear1.weight.grad is None
     # inference ignores the head; saved and reloaded, the model predicts the same
@@ -241,10 +241,9 @@ def test_dense_aux_loss_trains_encoder_and_leaves_inference_alone(tmp_path):
     assert model.optimize_for_inference().model.dense_head is None
 
 
-def _dense_outputs(model: detr.DETR, x: torch.Tensor, mask: torch.Tensor):
-    dense: list = []
-    model._decode(x, mask, all_layers=None, dense=dense)
-    return dense[0]
+def _dense_outputs(model: detr.DETR, x: torch.Tensor, mask: torch.Tensor, targets):
+    _, _, state = model._decode(x, mask, all_layers=None, targets=targets)
+    return state.proposals
 
 
 def test_dense_aux_loss_with_box_refinement():
@@ -270,9 +269,8 @@ def test_two_stage_anchors_are_the_best_dense_proposals(tmp_path):
     # before any training step the box head adds nothing: the first layer's boxes are the selected proposals
     model.eval()
     with torch.no_grad():
-        dense: list = []
-        logits, boxes = model._decode(x, mask, all_layers=True, dense=dense)
-        scores, proposal_boxes, _, valid = dense[0]
+        logits, boxes, state = model._decode(x, mask, all_layers=True)
+        scores, proposal_boxes, _, valid = state.proposals
         best = scores.max(-1).values.masked_fill(~valid, -float("inf")).topk(5, dim=1).indices  # (B, 5)
         expected = proposal_boxes.gather(1, best.unsqueeze(-1).expand(-1, -1, 4))
     torch.testing.assert_close(boxes[0], expected)  # layer 0 (the box head's last layer is still zero)

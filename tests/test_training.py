@@ -20,7 +20,7 @@ from detr.cli import main
 from detr.data import CocoDetection, DatasetError, find_split
 from detr.data.synthetic import SynthConfig, make_dataset
 from detr.engine import TrainConfig, Trainer, TrainingDiverged, coco_evaluate
-from detr.weights import CheckpointError
+from detr.hub.checkpoints import CheckpointError
 
 TINY_MODEL = {"d_model": 32, "nhead": 4, "num_encoder_layers": 1, "num_decoder_layers": 2, "dim_feedforward": 64}
 

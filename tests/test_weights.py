@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import detr
-from detr import hub
-from detr.weights import convert_hf_state_dict, convert_to_hf_state_dict
+from detr.hub.checkpoints import convert_hf_state_dict, convert_to_hf_state_dict
+from detr.hub.download import hash_prefix_of
+from detr.hub.pretrained import backbone_weights
 
 from .conftest import make_hf_detr, padded_pair
 from .test_hf_parity import reference_layout
@@ -58,8 +59,8 @@ def test_registry_is_data():
     assert r50.url.endswith("detr-r50-e632da11.pth") and r50.sha256_prefix == "e632da11"
     assert r50.num_classes == 91 and r50.box_ap == 42.0 and r50.categories[1] == "person"
     assert r50.class_names()[90] == "toothbrush" and len(r50.class_names()) == 91
-    assert all(hub.hash_prefix_of(w.url) == w.sha256_prefix for w in entries.values())
-    backbones = hub.backbone_weights()
+    assert all(hash_prefix_of(w.url) == w.sha256_prefix for w in entries.values())
+    backbones = backbone_weights()
     assert backbones["resnet50"]["url"].endswith("resnet50-0676ba61.pth")
 
 
@@ -148,12 +149,14 @@ def test_save_pretrained_round_trip(tmp_path):
     assert rebuilt.predict(x, mask=mask, k=2)[0][0]["class_name"] in {"cat", "dog", "fox"}
 
 
-def test_save_pretrained_needs_a_factory_model(tmp_path):
-    model = detr.DETR(detr.DETRConfig(detr.ResNetBackbone("resnet18"), detr.Transformer(d_model=32, nhead=4), 3))
-    with pytest.raises(ValueError, match="not built by a registered factory"):
-        model.save_pretrained(tmp_path)
+def test_a_model_built_from_parts_saves_too(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         detr.DETR.from_pretrained(tmp_path)
+    model = detr.DETR(detr.DETRConfig(detr.ResNetBackbone("resnet18"), detr.Transformer(d_model=32, nhead=4), 3))
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["parts"]["backbone"] == {"type": "ResNetBackbone", "args": model.backbone.spec()}
+    assert detr.DETR.from_pretrained(tmp_path).transformer.spec() == model.transformer.spec()
 
 
 def test_fine_tuning_reinitialises_only_the_heads_with_a_warning(tmp_path):

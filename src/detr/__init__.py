@@ -2,32 +2,15 @@
 
 Faithful to the paper and the facebookresearch/detr reference code; API of the
 Lucid DETR documentation (``DETRConfig``, ``DETR``, ``detr_r50`` ...).
+
+Layout: ``models`` (the paper's DETR, its parts, the factories), ``options`` (training options
+beyond the paper), ``losses`` (matcher, set criterion), ``hub`` (published weights, checkpoints,
+saving), ``processing`` (input checks, pre- and post-processing), ``deploy`` (inference copy,
+ONNX), ``data``, ``engine`` (training, evaluation), ``cli``.
 """
 
-from .backbone import ResNetBackbone
-from .coco import COCO_CATEGORIES, COCO_CLASS_NAMES
-from .criterion import SetCriterion
-from .factory import (
-    build_detr,
-    create_model,
-    detr_r18,
-    detr_r34,
-    detr_r50,
-    detr_r50_dc5,
-    detr_r101,
-    detr_r101_dc5,
-    list_models,
-    register_model,
-)
-from .hub import PretrainedWeights, list_pretrained
-from .matcher import HungarianMatcher
-from .model import DETR, DETRConfig
-from .position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
-from .postprocess import postprocess
-from .preprocess import Batch, ImagePreprocessor, preprocess_images
-from .serialization import export_hf, from_pretrained, save_pretrained
-from .transformer import Transformer
-from .weights import (
+from .data.coco_categories import COCO_CATEGORIES, COCO_CLASS_NAMES
+from .hub.checkpoints import (
     CheckpointError,
     convert_hf_state_dict,
     convert_reference_state_dict,
@@ -36,6 +19,18 @@ from .weights import (
     load_weights,
     read_state_dict,
 )
+from .hub.pretrained import PretrainedWeights, list_pretrained
+from .hub.serialization import export_hf, save_pretrained
+from .losses import HungarianMatcher, SetCriterion
+from .models.backbone import ResNetBackbone
+from .models.detr import DETR, DETRConfig
+from .models.factories import build_detr, detr_r18, detr_r34, detr_r50, detr_r50_dc5, detr_r101, detr_r101_dc5
+from .models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
+from .models.registry import create_model, list_models, register_model
+from .models.transformer import Transformer
+from .processing import Batch, ImagePreprocessor, postprocess, preprocess_images
+
+from_pretrained = DETR.from_pretrained
 
 __version__ = "0.1.0"
 

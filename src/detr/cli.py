@@ -19,8 +19,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # --------------------------------------------------------------------- models
 def cmd_models(args: argparse.Namespace) -> int:
     """Models, their published weights, and the ImageNet backbones behind pretrained_backbone=True."""
-    from .factory import list_models
-    from .hub import PRETRAINED, backbone_weights, cache_dir
+    from .hub.download import cache_dir
+    from .hub.pretrained import PRETRAINED, backbone_weights
+    from .models.registry import list_models
 
     print(f"{'model':<15} {'weights':<15} {'classes':>7} {'box AP':>6}  url")
     for name in list_models():
@@ -92,7 +93,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data import CocoDetection, collate, eval_transforms
     from .engine.evaluate import METRIC_NAMES, coco_evaluate, format_metrics, predict_dataset
     from .fileio import atomic_write_text
-    from .serialization import load_model
+    from .models.factories import load_model
 
     dataset = CocoDetection(args.data, args.split, eval_transforms(args.size, args.max_size))
     model = (
@@ -141,9 +142,9 @@ def _image_paths(inputs: list[str]) -> list[Path]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .data.coco import read_image
     from .fileio import atomic_write_text
-    from .preprocess import ImagePreprocessor
-    from .serialization import load_model
-    from .visualize import draw_detections
+    from .models.factories import load_model
+    from .processing.preprocess import ImagePreprocessor
+    from .processing.visualize import draw_detections
 
     model = load_model(args.weights, args.model) if args.weights else None
     if model is None:
@@ -171,8 +172,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import check_onnx, export_onnx
-    from .serialization import load_model
+    from .deploy.export import check_onnx, export_onnx
+    from .models.factories import load_model
 
     model = load_model(args.weights, args.model).eval()
     path = export_onnx(model, args.out, height=args.height, width=args.width)
@@ -222,7 +223,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------- selftest
 def cmd_selftest(args: argparse.Namespace) -> int:
     """Build a model, run inference, one loss and one training step on generated data."""
-    from . import create_model
+    from .models.registry import create_model
 
     torch.manual_seed(args.seed)
     start = time.perf_counter()

@@ -80,9 +80,9 @@ def validation_grid(
     from PIL import Image
 
     from .data.coco import CocoDetection
-    from .preprocess import ImagePreprocessor
-    from .serialization import load_model
-    from .visualize import draw_detections, image_grid
+    from .models.factories import load_model
+    from .processing.preprocess import ImagePreprocessor
+    from .processing.visualize import draw_detections, image_grid
 
     model = load_model(run / "final").eval()
     dataset = CocoDetection(data, "val")

@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from ..preprocess import IMAGENET_MEAN, IMAGENET_STD
+from ..processing.preprocess import IMAGENET_MEAN, IMAGENET_STD, pad_batch
 
 # the reference's multi-scale training sizes (short side), and its crop augmentation
 TRAIN_SCALES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
@@ -105,8 +105,6 @@ def collate(
     batch: Sequence[tuple[torch.Tensor, dict[str, Any]]], size_divisor: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
     """(image, target) pairs -> (B, 3, H, W) padded images, (B, H, W) mask (True on padding), targets."""
-    from ..preprocess import pad_batch
-
     images = [img for img, _ in batch]
     pixel_values, mask = pad_batch(images, size_divisor)
     return pixel_values, mask, [t for _, t in batch]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..fileio import atomic_write
+
 
 def read_log(path: str | Path) -> list[dict]:
     path = Path(path)
@@ -19,8 +21,6 @@ def plot_curves(log_path: str | Path, png_path: str | Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..fileio import atomic_write
 
     records = read_log(log_path)
     train = [r for r in records if r.get("type") == "train"]

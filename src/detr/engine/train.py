@@ -15,12 +15,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import CocoDetection, collate, eval_transforms, train_transforms
-from ..factory import create_model
+from ..distributed import DistInfo, ResumableSampler, barrier, init_distributed
 from ..fileio import atomic_write, atomic_write_text
-from ..model import DETR
-from ..weights import CheckpointError
+from ..hub.checkpoints import CheckpointError
+from ..models.detr import DETR
+from ..models.registry import create_model
 from .config import TrainConfig
-from .distributed import DistInfo, ResumableSampler, barrier, init_distributed
 from .evaluate import coco_evaluate, predict_dataset
 from .plots import plot_curves
 

@@ -284,9 +284,23 @@ class Transformer(nn.Module):
         self.d_model = d_model
         self.nhead = nhead
         self.num_decoder_layers = num_decoder_layers
+        self._spec = {
+            "d_model": d_model,
+            "nhead": nhead,
+            "num_encoder_layers": num_encoder_layers,
+            "num_decoder_layers": num_decoder_layers,
+            "dim_feedforward": dim_feedforward,
+            "dropout": dropout,
+            "activation": activation,
+            "normalize_before": normalize_before,
+        }
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
+
+    def spec(self) -> dict[str, object]:
+        """The constructor arguments that build this transformer again (its weights apart)."""
+        return dict(self._spec)
 
     def encode(self, src: Tensor, mask: Tensor | None, pos_embed: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         """Flatten and encode: src (B, C, H, W), mask (B, H, W) or None (no padding), pos_embed
@@ -302,19 +316,14 @@ class Transformer(nn.Module):
         mask: Tensor | None,
         query_embed: Tensor,
         pos_embed: Tensor,
-        query_attn_mask: Tensor | None = None,
-        tgt: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Run encoder and decoder.
+        """Run encoder and decoder (the reference code's call).
 
         Args:
             src: (B, C, H, W) projected features.
             mask: (B, H, W) bool, True on padding; None when nothing is padded.
-            query_embed: (Q, C) learned query positions, or (B, Q, C) per image.
+            query_embed: (Q, C) learned query positions.
             pos_embed: (B, C, H, W) position encoding of the features.
-            query_attn_mask: optional (Q, Q) or (B, 1, Q, Q) bool, True where query i may attend
-                to query j in the decoder's self-attention (separates query groups).
-            tgt: optional (B, Q, C) initial query content; zeros (the reference) when omitted.
 
         Returns:
             hs: (num_decoder_layers, B, Q, C) normed decoder outputs, final layer last.
@@ -322,11 +331,7 @@ class Transformer(nn.Module):
         """
         batch, c, h, w = src.shape
         memory, key_padding_mask, pos = self.encode(src, mask, pos_embed)
-        query_pos = (
-            query_embed if query_embed.dim() == 3 else query_embed.unsqueeze(0).expand(batch, -1, -1)
-        )  # (B, Q, C)
-        if tgt is None:
-            tgt = query_pos.new_zeros(query_pos.shape)  # queries start empty, their position is all they know
-
-        hs = self.decoder(tgt, memory, key_padding_mask, pos, query_pos, query_attn_mask)
+        query_pos = query_embed.unsqueeze(0).expand(batch, -1, -1)  # (B, Q, C)
+        tgt = query_pos.new_zeros(query_pos.shape)  # queries start empty, their position is all they know
+        hs = self.decoder(tgt, memory, key_padding_mask, pos, query_pos)
         return hs, memory.transpose(1, 2).reshape(batch, c, h, w)  # (B, HW, C) -> (B, C, H, W)

@@ -27,6 +27,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .download import download
+from .pretrained import PRETRAINED
+
 StateDict = dict[str, Tensor]
 
 
@@ -305,8 +308,8 @@ def _names_from_config(directory: Path) -> list[str] | None:
     if not config_path.is_file():
         return None
     config = json.loads(config_path.read_text())
-    if config.get("format") == "detr":
-        return config.get("kwargs", {}).get("class_names")
+    if config.get("format") == "detr":  # built by a factory, or described by its parts
+        return config.get("kwargs", {}).get("class_names", config.get("class_names"))
     id2label = config.get("id2label")
     if config.get("model_type") == "detr" and isinstance(id2label, dict) and id2label:
         ids = sorted(int(i) for i in id2label)
@@ -316,24 +319,22 @@ def _names_from_config(directory: Path) -> list[str] | None:
 
 
 def fetch_checkpoint(weights: str | Path | Mapping[str, Tensor]) -> Checkpoint:
-    """Resolve ``weights=``: a registry name (see :func:`detr.hub.list_pretrained`), a URL, a file,
+    """Resolve ``weights=``: a registry name (see :func:`detr.hub.pretrained.list_pretrained`), a URL, a file,
     a directory (ours or transformers' ``save_pretrained``), or a state dict."""
-    from . import hub
-
     if isinstance(weights, Mapping):
         return Checkpoint(unwrap_state_dict(weights, "state dict"), "state dict")
-    if isinstance(weights, str) and weights in hub.PRETRAINED:
-        entry = hub.PRETRAINED[weights]
-        path = hub.download(entry.url)
+    if isinstance(weights, str) and weights in PRETRAINED:
+        entry = PRETRAINED[weights]
+        path = download(entry.url)
         return Checkpoint(read_state_dict(path), f"{weights} ({path})", entry.class_names())
     if isinstance(weights, str) and re.match(r"^(https?|file)://", weights):
-        path = hub.download(weights)
+        path = download(weights)
         return Checkpoint(read_state_dict(path), f"{weights} ({path})")
     if not isinstance(weights, (str, Path)):
         raise TypeError(f"weights must be a name, URL, path or state dict, got {type(weights).__name__}")
     path = Path(weights)
     if not path.exists() and isinstance(weights, str) and "/" not in weights and not path.suffix:
-        names = ", ".join(hub.PRETRAINED)
+        names = ", ".join(PRETRAINED)
         raise FileNotFoundError(f"weights {weights!r} is neither a file nor a published checkpoint name ({names})")
     names = _names_from_config(path) if path.is_dir() else None
     return Checkpoint(read_state_dict(path), str(path), names)

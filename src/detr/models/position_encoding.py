@@ -40,6 +40,16 @@ class PositionEmbeddingSine(nn.Module):
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
 
+    def spec(self) -> dict[str, object]:
+        """The constructor arguments that build this encoding again."""
+        scale = self.scale if self.normalize else None
+        return {
+            "num_pos_feats": self.num_pos_feats,
+            "temperature": self.temperature,
+            "normalize": self.normalize,
+            "scale": scale,
+        }
+
     def forward(self, mask: Tensor) -> Tensor:
         """mask: (B, H, W) bool, True on padding -> (B, 2 * num_pos_feats, H, W) float32."""
         not_mask = ~mask
@@ -73,6 +83,10 @@ class PositionEmbeddingLearned(nn.Module):
         self.col_embed = nn.Embedding(self.max_positions, num_pos_feats)
         nn.init.uniform_(self.row_embed.weight)
         nn.init.uniform_(self.col_embed.weight)
+
+    def spec(self) -> dict[str, object]:
+        """The constructor arguments that build this encoding again (its weights apart)."""
+        return {"num_pos_feats": self.num_pos_feats}
 
     def forward(self, mask: Tensor) -> Tensor:
         """mask: (B, H, W) bool -> (B, 2 * num_pos_feats, H, W); the mask only sets the shape."""

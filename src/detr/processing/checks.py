@@ -1,4 +1,4 @@
-"""Input checks with error messages that say what is wrong and how to fix it."""
+"""Input checks with error messages that say what is wrong and how to fix it, and the target format they check."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+# A training target of one image: ``class_id`` (N,) int64 class indices and ``box`` (N, 4) float
+# normalized (cx, cy, w, h) relative to the image's valid region (see :func:`check_targets`).
+Target = dict[str, Tensor]
 
 # How far (in normalized units) a box may stick out of the image before it is taken
 # for a box in the wrong format (xyxy or pixels instead of normalized cxcywh).

@@ -9,7 +9,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou
 
-Target = dict[str, Tensor]
+from ..processing.checks import Target
 
 
 class HungarianMatcher(nn.Module):
@@ -31,6 +31,10 @@ class HungarianMatcher(nn.Module):
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
+
+    def spec(self) -> dict[str, float]:
+        """The constructor arguments that build this matcher again."""
+        return {"cost_class": self.cost_class, "cost_bbox": self.cost_bbox, "cost_giou": self.cost_giou}
 
     def cost_matrix(self, pred_logits: Tensor, pred_boxes: Tensor, target: Target) -> Tensor:
         """pred_logits (Q, K+1), pred_boxes (Q, 4) cxcywh, target with N boxes -> (Q, N) float32 cost."""

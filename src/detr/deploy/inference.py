@@ -24,17 +24,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from .backbone import ConvFrozenBN2d, conv_norm_pairs
-from .checks import check_images, padding_or_none
+from ..models.backbone import ConvFrozenBN2d, conv_norm_pairs
+from ..processing.checks import check_images, padding_or_none
 
 if TYPE_CHECKING:
-    from .model import DETR
+    from ..models.detr import DETR
 
 
 def fold_batch_norms(module: nn.Module) -> int:
     """Fold every batch norm of a torchvision ResNet into its convolution, in place; returns how many.
 
-    Pairs are found by torchvision's naming (:func:`detr.backbone.conv_norm_pairs`); the batch
+    Pairs are found by torchvision's naming (:func:`detr.models.backbone.conv_norm_pairs`); the batch
     norms become ``nn.Identity`` and the convolutions plain ones with a bias. Trainable batch norms
     must be in eval mode (running statistics), as at inference.
     """
@@ -58,11 +58,16 @@ def fold_batch_norms(module: nn.Module) -> int:
 
 
 def inference_copy(model: DETR) -> DETR:
-    """A frozen eval-mode copy of ``model`` without its training-only parts, batch norms folded."""
+    """A frozen eval-mode copy of ``model`` without its training-only parts, batch norms folded.
+
+    Options are kept when used at inference (``used_at_inference``), with those they require
+    (two-stage anchors keep the dense head, which proposes them)."""
     model = copy.deepcopy(model).eval()
-    model.denoising = None
-    if not model.two_stage:  # otherwise it chooses the decoder's anchors
-        model.dense_head = None
+    keep = {option.name for option in model.options if option.used_at_inference}
+    keep |= {name for option in model.options if option.name in keep for name in option.requires}
+    for option in model.options:
+        if option.name not in keep:
+            option.remove_from(model)
     model.criterion = None
     for param in model.parameters():
         param.requires_grad_(False)
@@ -101,14 +106,17 @@ def keep_outputs_float32(model: DETR) -> None:
     decoder.norm = Float32(decoder.norm)
     model.class_head = Float32(model.class_head)
     model.box_head = Float32(model.box_head)
-    if model.refinement is not None:
-        model.refinement.pos_embed = Float32(model.refinement.pos_embed)
-    if model.dense_head is not None:  # two-stage: it chooses the anchors, a discrete choice rounding can flip
-        model.dense_head = Float32(model.dense_head)
+    refinement = getattr(model, "refinement", None)
+    if refinement is not None:
+        refinement.pos_embed = Float32(refinement.pos_embed)
+    dense_head = getattr(model, "dense_head", None)
+    if dense_head is not None:  # two-stage: it chooses the anchors, a discrete choice rounding can flip
+        dense_head.class_head = Float32(dense_head.class_head)
+        dense_head.box_head = Float32(dense_head.box_head)
 
 
 class InferenceDETR(nn.Module):
-    """Inference-only copy of a :class:`~detr.model.DETR` (see the module docstring).
+    """Inference-only copy of a :class:`~detr.models.detr.DETR` (see the module docstring).
 
     ``forward(x (B, 3, H, W), mask (B, H, W) bool or None)`` returns ``(pred_logits (B, Q,
     K+1), pred_boxes (B, Q, 4) normalized cxcywh)`` in float32, like the model in eval mode
@@ -149,7 +157,7 @@ class InferenceDETR(nn.Module):
             else contextlib.nullcontext()
         )
         with autocast:
-            logits, boxes = self.model._decode(x, mask, all_layers=False)  # (1, B, Q, K+1), (1, B, Q, 4)
+            logits, boxes, _ = self.model._decode(x, mask, all_layers=False)  # (1, B, Q, K+1), (1, B, Q, 4)
         return logits[0].float(), boxes[0].float()
 
     @torch.inference_mode()

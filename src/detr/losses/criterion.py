@@ -5,25 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou
 
-from .matcher import Target
+from ..distributed import mean_count_across_processes
+from ..processing.checks import Target
 
 Matcher = Callable[[tuple[Tensor, Tensor], Sequence[Target]], list[tuple[Tensor, Tensor]]]
-
-
-def mean_count_across_processes(count: Tensor) -> float:
-    """``count`` (a float scalar tensor) averaged over processes (all-reduced under DDP), at least 1:
-    the normaliser of a loss summed over boxes, the same on every process."""
-    world = 1
-    if dist.is_available() and dist.is_initialized():
-        count = count.clone()
-        dist.all_reduce(count)
-        world = dist.get_world_size()
-    return max(count.item() / world, 1.0)
 
 
 def num_boxes_across_processes(targets: Sequence[Target], device: torch.device) -> float:

@@ -3,7 +3,7 @@
 The exported graph takes ``pixel_values`` (B, 3, H, W) float32 normalized images and
 ``pixel_mask`` (B, H, W) bool, True on padding (all False for unpadded images), and returns
 ``logits`` (B, Q, K+1) and ``boxes`` (B, Q, 4) normalized cxcywh of the last decoder layer.
-Batch norms are folded into the convolutions first (:func:`detr.inference.inference_copy`).
+Batch norms are folded into the convolutions first (:func:`detr.deploy.inference.inference_copy`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .fileio import atomic_write
+from ..fileio import atomic_write
 from .inference import inference_copy
 
 if TYPE_CHECKING:
-    from .model import DETR
+    from ..models.detr import DETR
 
 INPUT_NAMES = ["pixel_values", "pixel_mask"]
 OUTPUT_NAMES = ["logits", "boxes"]
@@ -33,7 +33,9 @@ class _ExportWrapper(nn.Module):
         self.model = model
 
     def forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor]:
-        logits, boxes = self.model._decode(pixel_values, pixel_mask, all_layers=False)  # (1, B, Q, K+1), (1, B, Q, 4)
+        logits, boxes, _ = self.model._decode(
+            pixel_values, pixel_mask, all_layers=False
+        )  # (1, B, Q, K+1), (1, B, Q, 4)
         return logits[0], boxes[0]
 
 

@@ -3,7 +3,7 @@
 DETR supervises its backbone and encoder only through a handful of matched queries, which is a
 large part of why it learns slowly from scratch. Co-DETR (Zong et al., 2023) adds one-stage
 detector heads with one-to-many label assignment on the encoder output, for training only. This
-module is the simplest such head: each encoder token (a cell of the feature map) predicts
+option is the simplest such head: each encoder token (a cell of the feature map) predicts
 sigmoid class scores and a box relative to its cell, and is assigned to a target by FCOS-style
 centre sampling (Tian et al., 2019):
 
@@ -12,56 +12,79 @@ centre sampling (Tian et al., 2019):
 - a token claimed by several targets goes to the one of smallest area;
 - every other valid (unpadded) token is background.
 
-Loss: sigmoid focal loss (torchvision's) over all valid tokens and classes, L1 and GIoU on the
-positive tokens' boxes, each divided by the number of positives (averaged over processes under
-DDP). Inference does not use the head, unless the model's ``two_stage`` takes its best proposals
-as the decoder's anchors.
+Adds: ``class_head`` (d -> K) and ``box_head`` (MLP d -> 4). Loss: sigmoid focal loss
+(torchvision's) over all valid tokens and classes, L1 and GIoU on the positive tokens' boxes, each
+divided by the number of positives (averaged over processes under DDP): ``loss_dense_ce``,
+``loss_dense_bbox``, ``loss_dense_giou``. Inference does not use the head, unless the model's
+two-stage anchors (:mod:`detr.options.two_stage`) take its best proposals as the decoder's anchors.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
-from .criterion import mean_count_across_processes
-from .matcher import Target
-from .refinement import inverse_sigmoid
+from ..distributed import mean_count_across_processes
+from ..models.layers import MLP, inverse_sigmoid
+from ..processing.checks import Target
+from .base import DETROption, OptionState
+
+if TYPE_CHECKING:
+    from ..models.detr import DETR
+
+Proposals = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
-class DenseHead(nn.Module):
+class DenseHead(DETROption):
     """Class scores and boxes for every encoder token, and their one-to-many loss.
 
     Args:
-        d_model: width of the encoder output.
-        num_classes: number of object classes K (sigmoid scores, no "no object" class).
-        class_coef, bbox_coef, giou_coef: weights of the focal, L1 and GIoU terms.
+        class_coef, bbox_coef, giou_coef: weights of the focal, L1 and GIoU terms; the L1 and GIoU
+            weights default to the model's ``bbox_loss_coef`` and ``giou_loss_coef``.
         center_radius: the central region of a target spans this fraction of its width and height.
         anchor_cells: side of each token's initial box, in cells (the head predicts corrections).
     """
 
+    name = "dense_head"
+    order = 3
+
     def __init__(
         self,
-        d_model: int,
-        num_classes: int,
         class_coef: float = 2.0,
-        bbox_coef: float = 5.0,
-        giou_coef: float = 2.0,
+        bbox_coef: float | None = None,
+        giou_coef: float | None = None,
         center_radius: float = 0.5,
         anchor_cells: float = 2.0,
     ) -> None:
         super().__init__()
-        from .model import MLP  # the model module imports this one
-
-        self.num_classes = num_classes
-        self.class_head = nn.Linear(d_model, num_classes)
-        self.box_head = MLP(d_model, d_model, 4, num_layers=3)
-        self.weights = {"loss_dense_ce": class_coef, "loss_dense_bbox": bbox_coef, "loss_dense_giou": giou_coef}
+        self.class_coef, self.bbox_coef, self.giou_coef = class_coef, bbox_coef, giou_coef
         self.center_radius = center_radius
         self.anchor_cells = anchor_cells
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "class_coef": self.class_coef,
+            "bbox_coef": self.bbox_coef,
+            "giou_coef": self.giou_coef,
+            "center_radius": self.center_radius,
+            "anchor_cells": self.anchor_cells,
+        }
+
+    def attach(self, model: DETR) -> None:
+        d_model, config = model.transformer.d_model, model.config
+        self.num_classes = model.num_classes
+        self.class_head = nn.Linear(d_model, model.num_classes)
+        self.box_head = MLP(d_model, d_model, 4, num_layers=3)
+        self.weights = {
+            "loss_dense_ce": self.class_coef,
+            "loss_dense_bbox": config.bbox_loss_coef if self.bbox_coef is None else self.bbox_coef,
+            "loss_dense_giou": config.giou_loss_coef if self.giou_coef is None else self.giou_coef,
+        }
         nn.init.constant_(self.class_head.bias, -math.log(99.0))  # prior 0.01: the focal loss's start
         nn.init.zeros_(self.box_head.layers[-1].weight)  # first boxes are the anchors
         nn.init.zeros_(self.box_head.layers[-1].bias)
@@ -90,9 +113,7 @@ class DenseHead(nn.Module):
         bh = (self.anchor_cells / valid_h[:, None]).expand_as(cy)
         return torch.stack([cx, cy, bw, bh], dim=-1), valid  # (B, h*w, 4), (B, h*w)
 
-    def forward(
-        self, memory: Tensor, h: int, w: int, feat_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, memory: Tensor, h: int, w: int, feat_mask: Tensor | None) -> Proposals:
         """memory (B, h*w, d) encoder output, feat_mask (B, h, w) True on padding or None.
 
         Returns logits (B, h*w, K), boxes (B, h*w, 4) normalized cxcywh, anchors (B, h*w, 4)
@@ -103,6 +124,14 @@ class DenseHead(nn.Module):
         anchors, valid = anchors.expand(batch, -1, -1), valid.expand(batch, -1)  # (B, h*w, 4), (B, h*w)
         boxes = (self.box_head(memory).float() + inverse_sigmoid(anchors.clamp(max=1.0))).sigmoid()
         return self.class_head(memory).float(), boxes, anchors, valid
+
+    def propose(self, state: OptionState) -> Proposals:
+        """The head's outputs on the pass's encoder output (see :meth:`forward`)."""
+        return self(state.memory, *state.feature_size, state.feature_mask)
+
+    def read_encoder(self, model: DETR, state: OptionState) -> None:
+        if state.targets is not None:  # a loss is wanted
+            state.proposals = self.propose(state)
 
     def assign(self, anchors: Tensor, valid: Tensor, target: Target) -> Tensor:
         """Index of the target each token is assigned to, -1 for background: (h*w,) int64.
@@ -150,3 +179,8 @@ class DenseHead(nn.Module):
         terms = {"loss_dense_ce": focal, "loss_dense_bbox": l1, "loss_dense_giou": giou}
         terms["loss"] = sum(self.weights[name] * value for name, value in terms.items())
         return terms
+
+    def loss_terms(self, model: DETR, state: OptionState | None, targets: Sequence[Target]) -> dict[str, Tensor]:
+        if state is None or state.proposals is None:
+            return {}
+        return self.loss(*state.proposals, targets)

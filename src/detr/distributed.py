@@ -1,4 +1,5 @@
-"""Process-group setup for ``torchrun`` (DDP), and a resumable, shardable sampler."""
+"""Distributed training under ``torchrun`` (DDP): process-group setup, a resumable, shardable sampler,
+and the cross-process averages that loss normalisers need."""
 
 from __future__ import annotations
 
@@ -39,6 +40,17 @@ def init_distributed(device: str) -> DistInfo:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def mean_count_across_processes(count: torch.Tensor) -> float:
+    """``count`` (a float scalar tensor) averaged over processes (all-reduced under DDP), at least 1:
+    the normaliser of a loss summed over boxes, the same on every process."""
+    world = 1
+    if dist.is_available() and dist.is_initialized():
+        count = count.clone()
+        dist.all_reduce(count)
+        world = dist.get_world_size()
+    return max(count.item() / world, 1.0)
 
 
 class ResumableSampler(Sampler[int]):

@@ -1,4 +1,4 @@
-"""Published weights, declared as data, and their download into torch hub's cache.
+"""Downloads into torch hub's cache, hash-checked, failing fast offline.
 
 Files are cached in ``$TORCH_HOME/hub/checkpoints`` (torch hub's own cache, shared with
 torchvision), verified against the SHA-256 prefix in their file name, and downloaded
@@ -11,74 +11,13 @@ from __future__ import annotations
 import re
 import socket
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch.hub
 
-from .coco import COCO_CATEGORIES
-
 # Seconds without an answer before a download is given up (also the connect timeout).
 DOWNLOAD_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class PretrainedWeights:
-    """One published checkpoint.
-
-    name: what ``weights=`` accepts; factory: the model it fits; url: where it is published;
-    sha256_prefix: the hash prefix torch hub checks; num_classes and categories: the head's
-    classes (class index = COCO category id, names by id); box_ap: COCO val2017 box AP reported
-    by the release.
-    """
-
-    name: str
-    factory: str
-    url: str
-    sha256_prefix: str
-    num_classes: int
-    box_ap: float
-    categories: dict[int, str] = field(default_factory=lambda: dict(COCO_CATEGORIES), repr=False)
-    source: str = "facebookresearch/detr"
-
-    @property
-    def filename(self) -> str:
-        return Path(urlparse(self.url).path).name
-
-    def class_names(self) -> list[str]:
-        return [self.categories.get(i, "N/A") for i in range(self.num_classes)]
-
-
-_FB = "https://dl.fbaipublicfiles.com/detr/"
-PRETRAINED: dict[str, PretrainedWeights] = {
-    w.name: w
-    for w in (
-        PretrainedWeights("detr_r50", "detr_r50", _FB + "detr-r50-e632da11.pth", "e632da11", 91, 42.0),
-        PretrainedWeights("detr_r50_dc5", "detr_r50_dc5", _FB + "detr-r50-dc5-f0fb7ef5.pth", "f0fb7ef5", 91, 43.3),
-        PretrainedWeights("detr_r101", "detr_r101", _FB + "detr-r101-2c7b67e5.pth", "2c7b67e5", 91, 43.5),
-        PretrainedWeights("detr_r101_dc5", "detr_r101_dc5", _FB + "detr-r101-dc5-a2e86def.pth", "a2e86def", 91, 44.9),
-    )
-}
-
-
-def list_pretrained() -> list[PretrainedWeights]:
-    """The published DETR checkpoints that ``weights=`` accepts by name."""
-    return list(PRETRAINED.values())
-
-
-def backbone_weights() -> dict[str, dict[str, object]]:
-    """torchvision ImageNet weights behind ``pretrained_backbone=True``: url and top-1 accuracy per ResNet."""
-    import torchvision
-
-    from .backbone import RESNET_IMAGENET_WEIGHTS
-
-    out = {}
-    for name, spec in RESNET_IMAGENET_WEIGHTS.items():
-        enum_name, member = spec.split(".")
-        w = getattr(getattr(torchvision.models, enum_name), member)
-        out[name] = {"weights": spec, "url": w.url, "imagenet_acc1": w.meta["_metrics"]["ImageNet-1K"]["acc@1"]}
-    return out
 
 
 def cache_dir() -> Path:

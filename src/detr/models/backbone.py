@@ -16,13 +16,9 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-# torchvision ImageNet weights used by the DETR reference release (the V1 recipe).
-RESNET_IMAGENET_WEIGHTS = {
-    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
-    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
-    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
-    "resnet101": "ResNet101_Weights.IMAGENET1K_V1",
-}
+from ..hub.checkpoints import read_state_dict
+from ..hub.download import download
+from ..hub.pretrained import RESNET_IMAGENET_WEIGHTS, imagenet_weights
 
 
 class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
@@ -223,6 +219,12 @@ class ResNetBackbone(nn.Module):
         self.num_channels = (512 if name in ("resnet18", "resnet34") else 2048) // 2 ** (4 - num_layers)
         self.name = name
         self.dilation = dilation
+        self.train_backbone, self.norm, self.freeze_stem, self.num_layers = (
+            train_backbone,
+            norm,
+            freeze_stem,
+            num_layers,
+        )
         self.stride = 16 if dilation else 2 ** (num_layers + 1)
         for pname, param in resnet.named_parameters():
             in_stem = not pname.startswith(("layer2", "layer3", "layer4"))
@@ -235,15 +237,22 @@ class ResNetBackbone(nn.Module):
         if channels_last:
             self.body.to(memory_format=torch.channels_last)
 
+    def spec(self) -> dict[str, object]:
+        """The constructor arguments that build this backbone again (its weights apart)."""
+        return {
+            "name": self.name,
+            "dilation": self.dilation,
+            "train_backbone": self.train_backbone,
+            "norm": self.norm,
+            "freeze_stem": self.freeze_stem,
+            "num_layers": self.num_layers,
+            "channels_last": self.channels_last,
+        }
+
     @staticmethod
     def _load_imagenet_weights(resnet: nn.Module, name: str) -> None:
         """torchvision's ImageNet weights, through the shared hub cache (fails fast offline)."""
-        from .hub import download
-        from .weights import read_state_dict
-
-        enum_name, member = RESNET_IMAGENET_WEIGHTS[name].split(".")
-        url = getattr(getattr(torchvision.models, enum_name), member).url
-        state_dict = read_state_dict(download(url))
+        state_dict = read_state_dict(download(imagenet_weights(name).url))
         resnet.load_state_dict(state_dict)  # FrozenBatchNorm2d drops num_batches_tracked itself
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,8 +1,9 @@
-"""Registered model factories: ``detr_r50``, ``detr_r101``, ``detr_r50_dc5``, ``detr_r101_dc5``.
+"""Registered model factories: ``detr_r18`` ... ``detr_r101_dc5``, thin entry points over :func:`build_detr`.
 
 Each builds the reference architecture (ResNet with frozen batch norm, 6 + 6 layer
 post-norm transformer, d_model 256, 8 heads, FFN 2048, dropout 0.1, sine position
-encoding) and optionally loads a checkpoint through ``weights=``.
+encoding) and optionally loads a checkpoint through ``weights=``; keyword switches turn on
+the training options of :mod:`detr.options`.
 """
 
 from __future__ import annotations
@@ -11,34 +12,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from ..data.coco_categories import COCO_CLASS_NAMES
+from ..hub.checkpoints import load_weights
+from ..hub.serialization import CONFIG_NAME
+from ..options import from_switches
 from .backbone import ResNetBackbone
-from .coco import COCO_CLASS_NAMES
-from .model import DETR, DETRConfig
+from .detr import DETR, DETRConfig
 from .position_encoding import build_position_encoding
+from .registry import create_model, register_model
 from .transformer import Transformer
-from .weights import load_weights
-
-_REGISTRY: dict[str, Callable[..., DETR]] = {}
-
-
-def register_model(fn: Callable[..., DETR]) -> Callable[..., DETR]:
-    """Add a factory to the registry under its function name."""
-    _REGISTRY[fn.__name__] = fn
-    return fn
-
-
-def list_models() -> list[str]:
-    """Names of the registered factories."""
-    return sorted(_REGISTRY)
-
-
-def create_model(name: str, **kwargs: Any) -> DETR:
-    """Build a registered model by name, e.g. ``create_model("detr_r50", num_classes=3)``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return _REGISTRY[name](**kwargs)
 
 
 def build_detr(
@@ -98,10 +83,7 @@ def build_detr(
     config = DETRConfig(backbone, transformer, num_classes, num_queries=num_queries, aux_loss=aux_loss, **loss_kwargs)
     if class_names is None and num_classes == len(COCO_CLASS_NAMES):
         class_names = COCO_CLASS_NAMES
-    model = DETR(
-        config,
-        position_encoding=build_position_encoding(position_embedding, d_model),
-        class_names=class_names,
+    options = from_switches(
         query_groups=query_groups,
         denoising_groups=denoising_groups,
         denoising_box_noise=denoising_box_noise,
@@ -109,6 +91,12 @@ def build_detr(
         box_refinement=box_refinement,
         dense_aux_loss=dense_aux_loss,
         two_stage=two_stage,
+    )
+    model = DETR(
+        config,
+        position_encoding=build_position_encoding(position_embedding, d_model),
+        class_names=class_names,
+        options=options,
     )
     if weights is not None:
         load_weights(model, weights)
@@ -137,7 +125,7 @@ def _register_architecture(name: str, backbone: str, dilation: bool, doc: str) -
             **kwargs,
         )
         # how to rebuild this model (save_pretrained); the weights are saved separately
-        model.spec = {
+        model.factory_spec = {
             "model": name,
             "kwargs": {"num_classes": num_classes, "num_queries": num_queries, "aux_loss": aux_loss, **kwargs},
         }
@@ -146,7 +134,7 @@ def _register_architecture(name: str, backbone: str, dilation: bool, doc: str) -
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = doc + (
         "\n\n    Arguments: ``pretrained_backbone`` (ImageNet ResNet), ``num_classes``, ``num_queries``,"
-        "\n    ``aux_loss``, ``weights`` (see :func:`detr.weights.fetch_checkpoint`), and any argument of"
+        "\n    ``aux_loss``, ``weights`` (see :func:`detr.hub.checkpoints.fetch_checkpoint`), and any argument of"
         "\n    :func:`build_detr`."
     )
     return register_model(factory)
@@ -176,3 +164,29 @@ detr_r50_dc5 = _register_architecture(
 detr_r101_dc5 = _register_architecture(
     "detr_r101_dc5", "resnet101", True, "DETR-DC5 with ResNet-101 (44.9 box AP in the reference release)."
 )
+
+
+def load_model(weights: str | Path, model: str | None = None, **kwargs: Any) -> DETR:
+    """A model ready to use from ``weights``: a directory written by ``save_pretrained`` (ours or
+    transformers'), a training checkpoint (``checkpoint.pth``, rebuilt from its run config), or any
+    other checkpoint loaded into the factory ``model`` (default ``detr_r50``)."""
+    path = Path(weights)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        return DETR.from_pretrained(path, **kwargs)
+    if path.is_file() and path.suffix in (".pth", ".pt"):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # not a training checkpoint: the loader below gives the precise error
+            ckpt = None
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and "class_names" in ckpt:
+            cfg = ckpt["config"]
+            args = dict(
+                num_classes=len(ckpt["class_names"]),
+                class_names=ckpt["class_names"],
+                num_queries=cfg["num_queries"],
+                aux_loss=cfg["aux_loss"],
+                **cfg.get("model_kwargs", {}),
+            )
+            args.update(kwargs)
+            return create_model(model or cfg["model"], weights=ckpt["model"], **args)
+    return create_model(model or "detr_r50", weights=weights, **kwargs)

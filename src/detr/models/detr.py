@@ -1,0 +1,333 @@
+"""DETR (Carion et al., 2020): backbone -> 1x1 projection -> transformer -> class and box heads.
+
+This module is the paper's model and the API document's contract, and nothing else:
+
+1. the backbone maps the (B, 3, H, W) images to (B, C, h, w) features, and the padding mask is
+   shrunk to (B, h, w);
+2. a 1x1 convolution projects the features to the transformer's width d, and a fixed sine
+   encoding gives every feature cell its position (B, d, h, w);
+3. the transformer encodes the features and decodes Q learned object queries into Q embeddings,
+   after every decoder layer: hs (L, B, Q, d);
+4. a linear layer gives each query's class logits (num_classes + 1, the last "no object") and a
+   3-layer MLP its box, normalized (cx, cy, w, h) through a sigmoid;
+5. the loss matches predictions to targets one-to-one (Hungarian) and sums cross-entropy, L1 and
+   GIoU over the matched pairs, for every decoder layer with ``aux_loss``.
+
+Boxes are normalized (cx, cy, w, h) relative to each image's valid (unpadded) region, as in the
+reference code: a padded batch predicts the same boxes for an image as that image alone.
+
+Training options that go beyond the paper (:mod:`detr.options`: query groups, denoising queries,
+anchor-box refinement, a dense auxiliary head, two-stage anchors) plug in through one extension
+point, :class:`detr.options.base.DETROption`; without them (the default) nothing below runs
+anything but the paper's path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..deploy.inference import InferenceDETR
+from ..hub import serialization
+from ..losses.criterion import SetCriterion
+from ..losses.matcher import HungarianMatcher
+from ..options.base import DETROption, OptionState, decode_with_options
+from ..processing.checks import Target, check_images, check_targets, padding_or_none
+from ..processing.postprocess import postprocess, valid_sizes
+from ..processing.preprocess import ImagePreprocessor
+from .layers import MLP
+from .position_encoding import PositionEmbeddingSine
+
+Output = tuple[Tensor, Tensor]
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass
+class DETRConfig:
+    """What a :class:`DETR` is built from (the fields and defaults of the API document).
+
+    backbone: module with a positive int ``num_channels``; maps (B, 3, H, W) to (B, num_channels, h, w).
+    transformer: module with a positive int ``d_model``; called as
+        ``transformer(src (B, d, h, w), mask (B, h, w) bool or None, query_embed (Q, d), pos_embed (B, d, h, w))``
+        and returning ``(hs (L, B, Q, d), memory)`` (the reference code's signature).
+    num_classes: number of foreground classes (COCO: 91, the category-id range); the model adds "no object".
+    num_queries: object queries, the most detections per image.
+    aux_loss: forward returns, and the loss uses, every decoder layer's predictions.
+    matcher: replaces the default :class:`HungarianMatcher` (reference costs class 1, L1 5, GIoU 2).
+    class_loss_coef, bbox_loss_coef, giou_loss_coef: weights of the loss terms.
+    eos_coef: class weight of "no object" in the cross-entropy.
+    """
+
+    backbone: nn.Module
+    transformer: nn.Module
+    num_classes: int
+    num_queries: int = 100
+    aux_loss: bool = True
+    matcher: nn.Module | None = None
+    class_loss_coef: float = 1.0
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    eos_coef: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, part, attr in (
+            ("backbone", self.backbone, "num_channels"),
+            ("transformer", self.transformer, "d_model"),
+        ):
+            if not isinstance(part, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(part).__name__}")
+            if not _positive_int(getattr(part, attr, None)):
+                raise ValueError(
+                    f"{name} must expose a positive int attribute {attr} "
+                    f"({'its output channels' if attr == 'num_channels' else 'its hidden size'}), "
+                    f"got {getattr(part, attr, None)!r}"
+                )
+        if not _positive_int(self.num_classes):
+            raise ValueError(f"num_classes must be an int >= 1 (foreground classes), got {self.num_classes!r}")
+        if not _positive_int(self.num_queries):
+            raise ValueError(f"num_queries must be an int >= 1, got {self.num_queries!r}")
+        if not isinstance(self.aux_loss, bool):
+            raise TypeError(f"aux_loss must be a bool, got {self.aux_loss!r}")
+        if self.matcher is not None and not callable(self.matcher):
+            raise TypeError("matcher must be callable as matcher((pred_logits, pred_boxes), targets), or None")
+        for name in ("class_loss_coef", "bbox_loss_coef", "giou_loss_coef", "eos_coef"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+
+class DETR(nn.Module):
+    """DEtection TRansformer (Carion et al., 2020).
+
+    Args:
+        config: the parts and loss settings, see :class:`DETRConfig`.
+        position_encoding: maps the (B, h, w) feature padding mask to a (B, d_model, h, w)
+            encoding; defaults to the sine encoding with d_model // 2 features per axis.
+        class_names: optional names of the ``num_classes`` classes, used by :meth:`predict`.
+        options: training options (:mod:`detr.options`), e.g. ``[DenoisingQueries(groups=4)]``;
+            each becomes a submodule under its ``name``. none by default: the paper's model.
+    """
+
+    def __init__(
+        self,
+        config: DETRConfig,
+        *,
+        position_encoding: nn.Module | None = None,
+        class_names: Sequence[str] | None = None,
+        options: Sequence[DETROption] = (),
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, DETRConfig):
+            raise TypeError(f"DETR takes a DETRConfig, got {type(config).__name__}")
+        if class_names is not None and len(class_names) != config.num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes is {config.num_classes}")
+        self.config = config
+        self.num_classes = config.num_classes
+        self.num_queries = config.num_queries
+        self.aux_loss = config.aux_loss
+        self.class_names = list(class_names) if class_names is not None else None
+        d_model = config.transformer.d_model
+
+        self.backbone = config.backbone
+        self.position_encoding = position_encoding or PositionEmbeddingSine(d_model // 2, normalize=True)
+        self.input_proj = nn.Conv2d(config.backbone.num_channels, d_model, kernel_size=1)
+        self.transformer = config.transformer
+        self.query_embed = nn.Embedding(config.num_queries, d_model)
+        self.class_head = nn.Linear(d_model, config.num_classes + 1)
+        self.box_head = MLP(d_model, d_model, 4, num_layers=3)
+        matcher = config.matcher if config.matcher is not None else HungarianMatcher(1.0, 5.0, 2.0)
+        self.criterion = SetCriterion(
+            config.num_classes,
+            matcher,
+            class_loss_coef=config.class_loss_coef,
+            bbox_loss_coef=config.bbox_loss_coef,
+            giou_loss_coef=config.giou_loss_coef,
+            eos_coef=config.eos_coef,
+        )
+        for option in options:
+            if not isinstance(option, DETROption):
+                raise TypeError(f"options must be detr.options parts (DETROption), got {type(option).__name__}")
+        for option in sorted(options, key=lambda o: o.order):
+            option.attach_to(self)
+
+    @property
+    def options(self) -> tuple[DETROption, ...]:
+        """The training options this model was built with, in the order their hooks run."""
+        return tuple(m for m in self.children() if isinstance(m, DETROption))
+
+    # ---------------------------------------------------------------- forward
+    def _features(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Backbone, projection and position encoding: x (B, 3, H, W), mask (B, H, W) or None
+        -> src (B, d, h, w), feature mask (B, h, w) or None, position encoding (B, d, h, w)."""
+        features = self.backbone(x)  # (B, C, h, w)
+        batch, _, h, w = features.shape
+        if mask is None:  # nothing padded: one position encoding serves the batch
+            feat_mask = None
+            pos = self.position_encoding(torch.zeros((1, h, w), dtype=torch.bool, device=x.device))  # (1, d, h, w)
+            pos = pos.to(features.dtype).expand(batch, -1, -1, -1)  # (B, d, h, w)
+        else:
+            feat_mask = F.interpolate(mask[None].float(), size=(h, w)).to(torch.bool)[0]  # (B, h, w)
+            pos = self.position_encoding(feat_mask).to(features.dtype)  # (B, d, h, w)
+        return self.input_proj(features), feat_mask, pos
+
+    def heads(self, hs: Tensor) -> Output:
+        """Decoder embeddings (..., d) -> class logits (..., num_classes + 1) and normalized cxcywh boxes (..., 4)."""
+        return self.class_head(hs), self.box_head(hs).sigmoid()
+
+    def _decode(
+        self, x: Tensor, mask: Tensor | None, all_layers: bool | None, targets: Sequence[Target] | None = None
+    ) -> tuple[Tensor, Tensor, OptionState | None]:
+        """Like :meth:`decode`, without input checks; ``mask`` None means no padding (and no attention
+        masking at all). ``targets`` reach the training options that use them (denoising queries).
+
+        Returns the logits and boxes of :meth:`decode` and, with options, their state (the outputs
+        of their own queries, proposals), else None.
+        """
+        src, feat_mask, pos = self._features(x, mask)
+        last_only = not (self.aux_loss if all_layers is None else all_layers)
+        if self.options:  # the training options compose the decoder pass over the same parts
+            return decode_with_options(self, src, feat_mask, pos, last_only, targets)
+        hs, _ = self.transformer(src, feat_mask, self.query_embed.weight, pos)  # (L, B, Q, d)
+        if last_only:
+            hs = hs[-1:]  # (1, B, Q, d)
+        logits, boxes = self.heads(hs)
+        return logits, boxes, None
+
+    def decode(self, x: Tensor, mask: Tensor | None = None, all_layers: bool | None = None) -> Output:
+        """Predictions of the decoder layers.
+
+        Args:
+            x: (B, 3, H, W) float normalized images.
+            mask: (B, H, W) bool, True on padding; all False when omitted.
+            all_layers: heads on every decoder layer (default: ``aux_loss``) or on the last only.
+
+        Returns:
+            pred_logits (L, B, Q', K+1) and pred_boxes (L, B, Q', 4) normalized cxcywh, final layer
+            last; L = 1 when only the last layer is wanted. Q' = num_queries, except in training with
+            query groups (:mod:`detr.options.query_groups`), where it counts every group's queries.
+        """
+        logits, boxes, _ = self._decode(x, padding_or_none(check_images(x, mask)), all_layers)
+        return logits, boxes
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Output | list[Output]:
+        """x: (B, 3, H, W) float, mask: (B, H, W) bool (True on padding).
+
+        Returns ``(pred_logits (B, Q, num_classes+1), pred_boxes (B, Q, 4) normalized cxcywh)``;
+        with ``aux_loss`` the list of such tuples, one per decoder layer, final last.
+        """
+        logits, boxes = self.decode(x, mask)  # (L, B, Q', K+1), (L, B, Q', 4)
+        # the model's own queries: options may decode more of them in training
+        logits, boxes = logits[:, :, : self.num_queries], boxes[:, :, : self.num_queries]
+        if self.aux_loss:
+            return list(zip(logits.unbind(0), boxes.unbind(0)))
+        return logits[-1], boxes[-1]
+
+    # ------------------------------------------------------------------- loss
+    def get_loss_dict(self, x: Tensor, targets: Sequence[Target], mask: Tensor | None = None) -> dict[str, Tensor]:
+        """All loss terms (see :class:`SetCriterion`, and each option's own) plus their weighted total under ``"loss"``.
+
+        targets: one dict per image, ``class_id`` int64 (N_i,) in [0, num_classes-1] and ``box``
+        float (N_i, 4) normalized cxcywh relative to the image's valid region; N_i may be 0.
+        """
+        mask = padding_or_none(check_images(x, mask))
+        check_targets(targets, x.shape[0], self.num_classes)
+        logits, boxes, state = self._decode(x, mask, all_layers=None, targets=targets)  # (L, B, Q', K+1), (L, B, Q', 4)
+        queries = slice(0, self.num_queries)
+        terms = self.criterion(list(zip(logits[:, :, queries].unbind(0), boxes[:, :, queries].unbind(0))), targets)
+        total = terms["loss"]
+        for option in self.options:  # each option's terms, under its own names
+            extra = option.loss_terms(self, state, targets)
+            if extra:
+                total = total + extra.pop("loss")
+                terms.update(extra)
+        terms["loss"] = total
+        return terms
+
+    def get_loss(self, x: Tensor, targets: Sequence[Target], mask: Tensor | None = None) -> Tensor:
+        """Scalar training loss (weighted CE + L1 + GIoU, over every decoder layer with ``aux_loss``)."""
+        return self.get_loss_dict(x, targets, mask)["loss"]
+
+    # -------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict(
+        self,
+        x: Any,
+        mask: Tensor | None = None,
+        k: int = 100,
+        score_threshold: float = 0.0,
+        image_sizes: Tensor | None = None,
+        preprocessor: ImagePreprocessor | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Top-k detections per image, each ``{"box": [x0, y0, x1, y1] pixels, "score", "class_id"}``
+        (plus ``"class_name"`` when the model knows its class names).
+
+        ``x`` is either a preprocessed (B, 3, H, W) float batch (with its ``mask``) or raw
+        images (a PIL image, numpy array or (3, H, W) tensor, or a list of them), which are
+        resized, normalized and padded by ``preprocessor`` (DETR's 800/1333 by default).
+        Boxes are in the pixels of the original images when their size is known (raw images,
+        or ``image_sizes`` (B, 2) as (height, width)), else of the unpadded region of ``x``.
+        """
+        if isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point():
+            mask = check_images(x, mask)
+            sizes = valid_sizes(mask) if image_sizes is None else torch.as_tensor(image_sizes)
+        else:
+            if mask is not None:
+                raise ValueError("mask is only used with a preprocessed (B, 3, H, W) batch; raw images get their own")
+            batch = (preprocessor or ImagePreprocessor())(x)
+            device = next(self.parameters()).device
+            x, mask = batch.pixel_values.to(device), batch.mask.to(device)
+            sizes = batch.image_sizes if image_sizes is None else torch.as_tensor(image_sizes)
+        was_training = self.training
+        self.eval()
+        try:
+            logits, boxes, _ = self._decode(x, mask, all_layers=False)
+        finally:
+            self.train(was_training)
+        results = postprocess(logits[-1], boxes[-1], sizes, score_threshold=score_threshold, top_k=k)
+        detections = []
+        for res in results:
+            image = []
+            for box, score, label in zip(res["boxes"].tolist(), res["scores"].tolist(), res["labels"].tolist()):
+                det = {"box": box, "score": score, "class_id": label}
+                if self.class_names is not None:
+                    det["class_name"] = self.class_names[label]
+                image.append(det)
+            detections.append(image)
+        return detections
+
+    # ------------------------------------------- weights and deployment (detr.hub, detr.deploy)
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Save weights (safetensors) and the description that rebuilds this model into ``directory``."""
+        return serialization.save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, config: DETRConfig | None = None, **overrides: Any) -> DETR:
+        """Rebuild a model from a directory written by :meth:`save_pretrained` or by transformers.
+
+        A model built from parts of your own (not the library's) needs them again: pass
+        ``config=DETRConfig(backbone=..., transformer=..., ...)``; its weights are then loaded strictly.
+        """
+        return serialization.from_pretrained(
+            directory, config=config, model_type=cls, config_type=DETRConfig, **overrides
+        )
+
+    def export_hf(self, directory: str | Path) -> Path:
+        """Write this model in the layout transformers' ``DetrForObjectDetection.from_pretrained`` loads."""
+        return serialization.export_hf(self, directory)
+
+    def optimize_for_inference(
+        self, dtype: torch.dtype = torch.float32, channels_last: bool = True, compile: bool = False
+    ) -> InferenceDETR:
+        """A faster inference-only copy whose ``forward(x, mask=None)`` returns ``(pred_logits,
+        pred_boxes)`` of the last layer: batch norm folded, channels-last, no masking work without
+        padding, optional bf16 autocast and ``torch.compile`` (see :mod:`detr.deploy.inference`)."""
+        return InferenceDETR(self, dtype=dtype, channels_last=channels_last, compile=compile)

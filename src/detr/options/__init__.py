@@ -1,0 +1,66 @@
+"""Training options beyond the paper, each a part of its own on one extension point (:mod:`.base`).
+
+===================  ====================================  ==========================================
+option               factory switch (``model_kwargs``)     what it does
+===================  ====================================  ==========================================
+QueryGroups          ``query_groups=G``                    Group DETR: G matched query groups in training
+AnchorRefinement     ``box_refinement=True``               DAB-DETR: anchor-box queries refined per layer
+DenoisingQueries     ``denoising_groups=G`` (+ noise)      DN-DETR: noised ground truth to reconstruct
+DenseHead            ``dense_aux_loss=True``               Co-DETR: one-to-many head on the encoder
+TwoStageAnchors      ``two_stage=True``                    DINO: anchors from the dense head's proposals
+===================  ====================================  ==========================================
+
+``DETR(config, options=[DenoisingQueries(groups=4), DenseHead()])`` builds a model with options;
+the factories take the switches (:func:`from_switches`).
+"""
+
+from __future__ import annotations
+
+from .base import DETROption, OptionState, QuerySpan
+from .denoising import DenoisingQueries
+from .dense import DenseHead
+from .query_groups import QueryGroups
+from .refinement import AnchorRefinement
+from .two_stage import TwoStageAnchors
+
+OPTION_TYPES: dict[str, type[DETROption]] = {
+    cls.__name__: cls for cls in (QueryGroups, AnchorRefinement, DenoisingQueries, DenseHead, TwoStageAnchors)
+}
+
+
+def from_switches(
+    query_groups: int = 1,
+    denoising_groups: int = 0,
+    denoising_box_noise: float = 0.4,
+    denoising_label_noise: float = 0.2,
+    box_refinement: bool = False,
+    dense_aux_loss: bool = False,
+    two_stage: bool = False,
+) -> list[DETROption]:
+    """The options the factories' keyword switches turn on (all off: the paper's model)."""
+    options: list[DETROption] = []
+    if query_groups != 1:
+        options.append(QueryGroups(query_groups))
+    if box_refinement:
+        options.append(AnchorRefinement())
+    if denoising_groups:
+        options.append(DenoisingQueries(denoising_groups, denoising_box_noise, denoising_label_noise))
+    if dense_aux_loss:
+        options.append(DenseHead())
+    if two_stage:
+        options.append(TwoStageAnchors())
+    return options
+
+
+__all__ = [
+    "OPTION_TYPES",
+    "AnchorRefinement",
+    "DETROption",
+    "DenoisingQueries",
+    "DenseHead",
+    "OptionState",
+    "QueryGroups",
+    "QuerySpan",
+    "TwoStageAnchors",
+    "from_switches",
+]

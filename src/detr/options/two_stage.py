@@ -1,0 +1,69 @@
+"""Two-stage anchors: the decoder's anchors are the dense head's best proposals.
+
+Two-stage query selection as in Deformable DETR, and DINO's mixed query selection (Zhang et al.,
+2022): each of the model's queries gets as its anchor the box of one of the best-scoring encoder
+tokens of the dense head (:mod:`detr.options.dense`), one token per query; the queries' content
+stays learned. Positions so come from the image, from the first layer on. Needs anchor-box
+refinement (:mod:`detr.options.refinement`) and the dense head, which then runs at inference too.
+
+Adds no parameters. With query groups every group gets the same anchors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .base import DETROption, OptionState
+from .dense import Proposals
+
+if TYPE_CHECKING:
+    from ..models.detr import DETR
+
+
+def select_anchors(proposals: Proposals, learned: Tensor, num_queries: int, groups: int) -> Tensor:
+    """The boxes of the best-scoring valid tokens, one per query, the same for each query group;
+    the learned anchors, in order, stand in for missing valid tokens (a map with fewer unpadded
+    tokens than queries).
+
+    proposals: the dense head's (logits (B, HW, K), boxes (B, HW, 4), anchors, valid (B, HW));
+    learned: (B, G*Q, 4). Returns (B, G*Q, 4) normalized cxcywh, without gradient.
+    """
+    logits, boxes, _, valid = proposals
+    score = logits.float().max(-1).values.masked_fill(~valid, -math.inf)  # (B, HW) best class score per token
+    # the learned anchors as Q more candidates, ranked below every valid token and above padding,
+    # so that top-Q always has Q candidates (a fixed k, whatever the image size: ONNX export)
+    # (-1e6: far below any real logit, yet distinct steps of 1 in float32, so their order holds)
+    reserve = -1e6 - torch.arange(num_queries, device=score.device, dtype=torch.float32)  # (Q,)
+    score = torch.cat([score, reserve.expand(score.shape[0], -1)], dim=1)  # (B, HW+Q)
+    candidates = torch.cat([boxes, learned[:, :num_queries].to(boxes.dtype)], dim=1)  # (B, HW+Q, 4)
+    index = score.topk(num_queries, dim=1).indices  # (B, Q)
+    chosen = candidates.gather(1, index.unsqueeze(-1).expand(-1, -1, 4)).detach()  # (B, Q, 4)
+    return chosen.repeat(1, groups, 1)  # (B, G*Q, 4)
+
+
+class TwoStageAnchors(DETROption):
+    """Anchors of the model's queries from the dense head's best proposals (see the module docstring)."""
+
+    name = "two_stage"
+    order = 4
+    used_at_inference = True
+    requires = ("refinement", "dense_head")
+
+    def missing_requirement_message(self, missing: list[str]) -> str:
+        return (
+            "two_stage selects anchor boxes from the dense head: set box_refinement=True and dense_aux_loss=True "
+            "too (the AnchorRefinement and DenseHead options)"
+        )
+
+    def read_encoder(self, model: DETR, state: OptionState) -> None:
+        if state.proposals is None:
+            state.proposals = model.dense_head.propose(state)
+
+    def add_queries(self, model: DETR, state: OptionState) -> None:
+        span = state.spans["matching"]
+        assert state.proposals is not None and span.anchors is not None
+        span.anchors = select_anchors(state.proposals, span.anchors, model.num_queries, len(span) // model.num_queries)
