@@ -83,7 +83,7 @@ def hf_model():
 @pytest.fixture(scope="session")
 def our_model(hf_model):
     """detr_r50 with the weights of ``hf_model`` converted from the Hugging Face layout."""
-    model = detr.detr_r50(num_classes=hf_model.config.num_labels, weights=hf_model.state_dict())
+    model = detr.detr_r50(num_classes=hf_model.config.num_labels, aux_loss=False, weights=hf_model.state_dict())
     return model.eval()
 
 
@@ -106,3 +106,16 @@ def random_targets(batch: int, num_classes: int, counts=(3, 1), seed: int = 0) -
             {"class_id": torch.randint(0, num_classes, (n,), generator=gen), "box": torch.cat([c, wh], dim=1)}
         )
     return targets
+
+
+def reference_layout(our_state_dict):
+    """This library's keys renamed to those of facebookresearch/detr checkpoints (the weights tests use it
+    to write such files from models of ours; tests/test_hf_parity.py builds its reference file independently)."""
+    renames = {"backbone.body.": "backbone.0.body.", "class_head.": "class_embed.", "box_head.": "bbox_embed."}
+    out = {}
+    for key, value in our_state_dict.items():
+        for new, old in renames.items():
+            if key.startswith(new):
+                key = old + key[len(new) :]
+        out[key] = value
+    return out

@@ -113,6 +113,10 @@ GOOD = target([1], [[0.5, 0.5, 0.2, 0.2]])
         ([target([1], [[0.5, 0.5, 0.0, 0.2]])], "zero width or height"),
         ([target([1], [[0.1, 0.2, 0.6, 0.7]])], r"\(x0, y0, x1, y1\)\?.*box_convert"),
         ([target([1], [[float("nan"), 0.5, 0.2, 0.2]])], "NaN or inf"),
+        (
+            [{"class_id": torch.tensor([1], device="meta"), "box": torch.rand(1, 4, device="meta")}],
+            r"targets\[0\]\['class_id'\] is on meta but the images are on cpu; move the targets",
+        ),
     ],
 )
 def test_bad_targets(model, targets, message):

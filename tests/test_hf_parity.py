@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import detr
-from detr.hub.checkpoints import convert_hf_state_dict
 
 from .conftest import make_hf_detr, padded_pair, random_targets
 
@@ -97,20 +96,82 @@ def test_matcher_assignments_identical(seed):
         assert torch.equal(oi, ti) and torch.equal(oj, tj)
 
 
-def reference_layout(our_state_dict):
-    """This library's keys renamed to those of facebookresearch/detr checkpoints."""
-    renames = {"backbone.body.": "backbone.0.body.", "class_head.": "class_embed.", "box_head.": "bbox_embed."}
-    out = {}
-    for key, value in our_state_dict.items():
-        for new, old in renames.items():
-            if key.startswith(new):
-                key = old + key[len(new) :]
-        out[key] = value
+# transformers' DETR names -> the names facebookresearch/detr's modules give (models/detr.py: backbone
+# = Joiner(Backbone(body = torchvision ResNet's IntermediateLayerGetter), position encoding), input_proj,
+# query_embed, class_embed, bbox_embed = MLP(layers); models/transformer.py: self_attn / multihead_attn
+# (nn.MultiheadAttention, packed in_proj), linear1, linear2, norm1..norm3, decoder.norm)
+HF_TO_REFERENCE = [
+    (r"^model\.backbone\.model\.embedder\.embedder\.convolution\.", "backbone.0.body.conv1."),
+    (r"^model\.backbone\.model\.embedder\.embedder\.normalization\.", "backbone.0.body.bn1."),
+    (
+        r"^model\.backbone\.model\.encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.convolution\.",
+        "STAGE{1}.{2}.downsample.0.",
+    ),
+    (
+        r"^model\.backbone\.model\.encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.normalization\.",
+        "STAGE{1}.{2}.downsample.1.",
+    ),
+    (
+        r"^model\.backbone\.model\.encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.convolution\.",
+        "STAGE{1}.{2}.convK{3}.",
+    ),
+    (
+        r"^model\.backbone\.model\.encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.normalization\.",
+        "STAGE{1}.{2}.bnK{3}.",
+    ),
+    (r"^model\.input_projection\.", "input_proj."),
+    (r"^model\.query_position_embeddings\.", "query_embed."),
+    (
+        r"^model\.(encoder|decoder)\.layers\.(\d+)\.self_attn\.o_proj\.",
+        "transformer.{1}.layers.{2}.self_attn.out_proj.",
+    ),
+    (
+        r"^model\.decoder\.layers\.(\d+)\.encoder_attn\.o_proj\.",
+        "transformer.decoder.layers.{1}.multihead_attn.out_proj.",
+    ),
+    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.self_attn_layer_norm\.", "transformer.{1}.layers.{2}.norm1."),
+    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.", "transformer.decoder.layers.{1}.norm2."),
+    (r"^model\.encoder\.layers\.(\d+)\.final_layer_norm\.", "transformer.encoder.layers.{1}.norm2."),
+    (r"^model\.decoder\.layers\.(\d+)\.final_layer_norm\.", "transformer.decoder.layers.{1}.norm3."),
+    (r"^model\.(encoder|decoder)\.layers\.(\d+)\.mlp\.fc(\d)\.", "transformer.{1}.layers.{2}.linear{3}."),
+    (r"^model\.decoder\.layernorm\.", "transformer.decoder.norm."),
+    (r"^class_labels_classifier\.", "class_embed."),
+    (r"^bbox_predictor\.", "bbox_embed."),
+]
+
+
+def hf_to_reference_checkpoint(hf_state):
+    """A state dict as facebookresearch/detr writes it, from a transformers DetrForObjectDetection's."""
+    import re
+
+    out, packed = {}, {}
+    for key, value in hf_state.items():
+        attn = re.match(
+            r"^model\.(encoder|decoder)\.layers\.(\d+)\.(self_attn|encoder_attn)\.([qkv])_proj\.(\w+)$", key
+        )
+        if attn:  # nn.MultiheadAttention packs q, k, v in one in_proj
+            part, layer, kind, which, param = attn.groups()
+            name = "self_attn" if kind == "self_attn" else "multihead_attn"
+            packed.setdefault(f"transformer.{part}.layers.{layer}.{name}.in_proj_{param}", {})[which] = value
+            continue
+        for pattern, replacement in HF_TO_REFERENCE:
+            match = re.match(pattern, key)
+            if match:
+                new = replacement.format(*[None, *match.groups()])
+                new = re.sub(r"^STAGE(\d)", lambda m: f"backbone.0.body.layer{int(m.group(1)) + 1}", new)
+                new = re.sub(r"(conv|bn)K(\d)", lambda m: f"{m.group(1)}{int(m.group(2)) + 1}", new)
+                out[new + key[match.end() :]] = value
+                break
+        else:
+            raise AssertionError(f"no reference name for {key}")
+    for name, parts in packed.items():
+        out[name] = torch.cat([parts["q"], parts["k"], parts["v"]])
     return out
 
 
 def test_reference_checkpoint_file_loads_and_matches(hf_model, tmp_path):
-    state = reference_layout(convert_hf_state_dict(hf_model.state_dict()))
+    state = hf_to_reference_checkpoint(hf_model.state_dict())
+    assert len(state) == len(detr.detr_r50().state_dict())  # every parameter and buffer of the reference layout
     # names as published in detr-r50-e632da11.pth
     for key in (
         "backbone.0.body.conv1.weight",
@@ -126,7 +187,7 @@ def test_reference_checkpoint_file_loads_and_matches(hf_model, tmp_path):
         assert key in state
     path = tmp_path / "detr-r50-reference.pth"
     torch.save({"model": state, "args": {"lr": 1e-4}}, path)
-    model = detr.detr_r50(weights=path).eval()
+    model = detr.detr_r50(aux_loss=False, weights=path).eval()
     x, mask = padded_pair(seed=4)
     with torch.no_grad():
         logits, boxes = model(x, mask)
@@ -142,7 +203,9 @@ def test_learned_position_embedding_matches():
     hf_learned.load_state_dict(hf.state_dict(), strict=False)
     torch.nn.init.normal_(hf_learned.model.position_embedding.row_embeddings.weight)
     torch.nn.init.normal_(hf_learned.model.position_embedding.column_embeddings.weight)
-    ours = detr.detr_r50(num_classes=5, position_embedding="learned", weights=hf_learned.state_dict()).eval()
+    ours = detr.detr_r50(
+        num_classes=5, aux_loss=False, position_embedding="learned", weights=hf_learned.state_dict()
+    ).eval()
     x = torch.randn(2, 3, 224, 160, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         logits, boxes = ours(x)

@@ -77,6 +77,14 @@ def test_postprocess_scales_to_the_original_image_and_sorts():
     assert top["labels"].tolist() == [2]
 
 
+def test_postprocess_clips_boxes_to_the_image():
+    logits = torch.zeros(1, 2, 3)
+    boxes = torch.tensor([[[0.1, 0.9, 0.4, 0.4], [0.5, 0.5, 1.0, 1.0]]])  # the first reaches past left and bottom
+    (res,) = postprocess(logits, boxes, torch.tensor([[100, 200]]))
+    by_query = {tuple(b) for b in res["boxes"].round().tolist()}
+    assert by_query == {(0.0, 70.0, 60.0, 100.0), (0.0, 0.0, 200.0, 100.0)}
+
+
 def test_postprocess_all_classes_scores_every_query_class_pair():
     logits = torch.log(torch.tensor([[[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]]]))  # (1, 2 queries, 2 classes + none)
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.25, 0.1, 0.1]]])
@@ -88,6 +96,9 @@ def test_postprocess_all_classes_scores_every_query_class_pair():
     # each pair keeps its query's box; the best pair per query is the reference detection
     torch.testing.assert_close(pairs["boxes"][[0, 1]], best["boxes"])
     torch.testing.assert_close(pairs["boxes"][2], best["boxes"][1])
+    # the cut keeps the best pairs over all queries and classes, not per query
+    (cut,) = postprocess(logits, boxes, sizes, all_classes=True, top_k=3)
+    torch.testing.assert_close(cut["scores"], torch.tensor([0.7, 0.6, 0.3]))
     assert postprocess(logits, boxes, sizes, top_k=3, all_classes=True)[0]["scores"].shape == (3,)
 
 
@@ -96,17 +107,20 @@ def test_predict_on_raw_images_gives_boxes_on_the_original_images():
     model = small_detr(num_classes=3, num_queries=6, aux_loss=True)
     model.class_names = ["circle", "square", "star"]
     images = [Image.new("RGB", (200, 120)), np.zeros((90, 60, 3), dtype=np.uint8)]
-    out = model.predict(images, k=4, preprocessor=ImagePreprocessor(short_side=96, max_size=160))
+    preprocessor = ImagePreprocessor(short_side=96, max_size=160)
+    out = model.predict(images, k=4, preprocessor=preprocessor)
     assert model.training  # restored
     assert [len(o) for o in out] == [4, 4]
-    for dets, (h, w) in zip(out, [(120, 200), (90, 60)]):
-        for det in dets:
-            x0, y0, x1, y1 = det["box"]
-            assert -1e-3 <= x0 <= x1 <= w + 1e-3 and -1e-3 <= y0 <= y1 <= h + 1e-3
-            assert det["class_name"] == model.class_names[det["class_id"]]
-            assert 0 <= det["score"] <= 1
-        scores = [d["score"] for d in dets]
-        assert scores == sorted(scores, reverse=True)
+    # the boxes are the model's on the resized batch, scaled to the images as given (not as resized)
+    batch = preprocessor(images)
+    assert batch.resized_sizes.tolist() == [[96, 160], [144, 96]]
+    with torch.no_grad():
+        logits, boxes = model.eval()(batch.pixel_values, batch.mask)[-1]
+    expected = postprocess(logits, boxes, torch.tensor([[120, 200], [90, 60]]), top_k=4)
+    for dets, exp in zip(out, expected):
+        assert [d["box"] for d in dets] == exp["boxes"].tolist()
+        assert [d["score"] for d in dets] == exp["scores"].tolist()
+        assert [d["class_name"] for d in dets] == [model.class_names[c] for c in exp["labels"].tolist()]
 
 
 def test_predict_on_a_batch_uses_the_unpadded_region():
@@ -131,11 +145,9 @@ def test_predict_on_real_coco_images():
     paths = sorted((COCO128 / "val2017").glob("*.jpg"))[:2]
     images = [Image.open(p) for p in paths]
     out = model.predict(images, k=5, preprocessor=ImagePreprocessor(short_side=256, max_size=400))
-    for dets, img in zip(out, images):
+    for dets in out:
         assert len(dets) == 5
         for det in dets:
-            x0, y0, x1, y1 = det["box"]
-            assert -1e-3 <= x0 <= x1 <= img.width + 1e-3 and -1e-3 <= y0 <= y1 <= img.height + 1e-3
             assert det["class_name"] == detr.COCO_CLASS_NAMES[det["class_id"]]
 
 
@@ -160,3 +172,20 @@ def test_pil_preprocessing_is_the_reference_pipeline():
     batch = ImagePreprocessor(size_divisor=1)(image)
     assert batch.pixel_values.shape[-2:] == (h, w) and not batch.mask.any()
     torch.testing.assert_close(batch.pixel_values[0], expected, atol=1e-6, rtol=0)
+
+
+def test_evaluation_resizes_as_predict_does():
+    """One resize rule, the reference code's rounding: 500 x 2000 becomes 333 x 1332 everywhere (torchvision's
+    RandomShortestSize, which evaluation used before, makes it 333 x 1333)."""
+    from torchvision import tv_tensors
+
+    from detr.data.transforms import eval_transforms
+
+    image = tv_tensors.Image(torch.zeros(3, 500, 2000, dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[0.0, 0.0, 2000.0, 500.0]]), format="XYXY", canvas_size=(500, 2000))
+    target = {"boxes": boxes, "labels": torch.tensor([0]), "image_id": 1, "orig_size": torch.tensor([500, 2000])}
+    resized, out = eval_transforms(800, 1333)(image, target)
+    batch = ImagePreprocessor(short_side=800, max_size=1333)(Image.new("RGB", (2000, 500)))
+    assert tuple(resized.shape[1:]) == tuple(batch.resized_sizes[0].tolist()) == resized_size(500, 2000, 800, 1333)
+    assert out["size"].tolist() == [333, 1332]
+    torch.testing.assert_close(out["box"], torch.tensor([[0.5, 0.5, 1.0, 1.0]]))

@@ -176,7 +176,7 @@ def cosine_factor(progress: float) -> float:
 
 def test_export_leaves_out_training_only_parts(tmp_path):
     transformers = pytest.importorskip("transformers")
-    model = detr.detr_r50(num_classes=2, num_queries=4, query_groups=2, denoising_groups=2).eval()
+    model = detr.detr_r50(num_classes=2, num_queries=4, aux_loss=False, query_groups=2, denoising_groups=2).eval()
     model.export_hf(tmp_path / "hf")
     hf = transformers.DetrForObjectDetection.from_pretrained(tmp_path / "hf").eval()
     assert hf.model.query_position_embeddings.weight.shape == (4, 256)

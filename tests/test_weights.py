@@ -20,10 +20,7 @@ from detr.hub.checkpoints import convert_hf_state_dict, convert_to_hf_state_dict
 from detr.hub.download import hash_prefix_of
 from detr.hub.pretrained import backbone_weights
 
-from .conftest import make_hf_detr, padded_pair
-from .test_hf_parity import reference_layout
-
-transformers = pytest.importorskip("transformers")
+from .conftest import make_hf_detr, padded_pair, reference_layout
 
 
 @pytest.fixture
@@ -70,6 +67,7 @@ def test_models_command_lists_weights(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "detr-r101-dc5-a2e86def.pth" in out and "44.9" in out and "ResNet50_Weights.IMAGENET1K_V1" in out
+    assert "class index = COCO category id (detr_r50: 80 named classes" in out
 
 
 def test_hf_save_pretrained_directory_loads_with_same_outputs(tmp_path):
@@ -77,7 +75,7 @@ def test_hf_save_pretrained_directory_loads_with_same_outputs(tmp_path):
     hf.config.id2label = {i: f"thing{i}" for i in range(7)}
     hf.save_pretrained(tmp_path / "hf")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
-    ours = detr.detr_r50(num_classes=7, weights=tmp_path / "hf")
+    ours = detr.detr_r50(num_classes=7, aux_loss=False, weights=tmp_path / "hf")
     assert ours.class_names == [f"thing{i}" for i in range(7)]
     rebuilt = detr.DETR.from_pretrained(tmp_path / "hf")  # config.json read, architecture inferred
     x, mask = padded_pair(seed=7)
@@ -93,7 +91,7 @@ def test_hf_pytorch_model_bin_directory_loads(tmp_path):
     hf = make_hf_detr(num_labels=3, seed=3)
     (tmp_path / "bin").mkdir()
     torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
-    ours = detr.detr_r50(num_classes=3, weights=tmp_path / "bin")
+    ours = detr.detr_r50(num_classes=3, aux_loss=False, weights=tmp_path / "bin")
     x, mask = padded_pair(seed=8)
     with torch.no_grad():
         theirs = hf(pixel_values=x, pixel_mask=(~mask).long())
@@ -102,13 +100,14 @@ def test_hf_pytorch_model_bin_directory_loads(tmp_path):
 
 def test_export_to_hf_loads_back_in_transformers(tmp_path):
     torch.manual_seed(0)
-    ours = detr.detr_r50(num_classes=4, num_queries=12, class_names=["a", "b", "c", "d"])
+    ours = detr.detr_r50(num_classes=4, num_queries=12, aux_loss=False, class_names=["a", "b", "c", "d"])
     with torch.no_grad():  # realistic batch-norm statistics, so the comparison means something
         for m in ours.modules():
             if type(m).__name__ == "FrozenBatchNorm2d":
                 m.running_var.uniform_(0.5, 2.0)
                 m.running_mean.normal_(0, 0.1)
     ours.export_hf(tmp_path / "export")
+    transformers = pytest.importorskip("transformers")
     hf = transformers.DetrForObjectDetection.from_pretrained(tmp_path / "export").eval()
     assert hf.config.id2label[2] == "c" and hf.config.num_queries == 12
     x, mask = padded_pair(seed=9)
@@ -136,7 +135,7 @@ def test_reference_layout_round_trips(tmp_path):
 
 def test_save_pretrained_round_trip(tmp_path):
     torch.manual_seed(1)
-    model = detr.detr_r50(num_classes=3, num_queries=9, class_names=["cat", "dog", "fox"], dropout=0.0)
+    model = detr.detr_r50(num_classes=3, num_queries=9, aux_loss=False, class_names=["cat", "dog", "fox"], dropout=0.0)
     model.save_pretrained(tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"] == "detr_r50" and config["kwargs"]["num_queries"] == 9
@@ -182,9 +181,12 @@ def test_registry_name_loads_from_the_cache_and_sets_class_names(torch_home, off
     model = detr.detr_r50(num_classes=91)
     torch_home.mkdir(parents=True)
     torch.save({"model": reference_layout(model.state_dict())}, torch_home / "detr-r50-e632da11.pth")
-    loaded = detr.detr_r50(weights="detr_r50", class_names=["x"] * 91)
-    assert loaded.class_names[1] == "person"  # the weights' categories win
+    loaded = detr.detr_r50(weights="detr_r50")
+    assert loaded.class_names[1] == "person" and loaded.class_names[12] == "N/A"  # the weights' label space
+    assert loaded.category_ids == list(range(91))  # class index = COCO category id
     assert torch.equal(loaded.state_dict()["class_head.weight"], model.state_dict()["class_head.weight"])
+    renamed = detr.detr_r50(weights="detr_r50", class_names=["x"] * 91)
+    assert renamed.class_names[1] == "x"  # names the user gives win over the checkpoint's
 
 
 def test_offline_registry_name_fails_fast_with_the_url_and_path(torch_home, offline):

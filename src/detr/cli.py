@@ -30,6 +30,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{name:<15} {'-':<15}")
         else:
             print(f"{name:<15} {w.name:<15} {w.num_classes:>7} {w.box_ap:>6.1f}  {w.url}")
+    named = {w.name: sum(n != "N/A" for n in w.class_names()) for w in PRETRAINED.values()}
+    print(
+        "label space of the published weights: class index = COCO category id "
+        f"({', '.join(f'{k}: {v} named classes' for k, v in named.items())}; 'N/A' in the gaps)"
+    )
     print(f"\n{'backbone':<15} {'ImageNet weights':<31} {'acc@1':>6}  url")
     for name, info in backbone_weights().items():
         print(f"{name:<15} {info['weights']:<31} {info['imagenet_acc1']:>6.2f}  {info['url']}")
@@ -78,6 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    if summary.get("finished_before"):
+        return 0  # the trainer said there was nothing left to do
     if "metrics" in summary:
         print(f"final validation: {format_metrics(summary['metrics'])}")
     print(
@@ -96,19 +103,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .models.factories import load_model
 
     dataset = CocoDetection(args.data, args.split, eval_transforms(args.size, args.max_size))
-    model = (
-        load_model(args.weights, args.model, num_classes=len(dataset.class_names))
-        if args.model
-        else load_model(args.weights)
-    )
-    if model.num_classes != len(dataset.class_names):
-        raise SystemExit(
-            f"error: the model has {model.num_classes} classes but {args.data} declares {len(dataset.class_names)}"
-        )
+    model = load_model(args.weights, args.model)
+    match = dataset.match_model(model)
+    print(f"label map: {match.describe()}")
     device = torch.device(args.device)
     model.to(device)
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
-    results = predict_dataset(model, loader, dataset.category_ids, device, progress=True, all_classes=args.all_classes)
+    results = predict_dataset(
+        model,
+        loader,
+        match.category_of,
+        device,
+        progress=True,
+        all_classes=args.all_classes,
+        max_detections=args.max_detections,
+    )
     metrics = coco_evaluate(dataset.annotations.raw, results, per_class=args.per_class)
     print(format_metrics(metrics))
     for name in METRIC_NAMES[6:]:
@@ -280,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", action="store_true", help="also print AP per class")
     p.add_argument(
         "--all-classes", action="store_true", help="score every query-class pair, not only each query's best class"
+    )
+    p.add_argument(
+        "--max-detections", type=int, default=100, help="detections kept per image, the best over all (COCO: 100)"
     )
     p.add_argument("--out", help="write metrics and predictions to this JSON file")
     p.set_defaults(func=cmd_eval)

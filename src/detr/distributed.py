@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,13 +29,27 @@ class DistInfo:
 
 
 def init_distributed(device: str) -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); gloo on CPU, nccl on GPU."""
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1): gloo on CPU, nccl on GPU,
+    each process on the GPU of its ``LOCAL_RANK`` (set before the group forms, as NCCL needs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def gather_to_main(info: DistInfo, obj: Any) -> list[Any] | None:
+    """Every process's ``obj`` (picklable), in rank order, on the main process; None on the others."""
+    if not info.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * info.world_size if info.is_main else []
+    dist.gather_object(obj, gathered if info.is_main else None, dst=0)
+    return gathered if info.is_main else None
 
 
 def barrier(info: DistInfo) -> None:

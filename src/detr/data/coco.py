@@ -5,9 +5,11 @@
 - per-split layout (Roboflow and others): ``<split>/_annotations.coco.json`` beside that
   split's images, splits ``train``, ``valid`` or ``val``, ``test``.
 
-Category ids are mapped to contiguous class ids ``0..K-1`` (sorted by id) and back for
-evaluation. Crowd boxes are ignored, boxes are clipped to the image, and degenerate boxes
-are dropped and counted. Anything else that is wrong raises an error naming the file.
+Category ids are mapped to contiguous class ids ``0..K-1`` (sorted by id), and those to a model's
+classes by :mod:`detr.data.labels`. Crowd boxes are ignored, boxes are clipped to the image,
+degenerate boxes are dropped and counted, and annotations of an undeclared category are skipped
+with a warning that names the file (as the reference code does). Anything else that is wrong
+raises an error naming the file.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
+
+from .labels import CategoryMatch, match_categories
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,7 @@ class CocoAnnotations:
     category_names: list[str]  # class id -> name
     dropped_degenerate: int = 0
     ignored_crowd: int = 0
+    skipped_undeclared: int = 0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -115,6 +120,7 @@ def load_coco_annotations(path: str | Path) -> CocoAnnotations:
     by_id = {img["id"]: img for img in images}
     boxes: dict[int, list[tuple[list[float], int]]] = {img["id"]: [] for img in images}
     dropped = crowd = 0
+    undeclared: dict[int, int] = {}  # category id -> annotations
     for ann in data["annotations"]:
         try:
             image_id, cat_id = int(ann["image_id"]), int(ann["category_id"])
@@ -128,10 +134,8 @@ def load_coco_annotations(path: str | Path) -> CocoAnnotations:
                 f"{path}: annotation {ann.get('id', '?')} refers to image id {image_id}, which is not in 'images'"
             )
         if cat_id not in class_of:
-            raise DatasetError(
-                f"{path}: annotation {ann.get('id', '?')} has category id {cat_id}, which is not declared in 'categories' "
-                f"(declared: {[c for c, _ in categories]})"
-            )
+            undeclared[cat_id] = undeclared.get(cat_id, 0) + 1
+            continue
         if ann.get("iscrowd", 0):
             crowd += 1
             continue
@@ -149,6 +153,14 @@ def load_coco_annotations(path: str | Path) -> CocoAnnotations:
         boxes[image_id].append(([x0, y0, x1, y1], class_of[cat_id]))
     if dropped:
         log.warning("%s: dropped %d degenerate boxes (zero width or height)", path, dropped)
+    if undeclared:
+        log.warning(
+            "%s: skipped %d annotations of categories not declared in 'categories' (ids %s; declared: %s)",
+            path,
+            sum(undeclared.values()),
+            sorted(undeclared),
+            [c for c, _ in categories],
+        )
     return CocoAnnotations(
         path=path,
         images=images,
@@ -157,6 +169,7 @@ def load_coco_annotations(path: str | Path) -> CocoAnnotations:
         category_names=[n for _, n in categories],
         dropped_degenerate=dropped,
         ignored_crowd=crowd,
+        skipped_undeclared=sum(undeclared.values()),
         raw=data,
     )
 
@@ -180,6 +193,10 @@ class CocoDetection(Dataset):
     the target a dict with ``boxes`` (``tv_tensors.BoundingBoxes``, xyxy pixels), ``labels``
     (N,) int64 class ids, ``image_id`` and ``orig_size`` (height, width), all passed through
     ``transforms`` (a ``torchvision.transforms.v2`` callable) when given.
+
+    Class ids are the dataset's own (its categories sorted by id, from 0), or a model's when
+    ``class_map`` (dataset class id -> model class id, see :func:`detr.data.labels.match_categories`)
+    is set.
     """
 
     def __init__(self, root: str | Path, split: str, transforms: Any = None) -> None:
@@ -187,6 +204,7 @@ class CocoDetection(Dataset):
         self.annotations = load_coco_annotations(self.split.annotation_file)
         self.transforms = transforms
         self.images = self.annotations.images
+        self.class_map: list[int] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -195,6 +213,24 @@ class CocoDetection(Dataset):
     @property
     def category_ids(self) -> list[int]:
         return self.annotations.category_ids
+
+    @property
+    def categories(self) -> list[tuple[int, str]]:
+        """(category id, name) of every declared category, sorted by id."""
+        return list(zip(self.category_ids, self.class_names))
+
+    def match_model(self, model: Any) -> CategoryMatch:
+        """Label the targets with ``model``'s class ids from now on (matched by category id, else by
+        name, see :mod:`detr.data.labels`); returns the match, whose ``category_of`` maps predictions back."""
+        match = match_categories(
+            model.num_classes,
+            model.class_names,
+            getattr(model, "category_ids", None),
+            self.categories,
+            source=str(self.split.annotation_file),
+        )
+        self.class_map = match.class_of
+        return match
 
     def __len__(self) -> int:
         return len(self.images)
@@ -213,7 +249,9 @@ class CocoDetection(Dataset):
         boxes = torch.tensor([b for b, _ in entries], dtype=torch.float32).reshape(-1, 4)
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(info["height"], info["width"])),
-            "labels": torch.tensor([c for _, c in entries], dtype=torch.int64),
+            "labels": torch.tensor(
+                [c if self.class_map is None else self.class_map[c] for _, c in entries], dtype=torch.int64
+            ),
             "image_id": info["id"],
             "orig_size": torch.tensor([info["height"], info["width"]]),
         }

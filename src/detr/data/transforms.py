@@ -18,12 +18,27 @@ from torch import nn
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from ..processing.preprocess import IMAGENET_MEAN, IMAGENET_STD, pad_batch
+from ..processing.preprocess import IMAGENET_MEAN, IMAGENET_STD, pad_batch, resized_size
 
 # the reference's multi-scale training sizes (short side), and its crop augmentation
 TRAIN_SCALES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
 CROP_RESIZE_SCALES = (400, 500, 600)
 CROP_SIZE = (384, 600)
+
+
+class RandomResize(nn.Module):
+    """Resize the short side to one of ``sizes`` (drawn at random), the long side capped at ``max_size``,
+    with the reference code's rounding: the rule ``detr predict`` and :class:`ImagePreprocessor` use too."""
+
+    def __init__(self, sizes: Sequence[int], max_size: int | None = None) -> None:
+        super().__init__()
+        self.sizes, self.max_size = list(sizes), max_size
+
+    def forward(self, image: Any, target: Any) -> tuple[Any, Any]:
+        short = self.sizes[int(torch.randint(len(self.sizes), ()))] if len(self.sizes) > 1 else self.sizes[0]
+        size = list(resized_size(*TF.get_size(image), short, self.max_size))
+        target = dict(target, boxes=TF.resize(target["boxes"], size))
+        return TF.resize(image, size, antialias=True), target
 
 
 class RandomSizeCrop(nn.Module):
@@ -81,24 +96,18 @@ def train_transforms(
     crop_size: tuple[int, int] = CROP_SIZE,
 ) -> T.Compose:
     """The reference training augmentation (``crop_resize_scales=None`` leaves out the crop branch)."""
-    resize = T.RandomShortestSize(list(scales), max_size=max_size)
+    resize = RandomResize(scales, max_size)
     branches: list[nn.Module] = [resize]
     if crop_resize_scales:
         branches.append(
-            T.Compose(
-                [
-                    T.RandomShortestSize(list(crop_resize_scales)),
-                    RandomSizeCrop(*crop_size),
-                    T.RandomShortestSize(list(scales), max_size=max_size),
-                ]
-            )
+            T.Compose([RandomResize(crop_resize_scales), RandomSizeCrop(*crop_size), RandomResize(scales, max_size)])
         )
     return T.Compose([T.RandomHorizontalFlip(), T.RandomChoice(branches) if len(branches) > 1 else resize, *_finish()])
 
 
 def eval_transforms(size: int = 800, max_size: int = 1333) -> T.Compose:
-    """Deterministic resize of the short side to ``size`` (long side <= ``max_size``)."""
-    return T.Compose([T.RandomShortestSize([size], max_size=max_size), *_finish()])
+    """Deterministic resize of the short side to ``size`` (long side <= ``max_size``), as ``predict`` resizes."""
+    return T.Compose([RandomResize([size], max_size), *_finish()])
 
 
 def collate(
@@ -110,4 +119,4 @@ def collate(
     return pixel_values, mask, [t for _, t in batch]
 
 
-__all__ = ["RandomSizeCrop", "ToDETRTarget", "collate", "eval_transforms", "train_transforms"]
+__all__ = ["RandomResize", "RandomSizeCrop", "ToDETRTarget", "collate", "eval_transforms", "train_transforms"]

@@ -30,6 +30,9 @@ class TrainConfig:
     # model
     model: str = "detr_r50"
     weights: str | None = None  # start from these weights (a name like detr_r50, a file, a directory)
+    # keep every class of --weights and append the dataset's new ones (else the model's classes are the dataset's,
+    # the rows of those --weights knows by name kept)
+    extend_classes: bool = False
     pretrained_backbone: bool = True  # ImageNet backbone (ignored when weights are given)
     num_queries: int = 100
     aux_loss: bool = True
@@ -46,6 +49,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up of the learning rate over this many optimizer steps
     clip_max_norm: float = 0.1  # 0 disables clipping
     amp: str = "none"  # none | bf16 | fp16 (fp16 on GPU only)
+    sync_batch_norm: bool = False  # with trainable batch norm under torchrun on GPUs: statistics over all processes
     seed: int = 42
     max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
     max_minutes: float = 0.0  # also stop after this much training time (0: no limit)
@@ -62,6 +66,7 @@ class TrainConfig:
     progress: bool = True
     per_class_ap: bool = False
     eval_all_classes: bool = False  # score every query-class pair at evaluation, not only each query's best class
+    eval_max_detections: int = 100  # detections kept per image at evaluation (the best over all query-class pairs)
 
     def __post_init__(self) -> None:
         checks = [
@@ -84,6 +89,8 @@ class TrainConfig:
             (len(self.crop_size) == 2, "crop_size must be [min, max]"),
             (self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1"),
             (self.num_queries >= 1, "num_queries must be >= 1"),
+            (self.eval_max_detections >= 1, "eval_max_detections must be >= 1"),
+            (not self.extend_classes or bool(self.weights), "extend_classes needs weights to extend"),
         ]
         for ok, message in checks:
             if not ok:

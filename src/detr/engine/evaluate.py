@@ -6,7 +6,7 @@ import contextlib
 import copy
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,23 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100
 def predict_dataset(
     model: torch.nn.Module,
     loader: Iterable[tuple[Tensor, Tensor, list[dict[str, Any]]]],
-    category_ids: list[int],
+    category_of: Sequence[int | None],
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     all_classes: bool = False,
+    max_detections: int = 100,
 ) -> list[dict[str, Any]]:
     """Run ``model`` over a loader of (images, mask, targets) and return COCO results.
 
+    ``category_of`` maps a class id to the dataset's category id (None: a class the dataset lacks,
+    whose detections are left out; see :func:`detr.data.labels.match_categories`).
+
     Each result is ``{"image_id", "category_id", "bbox": [x, y, w, h] pixels of the original
     image, "score"}``; every query's best class is kept (AP is computed over the ranking), or
-    with ``all_classes`` every query-class pair (see :func:`detr.postprocess.postprocess`).
+    with ``all_classes`` every query-class pair (see :func:`detr.processing.postprocess.postprocess`);
+    the ``max_detections`` best of an image are kept (COCO's protocol counts 100; pycocotools alone
+    would keep 100 per image and class).
     """
     from tqdm import tqdm
 
@@ -50,15 +56,21 @@ def predict_dataset(
         ):
             xyxy = det["boxes"].cpu()
             xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1)
+            kept = 0
             for box, score, label in zip(xywh.tolist(), det["scores"].tolist(), det["labels"].tolist()):
+                if category_of[label] is None:  # a class the dataset does not have
+                    continue
                 results.append(
                     {
                         "image_id": int(target["image_id"]),
-                        "category_id": category_ids[label],
+                        "category_id": category_of[label],
                         "bbox": box,
                         "score": score,
                     }
                 )
+                kept += 1
+                if kept == max_detections:  # sorted by score: the best of the image's detections
+                    break
     return results
 
 

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data import CocoDetection, collate, eval_transforms, train_transforms
-from ..distributed import DistInfo, ResumableSampler, barrier, init_distributed
+from ..distributed import DistInfo, ResumableSampler, barrier, gather_to_main, init_distributed
 from ..fileio import atomic_write, atomic_write_text
-from ..hub.checkpoints import CheckpointError
+from ..hub.checkpoints import CheckpointError, fetch_checkpoint
 from ..models.detr import DETR
 from ..models.registry import create_model
 from .config import TrainConfig
@@ -101,6 +101,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def label_space(dataset: CocoDetection, config: TrainConfig) -> tuple[list[str], list[int] | None]:
+    """The classes a run trains: the dataset's categories (names and ids), or with ``extend_classes`` the
+    starting weights' classes followed by the dataset's categories they lack (ids then mean nothing)."""
+    if not config.extend_classes:
+        return dataset.class_names, dataset.category_ids
+    known = fetch_checkpoint(config.weights).class_names if config.weights else None
+    if not known:
+        raise ValueError("extend_classes adds the dataset's categories to the classes of --weights, which name none")
+    lower = {name.strip().casefold() for name in known}
+    return list(known) + [n for n in dataset.class_names if n.strip().casefold() not in lower], None
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A training checkpoint, checked; damaged or foreign files give a clear error."""
     if not path.is_file():
@@ -143,23 +155,41 @@ class Trainer:
             if config.val_split
             else None
         )
-        if self.val_set is not None and self.val_set.category_ids != self.train_set.category_ids:
+        if self.val_set is not None and self.val_set.categories != self.train_set.categories:
             raise ValueError("train and val splits declare different categories; they must share one category list")
 
+        class_names, category_ids = label_space(self.train_set, config)
         self.model: DETR = create_model(
             config.model,
-            num_classes=len(self.train_set.class_names),
-            class_names=self.train_set.class_names,
+            num_classes=len(class_names),
+            class_names=class_names,
+            category_ids=category_ids,
             num_queries=config.num_queries,
             aux_loss=config.aux_loss,
             pretrained_backbone=config.pretrained_backbone and config.weights is None,
             weights=config.weights,
             **config.model_kwargs,
         ).to(self.device)
+        self.category_match = self.train_set.match_model(self.model)  # targets in the model's class ids
+        if self.val_set is not None:
+            self.val_set.match_model(self.model)
+        if config.sync_batch_norm:
+            if not self.dist.enabled or self.device.type != "cuda":
+                raise ValueError(
+                    "sync_batch_norm shares batch-norm statistics across GPUs: it needs torchrun with several "
+                    "processes on CUDA (PyTorch's SyncBatchNorm does not run on the CPU)"
+                )
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.loss_module: nn.Module = LossModule(self.model)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module, device_ids=ids)
+            # some options leave parameters out of a step (denoising queries when a process's batch has no
+            # target, two-stage anchors that replace the learned ones); DDP must then look for them
+            unused = any(option.may_leave_parameters_unused for option in self.model.options)
+            self.loss_module = nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=ids, find_unused_parameters=unused
+            )
+            torch.manual_seed(config.seed + 1_000_003 * self.dist.rank)  # same weights, own dropout per process
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -177,6 +207,7 @@ class Trainer:
         self.step = 0  # optimizer steps done in total
         self.best_ap = -1.0
         self.started = time.perf_counter()
+        self.seconds_before = 0.0  # training time of the run before this process (resumed runs)
         self.history: list[dict[str, Any]] = []
         if config.resume:
             self._resume(self.out / CHECKPOINT)
@@ -196,7 +227,11 @@ class Trainer:
     def _elapsed_minutes(self) -> float:
         """Training minutes so far, the main process's under DDP (every replica must stop at the same
         step and use the same lr)."""
-        elapsed = torch.tensor((time.perf_counter() - self.started) / 60)
+        return self._elapsed_seconds() / 60
+
+    def _elapsed_seconds(self) -> float:
+        """Training time of the run so far, resumed parts included; rank 0's under DDP."""
+        elapsed = torch.tensor(self.seconds_before + time.perf_counter() - self.started, device=self.device)
         if self.dist.enabled:
             dist.broadcast(elapsed, src=0)
         return float(elapsed)
@@ -213,11 +248,16 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.epoch_step, self.step = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]
         self.best_ap = ckpt.get("best_ap", -1.0)
-        _set_rng_state(ckpt["rng"])
+        self.seconds_before = ckpt.get("seconds", 0.0)
+        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+        _set_rng_state(per_rank[self.dist.rank] if len(per_rank) == self.dist.world_size else ckpt["rng"])
         self._log({"type": "resume", "epoch": self.epoch, "step": self.step, "from": str(path)})
 
     def save_checkpoint(self) -> None:
-        """Everything needed to continue exactly from here, written atomically (rank 0 only)."""
+        """Everything needed to continue exactly from here, written atomically (by rank 0, with every
+        process's random state)."""
+        rng_per_rank = gather_to_main(self.dist, _rng_state())
+        seconds = self._elapsed_seconds()
         if not self.dist.is_main:
             return
         ckpt = {
@@ -230,9 +270,12 @@ class Trainer:
             "epoch_step": self.epoch_step,
             "step": self.step,
             "best_ap": self.best_ap,
-            "rng": _rng_state(),
+            "rng": rng_per_rank[0],
+            "rng_per_rank": rng_per_rank,
+            "seconds": seconds,
             "config": self.config.to_dict(),
-            "class_names": self.train_set.class_names,
+            "class_names": self.model.class_names,
+            "category_ids": self.model.category_ids,
         }
         atomic_write(self.out / CHECKPOINT, lambda tmp: torch.save(ckpt, tmp))
 
@@ -329,21 +372,28 @@ class Trainer:
         return True
 
     def evaluate(self) -> dict[str, Any] | None:
-        """COCO metrics on the validation split (rank 0), or None without one."""
-        if self.val_set is None or not self.dist.is_main:
+        """COCO metrics on the validation split, or None without one. Under DDP every process predicts
+        its share of the images and rank 0 scores them all (the others return None)."""
+        if self.val_set is None:
             return None
+        shard = Subset(self.val_set, range(self.dist.rank, len(self.val_set), self.dist.world_size))
         loader = DataLoader(
-            self.val_set, batch_size=self.config.batch_size, collate_fn=collate, num_workers=self.config.workers
+            shard, batch_size=self.config.batch_size, collate_fn=collate, num_workers=self.config.workers
         )
         results = predict_dataset(
             self.model,
             loader,
-            self.val_set.category_ids,
+            self.category_match.category_of,
             self.device,
             self.autocast_dtype,
             self.config.progress,
             all_classes=self.config.eval_all_classes,
+            max_detections=self.config.eval_max_detections,
         )
+        shards = gather_to_main(self.dist, results)
+        if shards is None:
+            return None
+        results = [r for shard_results in shards for r in shard_results]
         metrics = coco_evaluate(self.val_set.annotations.raw, results, per_class=self.config.per_class_ap)
         atomic_write_text(self.out / "predictions_val.json", json.dumps(results))
         return metrics
@@ -369,6 +419,9 @@ class Trainer:
             atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
         metrics: dict[str, Any] | None = None
         start = self.started = time.perf_counter()
+        if self._finished():
+            print(f"nothing to do: the run in {self.out} finished at step {self.step} (epoch {self.epoch})")
+            return {"epochs": self.epoch, "steps": self.step, "seconds": 0.0, "finished_before": True}
         while self.epoch < cfg.epochs:
             finished_epoch = self.train_one_epoch()
             if finished_epoch:
@@ -385,17 +438,24 @@ class Trainer:
         summary = {"epochs": self.epoch, "steps": self.step, "seconds": round(time.perf_counter() - start, 1)}
         if metrics is not None:
             summary["metrics"] = metrics
-        if self.dist.enabled:
-            self._check_replicas_identical()
         if self.dist.is_main:
             self.model.save_pretrained(self.out / "final")
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+        if self.dist.enabled:  # once the outputs are safe
+            self._check_replicas_identical()
         return summary
+
+    def _finished(self) -> bool:
+        """Whether the run has nothing left to train (a resumed run that had reached its end)."""
+        cfg = self.config
+        return self.epoch >= cfg.epochs or bool(cfg.max_steps and self.step >= cfg.max_steps)
 
     def _check_replicas_identical(self) -> None:
         """All processes must hold the same weights after DDP training; logged for the record."""
         checksum = torch.tensor(
-            [float(sum(p.detach().double().sum() for p in self.model.parameters()))], dtype=torch.float64
+            [float(sum(p.detach().double().sum() for p in self.model.parameters()))],
+            dtype=torch.float64,
+            device=self.device,  # NCCL gathers GPU tensors only
         )
         gathered = [torch.zeros_like(checksum) for _ in range(self.dist.world_size)]
         dist.all_gather(gathered, checksum)

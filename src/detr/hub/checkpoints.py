@@ -289,33 +289,44 @@ def to_detr_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[StateDict, str
 
 
 # ------------------------------------------------------------------ loading
-# Parameters whose shape follows num_classes / num_queries: re-initialised when fine-tuning.
-HEAD_KEYS = ("class_head.weight", "class_head.bias", "query_embed.weight")
+# Parameters with a row per class (True: and a last row for "no object"), and with a row per query:
+# when num_classes or num_queries differ (fine-tuning) only these may change shape.
+CLASS_ROWS = {
+    "class_head.weight": True,
+    "class_head.bias": True,
+    "dense_head.class_head.weight": False,
+    "dense_head.class_head.bias": False,
+    "denoising.label_embed.weight": False,
+}
+QUERY_ROWS = ("query_embed.weight", "refinement.anchors.weight")
 
 
 @dataclass
 class Checkpoint:
-    """A checkpoint's tensors, where they came from, and the class names it declares (if any)."""
+    """A checkpoint's tensors, where they came from, and the label space it declares (if it does):
+    the name of each class and the dataset category id each stands for."""
 
     state_dict: StateDict
     source: str
     class_names: list[str] | None = None
+    category_ids: list[int] | None = None
 
 
-def _names_from_config(directory: Path) -> list[str] | None:
-    """Class names from a saved directory's config.json (ours, or transformers' ``id2label``)."""
+def _labels_from_config(directory: Path) -> tuple[list[str] | None, list[int] | None]:
+    """Class names and category ids from a saved directory's config.json (ours, or transformers' ``id2label``)."""
     config_path = directory / "config.json"
     if not config_path.is_file():
-        return None
+        return None, None
     config = json.loads(config_path.read_text())
-    if config.get("format") == "detr":  # built by a factory, or described by its parts
-        return config.get("kwargs", {}).get("class_names", config.get("class_names"))
+    if config.get("format") == "detr":  # built by a factory (its kwargs), or described by its parts
+        labels = config.get("kwargs", config)
+        return labels.get("class_names"), labels.get("category_ids")
     id2label = config.get("id2label")
     if config.get("model_type") == "detr" and isinstance(id2label, dict) and id2label:
         ids = sorted(int(i) for i in id2label)
         if ids == list(range(len(ids))):
-            return [id2label[str(i)] for i in ids]
-    return None
+            return [id2label[str(i)] for i in ids], None
+    return None, None
 
 
 def fetch_checkpoint(weights: str | Path | Mapping[str, Tensor]) -> Checkpoint:
@@ -326,7 +337,7 @@ def fetch_checkpoint(weights: str | Path | Mapping[str, Tensor]) -> Checkpoint:
     if isinstance(weights, str) and weights in PRETRAINED:
         entry = PRETRAINED[weights]
         path = download(entry.url)
-        return Checkpoint(read_state_dict(path), f"{weights} ({path})", entry.class_names())
+        return Checkpoint(read_state_dict(path), f"{weights} ({path})", entry.class_names(), entry.category_ids())
     if isinstance(weights, str) and re.match(r"^(https?|file)://", weights):
         path = download(weights)
         return Checkpoint(read_state_dict(path), f"{weights} ({path})")
@@ -336,8 +347,8 @@ def fetch_checkpoint(weights: str | Path | Mapping[str, Tensor]) -> Checkpoint:
     if not path.exists() and isinstance(weights, str) and "/" not in weights and not path.suffix:
         names = ", ".join(PRETRAINED)
         raise FileNotFoundError(f"weights {weights!r} is neither a file nor a published checkpoint name ({names})")
-    names = _names_from_config(path) if path.is_dir() else None
-    return Checkpoint(read_state_dict(path), str(path), names)
+    names, ids = _labels_from_config(path) if path.is_dir() else (None, None)
+    return Checkpoint(read_state_dict(path), str(path), names, ids)
 
 
 def _summarise(names: list[str], limit: int = 12) -> str:
@@ -345,14 +356,48 @@ def _summarise(names: list[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor], reinit_heads: bool = True) -> str:
+def class_rows(source_names: list[str], target_names: list[str]) -> list[int | None]:
+    """For each target class, the row of the source class of the same name (case-insensitive), or None;
+    a name given several times (COCO's "N/A" gaps) matches its occurrences in order."""
+    rows: dict[str, list[int]] = {}
+    for i, name in enumerate(source_names):
+        rows.setdefault(name.strip().casefold(), []).append(i)
+    seen: dict[str, int] = {}
+    out: list[int | None] = []
+    for name in target_names:
+        key = name.strip().casefold()
+        k = seen[key] = seen.get(key, -1) + 1
+        out.append(rows[key][k] if k < len(rows.get(key, ())) else None)
+    return out
+
+
+def _remap_class_rows(source: Tensor, fresh: Tensor, rows: list[int | None], no_object: bool) -> Tensor:
+    """``fresh`` (a row per target class, plus "no object") with the source rows copied where ``rows`` names one."""
+    out = fresh.clone()
+    for i, row in enumerate(rows):
+        if row is not None:
+            out[i] = source[row]
+    if no_object:
+        out[-1] = source[-1]
+    return out
+
+
+def load_weights(
+    model: nn.Module,
+    weights: str | Path | Mapping[str, Tensor],
+    reinit_heads: bool = True,
+    keep_labels: bool = False,
+) -> str:
     """Load a checkpoint (any form :func:`fetch_checkpoint` takes, any understood layout) into ``model``.
 
     Loading is strict: every parameter must be found with its shape. The one exception, for
-    fine-tuning, is the class head and the query embedding when ``num_classes`` or
-    ``num_queries`` differ from the checkpoint's (with ``reinit_heads``): those keep their
-    fresh initialisation and a warning names them. Returns the detected layout; raises
-    :class:`CheckpointError` listing missing, unexpected and wrong-shaped keys otherwise.
+    fine-tuning (``reinit_heads``), is the parameters with a row per class or per query when
+    ``num_classes`` or ``num_queries`` differ from the checkpoint's (and nothing else of their
+    shape does): a class whose name the checkpoint knows keeps its row, the others and the query
+    rows keep their fresh initialisation, and a warning names them. The model takes the
+    checkpoint's class names and category ids when their number fits, unless ``keep_labels``.
+    Returns the detected layout; raises :class:`CheckpointError` listing missing, unexpected and
+    wrong-shaped keys otherwise.
     """
     checkpoint = fetch_checkpoint(weights)
     state_dict, layout = to_detr_state_dict(checkpoint.state_dict)
@@ -360,7 +405,12 @@ def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor], r
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(state_dict) if state_dict[k].shape != expected[k].shape)
-    reinit = [k for k in mismatched if k in HEAD_KEYS] if reinit_heads else []
+    resizable = set(CLASS_ROWS) | set(QUERY_ROWS)
+    reinit = (
+        [k for k in mismatched if k in resizable and state_dict[k].shape[1:] == expected[k].shape[1:]]
+        if reinit_heads
+        else []
+    )
     wrong_shape = [
         f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)})"
         for k in mismatched
@@ -381,17 +431,35 @@ def load_weights(model: nn.Module, weights: str | Path | Mapping[str, Tensor], r
             "build the matching factory, e.g. detr_r101 for an R101 checkpoint"
         )
         raise CheckpointError("\n".join(lines))
+    notes = []
+    target_names = getattr(model, "class_names", None)
+    class_keys = [k for k in reinit if k in CLASS_ROWS]
+    if class_keys and checkpoint.class_names and target_names:
+        rows = class_rows(checkpoint.class_names, target_names)
+        if any(row is not None for row in rows):
+            for k in class_keys:
+                state_dict[k] = _remap_class_rows(state_dict[k], expected[k], rows, CLASS_ROWS[k])
+            reinit = [k for k in reinit if k not in class_keys]
+            new = [name for name, row in zip(target_names, rows) if row is None]
+            if new:
+                notes.append(
+                    f"kept the rows of the {len(rows) - len(new)} classes the checkpoint knows by name, "
+                    f"new rows for {_summarise(new)}"
+                )
     if reinit:
         details = ", ".join(f"{k} {tuple(state_dict[k].shape)} -> {tuple(expected[k].shape)}" for k in reinit)
-        warnings.warn(
-            f"fine-tuning from {checkpoint.source}: re-initialised {details} (num_classes or num_queries "
-            "differ from the checkpoint's); every other weight was loaded",
-            stacklevel=2,
-        )
+        notes.append(f"re-initialised {details} (num_classes or num_queries differ from the checkpoint's)")
         for k in reinit:
             del state_dict[k]
-    model.load_state_dict(state_dict, strict=False)  # checked above: only re-initialised heads or BN counters absent
-    names = checkpoint.class_names
-    if names is not None and "class_head.weight" not in reinit and len(names) == getattr(model, "num_classes", -1):
-        model.class_names = list(names)
+    if notes:
+        warnings.warn(
+            f"fine-tuning from {checkpoint.source}: {'; '.join(notes)}; every other weight was loaded", stacklevel=2
+        )
+    model.load_state_dict(state_dict, strict=False)  # checked above: only re-initialised rows or BN counters absent
+    num_classes = getattr(model, "num_classes", -1)
+    if not keep_labels:
+        if checkpoint.class_names is not None and len(checkpoint.class_names) == num_classes:
+            model.class_names = list(checkpoint.class_names)
+        if checkpoint.category_ids is not None and len(checkpoint.category_ids) == num_classes:
+            model.category_ids = list(checkpoint.category_ids)
     return layout

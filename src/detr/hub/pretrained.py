@@ -46,6 +46,10 @@ class PretrainedWeights:
     def class_names(self) -> list[str]:
         return [self.categories.get(i, "N/A") for i in range(self.num_classes)]
 
+    def category_ids(self) -> list[int]:
+        """The category id of each class: the class index itself (COCO's ids, with gaps named "N/A")."""
+        return list(range(self.num_classes))
+
 
 _FB = "https://dl.fbaipublicfiles.com/detr/"
 PRETRAINED: dict[str, PretrainedWeights] = {

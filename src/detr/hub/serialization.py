@@ -75,7 +75,12 @@ def describe(model: DETR) -> dict[str, Any]:
     """The JSON description that rebuilds ``model`` (its weights apart); see the module docstring."""
     factory = getattr(model, "factory_spec", None)
     if factory is not None:
-        kwargs = dict(factory["kwargs"], aux_loss=model.aux_loss, class_names=model.class_names)
+        kwargs = dict(
+            factory["kwargs"],
+            aux_loss=model.aux_loss,
+            class_names=model.class_names,
+            category_ids=model.category_ids,
+        )
         return {"format": "detr", "model": factory["model"], "kwargs": _json_ready(kwargs, "model's build arguments")}
     config = model.config
     description = {
@@ -89,6 +94,7 @@ def describe(model: DETR) -> dict[str, Any]:
         "config": {name: getattr(config, name) for name in CONFIG_FIELDS},
         "options": [_describe(option, OPTION_TYPES) for option in model.options],
         "class_names": model.class_names,
+        "category_ids": model.category_ids,
     }
     return _json_ready(description, "model's description")
 
@@ -153,7 +159,7 @@ def from_pretrained(
     else:
         name, kwargs = _factory_args_from_hf_config(description)
     kwargs.update(overrides)
-    return create_model(name, weights=directory, **kwargs)
+    return create_model(name, weights=directory, reinit_heads=False, **kwargs)
 
 
 def _rebuild(entry: dict[str, Any], types: dict[str, type], what: str, how: str, directory: Path) -> Any:
@@ -175,7 +181,7 @@ def _build_from_parts(
     config: DETRConfig | None,
     overrides: dict[str, Any],
 ) -> DETR:
-    unknown = sorted(set(overrides) - {"class_names", "position_encoding", "options"})
+    unknown = sorted(set(overrides) - {"class_names", "category_ids", "position_encoding", "options"})
     if unknown:
         raise TypeError(
             f"{directory} holds a model described by its parts: from_pretrained takes config=, class_names=, "
@@ -198,8 +204,13 @@ def _build_from_parts(
             _rebuild(entry, OPTION_TYPES, "training option", "options=[...]", directory)
             for entry in description.get("options", [])
         ]
-    class_names = overrides.get("class_names", description.get("class_names"))
-    return model_type(config, position_encoding=position_encoding, class_names=class_names, options=options)
+    return model_type(
+        config,
+        position_encoding=position_encoding,
+        class_names=overrides.get("class_names", description.get("class_names")),
+        category_ids=overrides.get("category_ids", description.get("category_ids")),
+        options=options,
+    )
 
 
 def _factory_args_from_hf_config(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:

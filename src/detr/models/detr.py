@@ -113,6 +113,8 @@ class DETR(nn.Module):
         position_encoding: maps the (B, h, w) feature padding mask to a (B, d_model, h, w)
             encoding; defaults to the sine encoding with d_model // 2 features per axis.
         class_names: optional names of the ``num_classes`` classes, used by :meth:`predict`.
+        category_ids: optional dataset category id of each class (the published COCO models: the
+            class index itself), so that evaluation maps predictions to a dataset's categories by id.
         options: training options (:mod:`detr.options`), e.g. ``[DenoisingQueries(groups=4)]``;
             each becomes a submodule under its ``name``. none by default: the paper's model.
     """
@@ -123,6 +125,7 @@ class DETR(nn.Module):
         *,
         position_encoding: nn.Module | None = None,
         class_names: Sequence[str] | None = None,
+        category_ids: Sequence[int] | None = None,
         options: Sequence[DETROption] = (),
     ) -> None:
         super().__init__()
@@ -130,11 +133,14 @@ class DETR(nn.Module):
             raise TypeError(f"DETR takes a DETRConfig, got {type(config).__name__}")
         if class_names is not None and len(class_names) != config.num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes is {config.num_classes}")
+        if category_ids is not None and len(category_ids) != config.num_classes:
+            raise ValueError(f"category_ids has {len(category_ids)} ids but num_classes is {config.num_classes}")
         self.config = config
         self.num_classes = config.num_classes
         self.num_queries = config.num_queries
         self.aux_loss = config.aux_loss
         self.class_names = list(class_names) if class_names is not None else None
+        self.category_ids = [int(c) for c in category_ids] if category_ids is not None else None
         d_model = config.transformer.d_model
 
         self.backbone = config.backbone
@@ -239,7 +245,7 @@ class DETR(nn.Module):
         float (N_i, 4) normalized cxcywh relative to the image's valid region; N_i may be 0.
         """
         mask = padding_or_none(check_images(x, mask))
-        check_targets(targets, x.shape[0], self.num_classes)
+        check_targets(targets, x.shape[0], self.num_classes, x.device)
         logits, boxes, state = self._decode(x, mask, all_layers=None, targets=targets)  # (L, B, Q', K+1), (L, B, Q', 4)
         queries = slice(0, self.num_queries)
         terms = self.criterion(list(zip(logits[:, :, queries].unbind(0), boxes[:, :, queries].unbind(0))), targets)

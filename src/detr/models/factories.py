@@ -33,9 +33,11 @@ def build_detr(
     pretrained_backbone: bool = False,
     num_classes: int = 91,
     num_queries: int = 100,
-    aux_loss: bool = False,
+    aux_loss: bool = True,
     weights: str | Path | Mapping[str, Tensor] | None = None,
     class_names: Sequence[str] | None = None,
+    category_ids: Sequence[int] | None = None,
+    reinit_heads: bool = True,
     train_backbone: bool = True,
     backbone_norm: str = "frozen_bn",
     position_embedding: str = "sine",
@@ -60,7 +62,10 @@ def build_detr(
     """Build a DETR from its parts; the registered factories fix the backbone.
 
     ``loss_kwargs`` go to :class:`DETRConfig` (``matcher``, ``class_loss_coef``, ``bbox_loss_coef``,
-    ``giou_loss_coef``, ``eos_coef``). ``class_names`` defaults to the COCO names for 91 classes.
+    ``giou_loss_coef``, ``eos_coef``). The label space (``class_names``, ``category_ids``) is the one
+    given, else the checkpoint's (``weights``), else COCO's for 91 classes (class index = category id).
+    ``reinit_heads``: with ``weights`` of other ``num_classes`` / ``num_queries``, fine-tune (rows of
+    classes known by name kept, the others new) rather than refuse (see :func:`load_weights`).
     """
     backbone = ResNetBackbone(
         backbone_name,
@@ -81,8 +86,9 @@ def build_detr(
         normalize_before=normalize_before,
     )
     config = DETRConfig(backbone, transformer, num_classes, num_queries=num_queries, aux_loss=aux_loss, **loss_kwargs)
+    labels_given = class_names is not None
     if class_names is None and num_classes == len(COCO_CLASS_NAMES):
-        class_names = COCO_CLASS_NAMES
+        class_names, category_ids = COCO_CLASS_NAMES, category_ids or list(range(num_classes))
     options = from_switches(
         query_groups=query_groups,
         denoising_groups=denoising_groups,
@@ -96,10 +102,11 @@ def build_detr(
         config,
         position_encoding=build_position_encoding(position_embedding, d_model),
         class_names=class_names,
+        category_ids=category_ids,
         options=options,
     )
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, weights, reinit_heads=reinit_heads, keep_labels=labels_given)
     return model
 
 
@@ -110,7 +117,7 @@ def _register_architecture(name: str, backbone: str, dilation: bool, doc: str) -
         pretrained_backbone: bool = False,
         num_classes: int = 91,
         num_queries: int = 100,
-        aux_loss: bool = False,
+        aux_loss: bool = True,
         weights: Any = None,
         **kwargs: Any,
     ) -> DETR:
@@ -124,10 +131,12 @@ def _register_architecture(name: str, backbone: str, dilation: bool, doc: str) -
             weights=weights,
             **kwargs,
         )
-        # how to rebuild this model (save_pretrained); the weights are saved separately
+        # how to rebuild this model (save_pretrained); the weights are saved separately, and how to load them
+        # (reinit_heads) is not part of the model
+        build_args = {k: v for k, v in kwargs.items() if k != "reinit_heads"}
         model.factory_spec = {
             "model": name,
-            "kwargs": {"num_classes": num_classes, "num_queries": num_queries, "aux_loss": aux_loss, **kwargs},
+            "kwargs": {"num_classes": num_classes, "num_queries": num_queries, "aux_loss": aux_loss, **build_args},
         }
         return model
 
@@ -173,6 +182,7 @@ def load_model(weights: str | Path, model: str | None = None, **kwargs: Any) -> 
     path = Path(weights)
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         return DETR.from_pretrained(path, **kwargs)
+    kwargs.setdefault("reinit_heads", False)  # a model to use, not to fine-tune: its checkpoint must fit
     if path.is_file() and path.suffix in (".pth", ".pt"):
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -183,6 +193,7 @@ def load_model(weights: str | Path, model: str | None = None, **kwargs: Any) -> 
             args = dict(
                 num_classes=len(ckpt["class_names"]),
                 class_names=ckpt["class_names"],
+                category_ids=ckpt.get("category_ids"),
                 num_queries=cfg["num_queries"],
                 aux_loss=cfg["aux_loss"],
                 **cfg.get("model_kwargs", {}),

@@ -110,13 +110,17 @@ class DETROption(nn.Module):
 
     Class attributes: ``name`` (the model's attribute and state-dict prefix), ``order`` (hooks run
     in increasing order), ``used_at_inference`` (the inference copy keeps it), ``requires`` (names
-    of options that must be there too; kept at inference along with this one).
+    of options that must be there too; kept at inference along with this one),
+    ``may_leave_parameters_unused`` (some steps give some parameters no gradient: DDP then looks
+    for them).
     """
 
     name: ClassVar[str]
     order: ClassVar[int]
     used_at_inference: ClassVar[bool] = False
     requires: ClassVar[tuple[str, ...]] = ()
+    # whether some training steps leave some of the model's parameters without a gradient (DDP must know)
+    may_leave_parameters_unused: ClassVar[bool] = False
 
     def attach_to(self, model: DETR) -> None:
         """Become ``model.<name>`` and build the layers that depend on the model's sizes."""

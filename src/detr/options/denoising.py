@@ -59,6 +59,7 @@ class DenoisingQueries(DETROption):
 
     name = "denoising"
     order = 2
+    may_leave_parameters_unused = True  # a batch without targets makes no denoising query
 
     def __init__(self, groups: int = 5, box_noise: float = 0.4, label_noise: float = 0.2) -> None:
         super().__init__()

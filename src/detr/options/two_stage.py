@@ -52,6 +52,7 @@ class TwoStageAnchors(DETROption):
     order = 4
     used_at_inference = True
     requires = ("refinement", "dense_head")
+    may_leave_parameters_unused = True  # the learned anchors only stand in for missing tokens
 
     def missing_requirement_message(self, missing: list[str]) -> str:
         return (

@@ -56,8 +56,11 @@ def check_images(x: Tensor, mask: Tensor | None) -> Tensor:
     return mask
 
 
-def check_targets(targets: Sequence[dict[str, Tensor]], batch_size: int, num_classes: int) -> None:
-    """Validate training targets: B dicts with ``class_id`` (N,) int64 and ``box`` (N, 4) normalized cxcywh."""
+def check_targets(
+    targets: Sequence[dict[str, Tensor]], batch_size: int, num_classes: int, device: torch.device | None = None
+) -> None:
+    """Validate training targets: B dicts with ``class_id`` (N,) int64 and ``box`` (N, 4) normalized cxcywh,
+    on ``device`` (the images') when given."""
     if isinstance(targets, dict) or not isinstance(targets, Sequence):
         raise TypeError("targets must be a list with one dict per image: [{'class_id': ..., 'box': ...}, ...]")
     if len(targets) != batch_size:
@@ -72,6 +75,12 @@ def check_targets(targets: Sequence[dict[str, Tensor]], batch_size: int, num_cla
         class_id, box = target["class_id"], target["box"]
         if not isinstance(class_id, Tensor) or not isinstance(box, Tensor):
             raise TypeError(f"{where}['class_id'] and ['box'] must be torch tensors")
+        for name, value in (("class_id", class_id), ("box", box)):
+            if device is not None and value.device != device:
+                raise ValueError(
+                    f"{where}['{name}'] is on {value.device} but the images are on {device}; move the targets "
+                    f"too, e.g. {{k: v.to('{device}') for k, v in target.items()}}"
+                )
         if class_id.dtype != torch.int64:
             raise TypeError(f"{where}['class_id'] must be int64 class indices, got {class_id.dtype}; use .long()")
         if class_id.dim() != 1:

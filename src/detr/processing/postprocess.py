@@ -42,11 +42,12 @@ def postprocess(
         image_sizes: (B, 2) (height, width) in pixels of the images the boxes are wanted in
             (the original images, so boxes land on them, never on the padding).
         score_threshold: keep detections with score >= this.
-        top_k: keep at most this many detections per image (the highest scores).
+        top_k: keep at most this many detections per image (the highest scores), over all
+            query-class pairs with ``all_classes`` (COCO evaluation keeps 100).
 
     Returns:
         B dicts with ``scores`` (n,), ``labels`` (n,) int64 in [0, K-1], and ``boxes`` (n, 4)
-        absolute xyxy pixels, sorted by decreasing score.
+        absolute xyxy pixels clipped to the image, sorted by decreasing score.
     """
     if pred_logits.dim() != 3 or pred_boxes.shape[:2] != pred_logits.shape[:2] or pred_boxes.shape[-1] != 4:
         raise ValueError(
@@ -61,7 +62,8 @@ def postprocess(
     prob = pred_logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
     height, width = image_sizes.float().unbind(1)
     scale = torch.stack([width, height, width, height], dim=1)[:, None, :]  # (B, 1, 4)
-    boxes = box_convert(pred_boxes.float(), "cxcywh", "xyxy") * scale  # (B, Q, 4)
+    # a box whose centre and size are each in [0, 1] can still reach past the border: clip it to the image
+    boxes = box_convert(pred_boxes.float(), "cxcywh", "xyxy").clamp(0.0, 1.0) * scale  # (B, Q, 4)
     if all_classes:
         batch, queries, classes = prob.shape
         scores = prob.flatten(1)  # (B, Q*K), query-major
