@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import typing
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .device import resolve_device
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -88,7 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "metrics" in summary:
         print(f"final validation: {format_metrics(summary['metrics'])}")
     print(
-        f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['seconds']}s; outputs in {config.output_dir}"
+        f"done: {summary['epochs']} epochs, {summary['steps']} steps in {summary['seconds']}s; "
+        f"outputs in {summary['output_dir']}"
     )
     return 0
 
@@ -102,11 +106,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .fileio import atomic_write_text
     from .models.factories import load_model
 
-    dataset = CocoDetection(args.data, args.split, eval_transforms(args.size, args.max_size))
+    device = resolve_device(args.device)
     model = load_model(args.weights, args.model)
+    reading = model.preprocessing.with_sizes(args.size, args.max_size)  # the model's, unless flags say otherwise
+    dataset = CocoDetection(args.data, args.split, eval_transforms(reading.short_side, reading.max_size))
     match = dataset.match_model(model)
     print(f"label map: {match.describe()}")
-    device = torch.device(args.device)
     model.to(device)
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
     results = predict_dataset(
@@ -134,6 +139,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- predict
 def _image_paths(inputs: list[str]) -> list[Path]:
+    """The image files named or found (one folder level) in ``inputs``, each once, in order."""
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -145,38 +151,64 @@ def _image_paths(inputs: list[str]) -> list[Path]:
             raise SystemExit(f"error: no such image or folder: {p}")
     if not paths:
         raise SystemExit(f"error: no images found in {inputs}")
-    return paths
+    return list(dict.fromkeys(paths))
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """A distinct name per input for its output files: its path below the inputs' common folder, with
+    ``__`` for the separators, without the suffix unless two inputs differ only by it."""
+    resolved = [p.resolve() for p in paths]
+    common = Path(os.path.commonpath([p.parent for p in resolved]))
+    stems = ["__".join(p.relative_to(common).with_suffix("").parts) for p in resolved]
+    clashing = {s for s in stems if stems.count(s) > 1}
+    return [
+        "__".join(p.relative_to(common).parts) if s in clashing else s for p, s in zip(resolved, stems, strict=True)
+    ]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data.coco import read_image
-    from .fileio import atomic_write_text
+    from .data.coco import DatasetError, read_image
+    from .fileio import atomic_write_text, free_folder, holds_any
     from .models.factories import load_model
-    from .processing.preprocess import ImagePreprocessor
     from .processing.visualize import draw_detections
 
-    model = load_model(args.weights, args.model) if args.weights else None
-    if model is None:
-        raise SystemExit(
-            "error: give --weights (a saved model directory, a checkpoint, or a published name like detr_r50)"
-        )
-    model.to(torch.device(args.device)).eval()
+    device = resolve_device(args.device)
+    model = load_model(args.weights, args.model)
+    model.to(device).eval()
+    paths = _image_paths(args.images)
     out = Path(args.out)
+    if not args.exist_ok:
+        out = free_folder(out, lambda p: holds_any(p, ("detections.json",)))
+        if out != Path(args.out):
+            print(f"{args.out} holds earlier predictions, left as they are: writing to {out}")
     out.mkdir(parents=True, exist_ok=True)
-    preprocessor = ImagePreprocessor(short_side=args.size, max_size=args.max_size)
-    report = {}
-    for path in _image_paths(args.images):
-        image = read_image(path)
+    preprocessor = model.preprocessing.with_sizes(args.size, args.max_size)  # the model's, unless flags say otherwise
+    report, skipped = {}, {}
+    for path, name in zip(paths, _output_names(paths), strict=True):
+        try:
+            image = read_image(path, exif=True)
+        except DatasetError as err:  # one bad file does not stop the others
+            skipped[str(path)] = str(err)
+            print(f"skipped {path}: {err}", file=sys.stderr)
+            continue
         (dets,) = model.predict([image], k=args.k, score_threshold=args.threshold, preprocessor=preprocessor)
         report[str(path)] = dets
-        draw_detections(image, dets).save(out / f"{path.stem}_detections.png")
+        draw_detections(image, dets).save(out / f"{name}_detections.png")
         print(
             f"{path}: {len(dets)} detections"
             + (f", best {dets[0].get('class_name', dets[0]['class_id'])} {dets[0]['score']:.2f}" if dets else "")
         )
     atomic_write_text(out / "detections.json", json.dumps(report, indent=1))
-    print(f"wrote {out / 'detections.json'} and {len(report)} images with boxes to {out}")
-    return 0
+    if skipped:
+        atomic_write_text(out / "skipped.json", json.dumps(skipped, indent=1))
+    print(
+        f"wrote {out / 'detections.json'} and {len(report)} images with boxes to {out}"
+        + (f"; skipped {len(skipped)} unreadable images (each with its error in skipped.json)" if skipped else "")
+    )
+    if not report:
+        print("error: no image could be read", file=sys.stderr)
+        return 1
+    return 1 if skipped and args.strict else 0
 
 
 # --------------------------------------------------------------------- export
@@ -185,6 +217,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .models.factories import load_model
 
     model = load_model(args.weights, args.model).eval()
+    side = model.preprocessing.short_side or 800  # trace at the size the model reads images at
+    args.height, args.width = args.height or side, args.width or side
     path = export_onnx(model, args.out, height=args.height, width=args.width)
     print(f"wrote {path} (inputs pixel_values (B, 3, H, W), pixel_mask (B, H, W); any B, H, W)")
     if not args.no_check:
@@ -225,7 +259,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     for name, path in result["paths"].items():
         print(f"  {name:<12} {path}")
-    print(f"try: detr predict {Path(args.out) / 'data' / 'val'} --weights {result['paths']['model']} --size 64")
+    print(f"try: detr predict {Path(result['paths']['out']) / 'data' / 'val'} --weights {result['paths']['model']}")
     return 0
 
 
@@ -281,11 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--weights", required=True, help="saved model directory, checkpoint, or published name")
     p.add_argument("--model", help="factory for a plain checkpoint (default: read from the weights, else detr_r50)")
-    p.add_argument("--size", type=int, default=800, help="short side of the evaluation resize")
-    p.add_argument("--max-size", type=int, default=1333)
+    p.add_argument("--size", type=int, help="short side of the evaluation resize (default: the model's, else 800)")
+    p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
     p.add_argument("--per-class", action="store_true", help="also print AP per class")
     p.add_argument(
         "--all-classes", action="store_true", help="score every query-class pair, not only each query's best class"
@@ -303,17 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions", help="output folder")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum score")
     p.add_argument("--k", type=int, default=100, help="at most this many detections per image")
-    p.add_argument("--size", type=int, default=800, help="short side of the resize")
-    p.add_argument("--max-size", type=int, default=1333)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=int, help="short side of the resize (default: the model's, else 800)")
+    p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
+    p.add_argument("--strict", action="store_true", help="exit with an error when any image cannot be read")
+    p.add_argument("--exist-ok", action="store_true", help="write into --out even if it holds earlier predictions")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a model to ONNX (dynamic batch, height, width; mask input)")
     p.add_argument("--weights", required=True, help="saved model directory, checkpoint, or published name")
     p.add_argument("--model", help="factory for a plain checkpoint (default: detr_r50)")
     p.add_argument("--out", default="detr.onnx", help="ONNX file to write")
-    p.add_argument("--height", type=int, default=800, help="height of the example traced (any works later)")
-    p.add_argument("--width", type=int, default=800, help="width of the example traced")
+    p.add_argument(
+        "--height", type=int, help="height of the example traced, any works later (default: the model's size, else 800)"
+    )
+    p.add_argument("--width", type=int, help="width of the example traced (default: the model's size, else 800)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.set_defaults(func=cmd_export)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from .data.synthetic import SynthConfig, make_dataset
 from .engine.config import TrainConfig
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_write, atomic_write_text, free_folder, holds_any
 
 DEMO_DATA = SynthConfig(
     image_size=64, max_objects=3, min_size=0.25, max_size=0.6, classes=("circle", "square", "triangle")
@@ -81,17 +81,15 @@ def validation_grid(
 
     from .data.coco import CocoDetection
     from .models.factories import load_model
-    from .processing.preprocess import ImagePreprocessor
     from .processing.visualize import draw_detections, image_grid
 
     model = load_model(run / "final").eval()
     dataset = CocoDetection(data, "val")
-    preprocessor = ImagePreprocessor(short_side=DEMO_DATA.image_size, max_size=DEMO_DATA.image_size * 3 // 2)
     tiles = []
     for index in range(min(count, len(dataset))):
         info = dataset.images[index]
         image = Image.open(dataset.split.image_dir / info["file_name"]).convert("RGB")
-        (dets,) = model.predict([image], k=10, score_threshold=threshold, preprocessor=preprocessor)
+        (dets,) = model.predict([image], k=10, score_threshold=threshold)  # at the size it was trained at
         big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
         scaled = [dict(d, box=[v * scale for v in d["box"]]) for d in dets]
         truth = [{"box": [v * scale for v in box]} for box, _ in dataset.annotations.boxes[info["id"]]]
@@ -110,10 +108,14 @@ def run_demo(
     val_images: int = 300,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Generate the data, train, evaluate, draw; returns the metrics and the paths written."""
+    """Generate the data, train, evaluate, draw; returns the metrics and the paths written. A folder
+    holding an earlier demo is left as it is: the demo then writes to ``out-2`` (``-3`` ...)."""
     from .engine.train import train
 
-    out = Path(out)
+    requested = Path(out)
+    out = free_folder(requested, lambda p: holds_any(p, ("metrics.json", "run", "data")))
+    if out != requested:
+        print(f"{requested} holds an earlier demo, left as it is: this one writes to {out}")
     start = time.perf_counter()
     data = out / "data"
     make_dataset(data, train=train_images, val=val_images, seed=seed, config=DEMO_DATA)
@@ -128,6 +130,7 @@ def run_demo(
         "train_seconds": summary["seconds"],
         "total_seconds": round(time.perf_counter() - start, 1),
         "paths": {
+            "out": str(out),
             "metrics": str(out / "metrics.json"),
             "curves": str(run / "curves.png"),
             "predictions": str(grid),

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+from ..processing.preprocess import pil_to_rgb
 from .labels import CategoryMatch, match_categories
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,16 @@ def load_coco_annotations(path: str | Path) -> CocoAnnotations:
         ) from err
     if not categories:
         raise DatasetError(f"{path} declares no categories")
+    for what, key, ids in (
+        ("image", "images", [img["id"] for img in images]),
+        ("category", "categories", [c for c, _ in categories]),
+    ):
+        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if repeated:
+            raise DatasetError(
+                f"{path}: {what} id(s) {repeated[:10]} appear more than once in '{key}'; each {what} needs its own "
+                "id (annotations would be mixed between them)"
+            )
     class_of = {cat_id: i for i, (cat_id, _) in enumerate(categories)}
     by_id = {img["id"]: img for img in images}
     boxes: dict[int, list[tuple[list[float], int]]] = {img["id"]: [] for img in images}
@@ -174,16 +186,22 @@ def load_coco_annotations(path: str | Path) -> CocoAnnotations:
     )
 
 
-def read_image(path: Path) -> Image.Image:
-    """An RGB PIL image, or an error naming the file."""
+def read_image(path: Path, exif: bool = False) -> Image.Image:
+    """An 8-bit RGB PIL image (any mode converted, see :func:`pil_to_rgb`), or an error naming the file.
+
+    ``exif``: turn the image as its EXIF orientation says (photos from phones and cameras), as
+    ``detr predict`` does; datasets keep the stored orientation, which their annotations refer to.
+    """
     if not path.is_file():
         raise DatasetError(f"image file not found: {path}")
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return pil_to_rgb(ImageOps.exif_transpose(img) if exif else img)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DatasetError(f"cannot read image {path}: {err} (corrupt or not an image?)") from err
+    except ValueError as err:
+        raise DatasetError(f"cannot use image {path}: {err}") from err
 
 
 class CocoDetection(Dataset):
@@ -234,6 +252,12 @@ class CocoDetection(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def image_path(self, image_id: int) -> Path:
+        """The file of the image with id ``image_id``."""
+        if not hasattr(self, "_files"):
+            self._files = {img["id"]: img["file_name"] for img in self.images}
+        return self.split.image_dir / self._files[image_id]
 
     def load(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         info = self.images[index]

@@ -63,6 +63,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps between checkpoints, besides every epoch end (0: epoch ends only)
     log_every: int = 10  # optimizer steps between log lines
     resume: bool = False  # continue from output_dir/checkpoint.pth
+    exist_ok: bool = False  # write into output_dir even if it holds an earlier run (else a new output_dir-N)
     progress: bool = True
     per_class_ap: bool = False
     eval_all_classes: bool = False  # score every query-class pair at evaluation, not only each query's best class

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -15,17 +16,21 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data import CocoDetection, collate, eval_transforms, train_transforms
+from ..device import resolve_device
 from ..distributed import DistInfo, ResumableSampler, barrier, gather_to_main, init_distributed
-from ..fileio import atomic_write, atomic_write_text
+from ..fileio import atomic_write, atomic_write_text, free_folder, holds_any
 from ..hub.checkpoints import CheckpointError, fetch_checkpoint
 from ..models.detr import DETR
 from ..models.registry import create_model
+from ..processing.preprocess import ImagePreprocessor
 from .config import TrainConfig
 from .evaluate import coco_evaluate, predict_dataset
 from .plots import plot_curves
 
 CHECKPOINT = "checkpoint.pth"
 CHECKPOINT_VERSION = 1
+# what makes a folder hold a run: written into only with resume or exist_ok
+RUN_FILES = (CHECKPOINT, "log.jsonl", "config.json", "summary.json", "final", "best")
 
 
 class TrainingDiverged(RuntimeError):
@@ -60,15 +65,6 @@ class LossModule(nn.Module):
 
     def forward(self, images: Tensor, mask: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         return self.model.get_loss_dict(images, targets, mask)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but no GPU is available; use --device cpu")
-    return device
 
 
 def param_groups(model: DETR, config: TrainConfig) -> list[dict[str, Any]]:
@@ -113,6 +109,24 @@ def label_space(dataset: CocoDetection, config: TrainConfig) -> tuple[list[str],
     return list(known) + [n for n in dataset.class_names if n.strip().casefold() not in lower], None
 
 
+def run_folder(config: TrainConfig, info: DistInfo) -> Path:
+    """Where a run writes: ``output_dir``, or when that holds an earlier run (and neither ``resume`` nor
+    ``exist_ok`` is set) the first free ``output_dir-2``, ``-3`` ..., chosen by rank 0 for every process."""
+    requested = Path(config.output_dir)
+    if config.resume or config.exist_ok:
+        return requested
+    chosen = [str(free_folder(requested, lambda p: holds_any(p, RUN_FILES))) if info.is_main else None]
+    if info.enabled:
+        dist.broadcast_object_list(chosen, src=0)
+    out = Path(chosen[0])
+    if out != requested and info.is_main:
+        print(
+            f"{requested} holds an earlier run, left as it is: this run writes to {out} "
+            "(--resume continues the earlier run, --exist-ok writes into its folder)"
+        )
+    return out
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A training checkpoint, checked; damaged or foreign files give a clear error."""
     if not path.is_file():
@@ -141,7 +155,8 @@ class Trainer:
         self.dist: DistInfo = init_distributed(str(self.device))
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.out = Path(config.output_dir)
+        self.out = run_folder(config, self.dist)
+        config = self.config = dataclasses.replace(config, output_dir=str(self.out))
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
@@ -150,6 +165,10 @@ class Trainer:
         crop = config.crop_resize_scales if config.crop else None
         train_tf = train_transforms(config.train_scales, config.max_size, crop, tuple(config.crop_size))
         self.train_set = CocoDetection(config.data, config.train_split, train_tf)
+        if len(self.train_set) == 0:
+            raise ValueError(
+                f"the {config.train_split!r} split has no images: {self.train_set.split.annotation_file} lists none"
+            )
         self.val_set = (
             CocoDetection(config.data, config.val_split, eval_transforms(config.eval_size, config.max_size))
             if config.val_split
@@ -164,6 +183,8 @@ class Trainer:
             num_classes=len(class_names),
             class_names=class_names,
             category_ids=category_ids,
+            # the model keeps how it reads images, for predict and eval after training
+            preprocessing=ImagePreprocessor(short_side=config.eval_size, max_size=config.max_size),
             num_queries=config.num_queries,
             aux_loss=config.aux_loss,
             pretrained_backbone=config.pretrained_backbone and config.weights is None,
@@ -336,7 +357,11 @@ class Trainer:
             with torch.autocast(
                 self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
             ):
-                terms = self.loss_module(images, mask, targets)
+                try:
+                    terms = self.loss_module(images, mask, targets)
+                except ValueError as err:  # bad input, refused before it touched the model: say which batch
+                    files = [str(self.train_set.image_path(t["image_id"])) for t in targets]
+                    raise ValueError(f"epoch {self.epoch}, step {self.step + 1}, images {files}: {err}") from err
             loss = terms["loss"]
             self._check_finite(loss, terms)
             self.scaler.scale(loss / cfg.accumulate).backward()
@@ -417,6 +442,8 @@ class Trainer:
         cfg = self.config
         if self.dist.is_main:
             atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            if not cfg.resume:  # a fresh log (a folder of an earlier run is only reused with exist_ok)
+                atomic_write_text(self.out / "log.jsonl", "")
         metrics: dict[str, Any] | None = None
         start = self.started = time.perf_counter()
         if self._finished():
@@ -435,7 +462,12 @@ class Trainer:
                 plot_curves(self.out / "log.jsonl", self.out / "curves.png")
             if done:
                 break
-        summary = {"epochs": self.epoch, "steps": self.step, "seconds": round(time.perf_counter() - start, 1)}
+        summary = {
+            "epochs": self.epoch,
+            "steps": self.step,
+            "seconds": round(time.perf_counter() - start, 1),
+            "output_dir": str(self.out),
+        }
         if metrics is not None:
             summary["metrics"] = metrics
         if self.dist.is_main:

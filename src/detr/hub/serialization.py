@@ -29,6 +29,7 @@ from ..models.position_encoding import PositionEmbeddingLearned, PositionEmbeddi
 from ..models.registry import create_model
 from ..models.transformer import Transformer
 from ..options import OPTION_TYPES
+from ..processing.preprocess import ImagePreprocessor
 from .checkpoints import CheckpointError, convert_to_hf_state_dict, load_weights
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def describe(model: DETR) -> dict[str, Any]:
             aux_loss=model.aux_loss,
             class_names=model.class_names,
             category_ids=model.category_ids,
+            preprocessing=model.preprocessing.to_dict(),
         )
         return {"format": "detr", "model": factory["model"], "kwargs": _json_ready(kwargs, "model's build arguments")}
     config = model.config
@@ -95,6 +97,7 @@ def describe(model: DETR) -> dict[str, Any]:
         "options": [_describe(option, OPTION_TYPES) for option in model.options],
         "class_names": model.class_names,
         "category_ids": model.category_ids,
+        "preprocessing": model.preprocessing.to_dict(),
     }
     return _json_ready(description, "model's description")
 
@@ -181,7 +184,7 @@ def _build_from_parts(
     config: DETRConfig | None,
     overrides: dict[str, Any],
 ) -> DETR:
-    unknown = sorted(set(overrides) - {"class_names", "category_ids", "position_encoding", "options"})
+    unknown = sorted(set(overrides) - {"class_names", "category_ids", "position_encoding", "options", "preprocessing"})
     if unknown:
         raise TypeError(
             f"{directory} holds a model described by its parts: from_pretrained takes config=, class_names=, "
@@ -209,6 +212,8 @@ def _build_from_parts(
         position_encoding=position_encoding,
         class_names=overrides.get("class_names", description.get("class_names")),
         category_ids=overrides.get("category_ids", description.get("category_ids")),
+        preprocessing=overrides.get("preprocessing")
+        or (ImagePreprocessor.from_dict(description["preprocessing"]) if description.get("preprocessing") else None),
         options=options,
     )
 

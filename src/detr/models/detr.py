@@ -115,6 +115,8 @@ class DETR(nn.Module):
         class_names: optional names of the ``num_classes`` classes, used by :meth:`predict`.
         category_ids: optional dataset category id of each class (the published COCO models: the
             class index itself), so that evaluation maps predictions to a dataset's categories by id.
+        preprocessing: how the model reads raw images (resize, normalisation), the default of
+            :meth:`predict`, ``detr predict`` and ``detr eval``; DETR's 800/1333 when None.
         options: training options (:mod:`detr.options`), e.g. ``[DenoisingQueries(groups=4)]``;
             each becomes a submodule under its ``name``. none by default: the paper's model.
     """
@@ -126,6 +128,7 @@ class DETR(nn.Module):
         position_encoding: nn.Module | None = None,
         class_names: Sequence[str] | None = None,
         category_ids: Sequence[int] | None = None,
+        preprocessing: ImagePreprocessor | None = None,
         options: Sequence[DETROption] = (),
     ) -> None:
         super().__init__()
@@ -141,6 +144,7 @@ class DETR(nn.Module):
         self.aux_loss = config.aux_loss
         self.class_names = list(class_names) if class_names is not None else None
         self.category_ids = [int(c) for c in category_ids] if category_ids is not None else None
+        self.preprocessing = preprocessing or ImagePreprocessor()
         d_model = config.transformer.d_model
 
         self.backbone = config.backbone
@@ -278,7 +282,7 @@ class DETR(nn.Module):
 
         ``x`` is either a preprocessed (B, 3, H, W) float batch (with its ``mask``) or raw
         images (a PIL image, numpy array or (3, H, W) tensor, or a list of them), which are
-        resized, normalized and padded by ``preprocessor`` (DETR's 800/1333 by default).
+        resized, normalized and padded by ``preprocessor`` (the model's ``preprocessing`` by default).
         Boxes are in the pixels of the original images when their size is known (raw images,
         or ``image_sizes`` (B, 2) as (height, width)), else of the unpadded region of ``x``.
         """
@@ -288,7 +292,7 @@ class DETR(nn.Module):
         else:
             if mask is not None:
                 raise ValueError("mask is only used with a preprocessed (B, 3, H, W) batch; raw images get their own")
-            batch = (preprocessor or ImagePreprocessor())(x)
+            batch = (preprocessor or self.preprocessing)(x)
             device = next(self.parameters()).device
             x, mask = batch.pixel_values.to(device), batch.mask.to(device)
             sizes = batch.image_sizes if image_sizes is None else torch.as_tensor(image_sizes)

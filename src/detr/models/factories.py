@@ -19,6 +19,7 @@ from ..data.coco_categories import COCO_CLASS_NAMES
 from ..hub.checkpoints import load_weights
 from ..hub.serialization import CONFIG_NAME
 from ..options import from_switches
+from ..processing.preprocess import ImagePreprocessor
 from .backbone import ResNetBackbone
 from .detr import DETR, DETRConfig
 from .position_encoding import build_position_encoding
@@ -37,6 +38,7 @@ def build_detr(
     weights: str | Path | Mapping[str, Tensor] | None = None,
     class_names: Sequence[str] | None = None,
     category_ids: Sequence[int] | None = None,
+    preprocessing: ImagePreprocessor | Mapping[str, Any] | None = None,
     reinit_heads: bool = True,
     train_backbone: bool = True,
     backbone_norm: str = "frozen_bn",
@@ -103,6 +105,9 @@ def build_detr(
         position_encoding=build_position_encoding(position_embedding, d_model),
         class_names=class_names,
         category_ids=category_ids,
+        preprocessing=ImagePreprocessor.from_dict(preprocessing)
+        if isinstance(preprocessing, Mapping)
+        else preprocessing,
         options=options,
     )
     if weights is not None:

@@ -35,6 +35,12 @@ def check_images(x: Tensor, mask: Tensor | None) -> Tensor:
             "convert uint8 images with detr.preprocess_images (or x.float() / 255 and normalize)"
         )
     batch, _, height, width = x.shape
+    finite = torch.isfinite(x).flatten(1).all(1)  # (B,): checked before anything (batch-norm statistics) sees x
+    if not finite.all():
+        raise ValueError(
+            f"x holds NaN or inf values in image(s) {(~finite).nonzero().flatten().tolist()} of the batch; "
+            "check the images and their normalisation (a division by a zero std?)"
+        )
     if mask is None:
         return torch.zeros((batch, height, width), dtype=torch.bool, device=x.device)
     if not isinstance(mask, Tensor):

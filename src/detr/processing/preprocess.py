@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,13 +34,49 @@ def resized_size(height: int, width: int, short_side: int, max_size: int | None)
     return short_side, int(short_side * width / height)
 
 
+# PIL modes of 16- and 32-bit integer grey levels (medical, thermal, scientific cameras)
+_WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def pil_to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB, its content kept.
+
+    16-bit grey images (``I;16``, and ``I`` with values in 0..65535) are scaled from their full range
+    (a plain ``convert("RGB")`` would clip them to white); 32-bit float images (``F``) must hold values
+    in [0, 1]; palette, grey, alpha and CMYK images go through PIL (alpha dropped). Raises
+    ``ValueError`` saying what to convert when the values cannot be read as an image.
+    """
+    if image.mode in _WIDE_INT_MODES or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            if values.size and (not np.isfinite(values).all() or values.min() < 0 or values.max() > 1):
+                raise ValueError(
+                    "a 32-bit float image (PIL mode F) must hold values in [0, 1]; scale it first, or save it as "
+                    "an 8- or 16-bit image"
+                )
+            scale = 255.0
+        else:
+            if values.size and (values.min() < 0 or values.max() > 65535):
+                raise ValueError(
+                    f"a 32-bit integer image (PIL mode {image.mode}) with values outside 0..65535 "
+                    f"({values.min():.0f}..{values.max():.0f}); scale it to 16 or 8 bits first"
+                )
+            scale = 255.0 / 65535.0
+        grey = np.clip(np.round(values * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # what PIL asks for palette images with a transparent colour
+    return image.convert("RGB")
+
+
 def as_image(image: Any) -> Image.Image | Tensor:
     """Check and normalise one input image: an RGB PIL image, or a (3, H, W) uint8 / float-in-[0, 1] tensor.
 
-    Accepts PIL images (any mode), (H, W, 3|4) or (H, W) numpy arrays and (3, H, W) tensors.
+    Accepts PIL images (any mode, see :func:`pil_to_rgb`), (H, W, 3|4) or (H, W) numpy arrays and
+    (3, H, W) tensors.
     """
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return pil_to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
@@ -115,6 +152,32 @@ class ImagePreprocessor:
     size_divisor: int = 32
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (saved with a model, so that it reads its images as it was trained to)."""
+        return {
+            "short_side": self.short_side,
+            "max_size": self.max_size,
+            "size_divisor": self.size_divisor,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ImagePreprocessor:
+        values = dict(values)
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def with_sizes(self, short_side: int | None = None, max_size: int | None = None) -> ImagePreprocessor:
+        """A copy with the sizes given (not None) replaced: command-line flags over a model's settings."""
+        return dataclasses.replace(
+            self,
+            short_side=self.short_side if short_side is None else short_side,
+            max_size=self.max_size if max_size is None else max_size,
+        )
 
     def __call__(self, images: Any) -> Batch:
         """One image or a list of images (PIL, numpy, tensor; any sizes) -> :class:`Batch`."""
