@@ -18,7 +18,7 @@ import torch
 import detr
 from detr.hub.checkpoints import convert_hf_state_dict, convert_to_hf_state_dict
 from detr.hub.download import hash_prefix_of
-from detr.hub.pretrained import backbone_weights
+from detr.hub.pretrained import RESNET_IMAGENET_WEIGHTS
 
 from .conftest import make_hf_detr, padded_pair, reference_layout
 
@@ -57,8 +57,13 @@ def test_registry_is_data():
     assert r50.num_classes == 91 and r50.box_ap == 42.0 and r50.categories[1] == "person"
     assert r50.class_names()[90] == "toothbrush" and len(r50.class_names()) == 91
     assert all(hash_prefix_of(w.url) == w.sha256_prefix for w in entries.values())
-    backbones = backbone_weights()
-    assert backbones["resnet50"]["url"].endswith("resnet50-0676ba61.pth")
+    import torchvision
+
+    for name, entry in RESNET_IMAGENET_WEIGHTS.items():  # the data agree with torchvision's own entries
+        enum, member = entry.weights.split(".")
+        published = getattr(getattr(torchvision.models, enum), member)
+        assert (entry.url, entry.imagenet_acc1) == (published.url, published.meta["_metrics"]["ImageNet-1K"]["acc@1"])
+    assert RESNET_IMAGENET_WEIGHTS["resnet50"].url.endswith("resnet50-0676ba61.pth")
 
 
 def test_models_command_lists_weights(capsys):
@@ -67,7 +72,7 @@ def test_models_command_lists_weights(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "detr-r101-dc5-a2e86def.pth" in out and "44.9" in out and "ResNet50_Weights.IMAGENET1K_V1" in out
-    assert "class index = COCO category id (detr_r50: 80 named classes" in out
+    assert "91 outputs, class index = COCO category id (80 named classes" in out
 
 
 def test_hf_save_pretrained_directory_loads_with_same_outputs(tmp_path):

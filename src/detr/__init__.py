@@ -6,69 +6,52 @@ Lucid DETR documentation (``DETRConfig``, ``DETR``, ``detr_r50`` ...).
 Layout: ``models`` (the paper's DETR, its parts, the factories), ``options`` (training options
 beyond the paper), ``losses`` (matcher, set criterion), ``hub`` (published weights, checkpoints,
 saving), ``processing`` (input checks, pre- and post-processing), ``deploy`` (inference copy,
-ONNX), ``data``, ``engine`` (training, evaluation), ``cli``.
+ONNX), ``data``, ``engine`` (training, evaluation), ``cli``. The names below are imported on first
+use, so that the command line starts without importing PyTorch.
 """
 
-from .data.coco_categories import COCO_CATEGORIES, COCO_CLASS_NAMES
-from .hub.checkpoints import (
-    CheckpointError,
-    convert_hf_state_dict,
-    convert_reference_state_dict,
-    convert_to_hf_state_dict,
-    fetch_checkpoint,
-    load_weights,
-    read_state_dict,
-)
-from .hub.pretrained import PretrainedWeights, list_pretrained
-from .hub.serialization import export_hf, save_pretrained
-from .losses import HungarianMatcher, SetCriterion
-from .models.backbone import ResNetBackbone
-from .models.detr import DETR, DETRConfig
-from .models.factories import build_detr, detr_r18, detr_r34, detr_r50, detr_r50_dc5, detr_r101, detr_r101_dc5
-from .models.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
-from .models.registry import create_model, list_models, register_model
-from .models.transformer import Transformer
-from .processing import Batch, ImagePreprocessor, postprocess, preprocess_images
+from ._lazy import lazy_exports
 
-from_pretrained = DETR.from_pretrained
+_EXPORTS = {
+    "COCO_CATEGORIES": "data.coco_categories",
+    "COCO_CLASS_NAMES": "data.coco_categories",
+    "CheckpointError": "hub.checkpoints",
+    "convert_hf_state_dict": "hub.checkpoints",
+    "convert_reference_state_dict": "hub.checkpoints",
+    "convert_to_hf_state_dict": "hub.checkpoints",
+    "fetch_checkpoint": "hub.checkpoints",
+    "load_weights": "hub.checkpoints",
+    "read_state_dict": "hub.checkpoints",
+    "PretrainedWeights": "hub.pretrained",
+    "list_pretrained": "hub.pretrained",
+    "export_hf": "hub.serialization",
+    "save_pretrained": "hub.serialization",
+    "HungarianMatcher": "losses.matcher",
+    "SetCriterion": "losses.criterion",
+    "ResNetBackbone": "models.backbone",
+    "DETR": "models.detr",
+    "DETRConfig": "models.detr",
+    "build_detr": "models.factories",
+    "create_model": "models.registry",
+    "detr_r18": "models.factories",
+    "detr_r34": "models.factories",
+    "detr_r50": "models.factories",
+    "detr_r50_dc5": "models.factories",
+    "detr_r101": "models.factories",
+    "detr_r101_dc5": "models.factories",
+    "list_models": "models.registry",
+    "register_model": "models.registry",
+    "PositionEmbeddingLearned": "models.position_encoding",
+    "PositionEmbeddingSine": "models.position_encoding",
+    "Transformer": "models.transformer",
+    "Batch": "processing.preprocess",
+    "ImagePreprocessor": "processing.preprocess",
+    "preprocess_images": "processing.preprocess",
+    "postprocess": "processing.postprocess",
+    "from_pretrained": "models.factories",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "COCO_CATEGORIES",
-    "COCO_CLASS_NAMES",
-    "DETR",
-    "Batch",
-    "CheckpointError",
-    "DETRConfig",
-    "HungarianMatcher",
-    "ImagePreprocessor",
-    "PositionEmbeddingLearned",
-    "PositionEmbeddingSine",
-    "PretrainedWeights",
-    "ResNetBackbone",
-    "SetCriterion",
-    "Transformer",
-    "build_detr",
-    "convert_hf_state_dict",
-    "convert_reference_state_dict",
-    "convert_to_hf_state_dict",
-    "create_model",
-    "detr_r18",
-    "detr_r34",
-    "detr_r50",
-    "detr_r50_dc5",
-    "detr_r101",
-    "detr_r101_dc5",
-    "export_hf",
-    "fetch_checkpoint",
-    "from_pretrained",
-    "list_models",
-    "list_pretrained",
-    "load_weights",
-    "postprocess",
-    "preprocess_images",
-    "read_state_dict",
-    "register_model",
-    "save_pretrained",
-]
+__all__ = sorted(_EXPORTS)

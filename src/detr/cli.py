@@ -12,10 +12,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .device import resolve_device
-
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -23,24 +19,26 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 def cmd_models(args: argparse.Namespace) -> int:
     """Models, their published weights, and the ImageNet backbones behind pretrained_backbone=True."""
     from .hub.download import cache_dir
-    from .hub.pretrained import PRETRAINED, backbone_weights
-    from .models.registry import list_models
+    from .hub.pretrained import PRETRAINED, RESNET_IMAGENET_WEIGHTS
+    from .models.architectures import ARCHITECTURES  # data: listing them builds nothing
 
     print(f"{'model':<15} {'weights':<15} {'classes':>7} {'box AP':>6}  url")
-    for name in list_models():
+    for name in sorted(ARCHITECTURES):
         w = PRETRAINED.get(name)
         if w is None:
             print(f"{name:<15} {'-':<15}")
         else:
             print(f"{name:<15} {w.name:<15} {w.num_classes:>7} {w.box_ap:>6.1f}  {w.url}")
-    named = {w.name: sum(n != "N/A" for n in w.class_names()) for w in PRETRAINED.values()}
-    print(
-        "label space of the published weights: class index = COCO category id "
-        f"({', '.join(f'{k}: {v} named classes' for k, v in named.items())}; 'N/A' in the gaps)"
-    )
+    for outputs, named in sorted(
+        {(w.num_classes, sum(n != "N/A" for n in w.class_names())) for w in PRETRAINED.values()}
+    ):
+        print(
+            f"label space of the published weights: {outputs} outputs, class index = COCO category id "
+            f"({named} named classes, 'N/A' in the gaps)"
+        )
     print(f"\n{'backbone':<15} {'ImageNet weights':<31} {'acc@1':>6}  url")
-    for name, info in backbone_weights().items():
-        print(f"{name:<15} {info['weights']:<31} {info['imagenet_acc1']:>6.2f}  {info['url']}")
+    for name, w in RESNET_IMAGENET_WEIGHTS.items():
+        print(f"{name:<15} {w.weights:<31} {w.imagenet_acc1:>6.2f}  {w.url}")
     print(f"\ndownloads are cached in {cache_dir()} (set TORCH_HOME to move it)")
     return 0
 
@@ -77,7 +75,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import TrainingDiverged, train
+    from .engine.train import TrainingDiverged, train
     from .engine.evaluate import format_metrics
 
     config = _train_config(args)
@@ -102,6 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from .data import CocoDetection, collate, eval_transforms
+    from .device import resolve_device
     from .engine.evaluate import METRIC_NAMES, coco_evaluate, format_metrics, predict_dataset
     from .fileio import atomic_write_text
     from .models.factories import load_model
@@ -168,6 +167,7 @@ def _output_names(paths: list[Path]) -> list[str]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .data.coco import DatasetError, read_image
+    from .device import resolve_device
     from .fileio import atomic_write_text, free_folder, holds_any
     from .models.factories import load_model
     from .processing.visualize import draw_detections
@@ -213,6 +213,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
     from .deploy.export import check_onnx, export_onnx
     from .models.factories import load_model
 
@@ -266,6 +268,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------- selftest
 def cmd_selftest(args: argparse.Namespace) -> int:
     """Build a model, run inference, one loss and one training step on generated data."""
+    import torch
+
     from .models.registry import create_model
 
     torch.manual_seed(args.seed)

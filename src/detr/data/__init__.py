@@ -1,14 +1,16 @@
-"""Datasets, transforms and batching for training and evaluation."""
+"""Datasets (:mod:`.coco`), transforms and batching (:mod:`.transforms`), label spaces (:mod:`.labels`),
+synthetic data (:mod:`.synthetic`); names imported on first use."""
 
-from .coco import CocoDetection, DatasetError, find_split, load_coco_annotations
-from .transforms import collate, eval_transforms, train_transforms
+from .._lazy import lazy_exports
 
-__all__ = [
-    "CocoDetection",
-    "DatasetError",
-    "collate",
-    "eval_transforms",
-    "find_split",
-    "load_coco_annotations",
-    "train_transforms",
-]
+_EXPORTS = {
+    "CocoDetection": "coco",
+    "DatasetError": "coco",
+    "find_split": "coco",
+    "load_coco_annotations": "coco",
+    "collate": "transforms",
+    "eval_transforms": "transforms",
+    "train_transforms": "transforms",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

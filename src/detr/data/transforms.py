@@ -20,11 +20,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..processing.preprocess import IMAGENET_MEAN, IMAGENET_STD, pad_batch, resized_size
 
-# the reference's multi-scale training sizes (short side), and its crop augmentation
-TRAIN_SCALES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
-CROP_RESIZE_SCALES = (400, 500, 600)
-CROP_SIZE = (384, 600)
-
 
 class RandomResize(nn.Module):
     """Resize the short side to one of ``sizes`` (drawn at random), the long side capped at ``max_size``,
@@ -90,12 +85,13 @@ def _finish() -> list[nn.Module]:
 
 
 def train_transforms(
-    scales: Sequence[int] = TRAIN_SCALES,
-    max_size: int = 1333,
-    crop_resize_scales: Sequence[int] | None = CROP_RESIZE_SCALES,
-    crop_size: tuple[int, int] = CROP_SIZE,
+    scales: Sequence[int],
+    max_size: int,
+    crop_resize_scales: Sequence[int] | None,
+    crop_size: tuple[int, int],
 ) -> T.Compose:
-    """The reference training augmentation (``crop_resize_scales=None`` leaves out the crop branch)."""
+    """The reference training augmentation (``crop_resize_scales=None`` leaves out the crop branch); the
+    reference's sizes are :class:`detr.engine.config.TrainConfig`'s defaults."""
     resize = RandomResize(scales, max_size)
     branches: list[nn.Module] = [resize]
     if crop_resize_scales:

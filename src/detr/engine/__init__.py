@@ -1,7 +1,13 @@
-"""Training and evaluation."""
+"""Training (:mod:`.train`, :mod:`.config`) and evaluation (:mod:`.evaluate`); names imported on first use."""
 
-from .config import TrainConfig
-from .evaluate import coco_evaluate, predict_dataset
-from .train import Trainer, TrainingDiverged, train
+from .._lazy import lazy_exports
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "coco_evaluate", "predict_dataset", "train"]
+_EXPORTS = {
+    "TrainConfig": "config",
+    "Trainer": "train",
+    "TrainingDiverged": "train",
+    "coco_evaluate": "evaluate",
+    "predict_dataset": "evaluate",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

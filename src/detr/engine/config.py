@@ -8,7 +8,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..data.transforms import CROP_RESIZE_SCALES, CROP_SIZE, TRAIN_SCALES
+# the reference's multi-scale training sizes (short side), and its crop augmentation
+TRAIN_SCALES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+CROP_RESIZE_SCALES = (400, 500, 600)
+CROP_SIZE = (384, 600)
 
 
 @dataclass

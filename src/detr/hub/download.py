@@ -8,20 +8,27 @@ URL and the path where the file can be put by hand.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
-
-import torch.hub
 
 # Seconds without an answer before a download is given up (also the connect timeout).
 DOWNLOAD_TIMEOUT = 10.0
 
 
 def cache_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """torch hub's checkpoint cache (``torch.hub.get_dir()/checkpoints``)."""
+    if "torch" in sys.modules:  # it may have been moved with torch.hub.set_dir
+        return Path(sys.modules["torch"].hub.get_dir()) / "checkpoints"
+    # torch not imported yet (``detr models``): torch hub's own rule, without paying for importing torch
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch"
+    )
+    return Path(os.path.expanduser(torch_home)) / "hub" / "checkpoints"
 
 
 @contextmanager
@@ -50,6 +57,8 @@ def download(url: str, progress: bool = True, timeout: float = DOWNLOAD_TIMEOUT)
     try:
         with _socket_timeout(timeout):
             # writes to a temporary file and renames it into place once the hash matches
+            import torch.hub  # only when downloading: listing the cache must not import torch
+
             torch.hub.download_url_to_file(url, str(dst), hash_prefix=prefix, progress=progress)
     except RuntimeError as err:
         if "invalid hash value" in str(err):

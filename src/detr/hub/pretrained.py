@@ -7,16 +7,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torchvision
-
 from ..data.coco_categories import COCO_CATEGORIES
 
-# torchvision ImageNet weights used by the DETR reference release (the V1 recipe).
-RESNET_IMAGENET_WEIGHTS = {
-    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
-    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
-    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
-    "resnet101": "ResNet101_Weights.IMAGENET1K_V1",
+
+@dataclass(frozen=True)
+class BackboneWeights:
+    """torchvision's ImageNet weights of one ResNet (the V1 recipe, which the DETR release used):
+    the enum that names them, where torch hub fetches them, their top-1 accuracy."""
+
+    weights: str
+    url: str
+    imagenet_acc1: float
+
+
+# as torchvision publishes them (tests/test_weights.py checks them against torchvision's own entries)
+RESNET_IMAGENET_WEIGHTS: dict[str, BackboneWeights] = {
+    "resnet18": BackboneWeights(
+        "ResNet18_Weights.IMAGENET1K_V1", "https://download.pytorch.org/models/resnet18-f37072fd.pth", 69.758
+    ),
+    "resnet34": BackboneWeights(
+        "ResNet34_Weights.IMAGENET1K_V1", "https://download.pytorch.org/models/resnet34-b627a593.pth", 73.314
+    ),
+    "resnet50": BackboneWeights(
+        "ResNet50_Weights.IMAGENET1K_V1", "https://download.pytorch.org/models/resnet50-0676ba61.pth", 76.13
+    ),
+    "resnet101": BackboneWeights(
+        "ResNet101_Weights.IMAGENET1K_V1", "https://download.pytorch.org/models/resnet101-63fe2227.pth", 77.374
+    ),
 }
 
 
@@ -66,18 +83,3 @@ PRETRAINED: dict[str, PretrainedWeights] = {
 def list_pretrained() -> list[PretrainedWeights]:
     """The published DETR checkpoints that ``weights=`` accepts by name."""
     return list(PRETRAINED.values())
-
-
-def imagenet_weights(resnet: str) -> torchvision.models.WeightsEnum:
-    """The torchvision weights entry of ``resnet`` (its url, hash and metrics)."""
-    enum_name, member = RESNET_IMAGENET_WEIGHTS[resnet].split(".")
-    return getattr(getattr(torchvision.models, enum_name), member)
-
-
-def backbone_weights() -> dict[str, dict[str, object]]:
-    """torchvision ImageNet weights behind ``pretrained_backbone=True``: url and top-1 accuracy per ResNet."""
-    out = {}
-    for name, spec in RESNET_IMAGENET_WEIGHTS.items():
-        w = imagenet_weights(name)
-        out[name] = {"weights": spec, "url": w.url, "imagenet_acc1": w.meta["_metrics"]["ImageNet-1K"]["acc@1"]}
-    return out

@@ -18,7 +18,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..hub.checkpoints import read_state_dict
 from ..hub.download import download
-from ..hub.pretrained import RESNET_IMAGENET_WEIGHTS, imagenet_weights
+from ..hub.pretrained import RESNET_IMAGENET_WEIGHTS
 
 
 class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
@@ -252,7 +252,7 @@ class ResNetBackbone(nn.Module):
     @staticmethod
     def _load_imagenet_weights(resnet: nn.Module, name: str) -> None:
         """torchvision's ImageNet weights, through the shared hub cache (fails fast offline)."""
-        state_dict = read_state_dict(download(imagenet_weights(name).url))
+        state_dict = read_state_dict(download(RESNET_IMAGENET_WEIGHTS[name].url))
         resnet.load_state_dict(state_dict)  # FrozenBatchNorm2d drops num_batches_tracked itself
 
     def forward(self, x: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from ..hub.checkpoints import load_weights
 from ..hub.serialization import CONFIG_NAME
 from ..options import from_switches
 from ..processing.preprocess import ImagePreprocessor
+from .architectures import ARCHITECTURES
 from .backbone import ResNetBackbone
 from .detr import DETR, DETRConfig
 from .position_encoding import build_position_encoding
@@ -115,8 +116,9 @@ def build_detr(
     return model
 
 
-def _register_architecture(name: str, backbone: str, dilation: bool, doc: str) -> Callable[..., DETR]:
-    """Define and register the factory ``name``: DETR on ``backbone`` (with DC5 ``dilation``)."""
+def _register_architecture(name: str) -> Callable[..., DETR]:
+    """Define and register the factory ``name`` of :data:`ARCHITECTURES`: DETR on its ResNet (with DC5 dilation)."""
+    backbone, dilation, doc = ARCHITECTURES[name]
 
     def factory(
         pretrained_backbone: bool = False,
@@ -154,30 +156,16 @@ def _register_architecture(name: str, backbone: str, dilation: bool, doc: str) -
     return register_model(factory)
 
 
-detr_r18 = _register_architecture(
-    "detr_r18",
-    "resnet18",
-    False,
-    "DETR with a ResNet-18 backbone (512 channels): no published weights; for small data and CPUs.",
-)
-detr_r34 = _register_architecture(
-    "detr_r34", "resnet34", False, "DETR with a ResNet-34 backbone: no published weights."
-)
-detr_r50 = _register_architecture(
-    "detr_r50",
-    "resnet50",
-    False,
-    "DETR with a ResNet-50 backbone (42.0 box AP on COCO val2017 in the reference release).",
-)
-detr_r101 = _register_architecture(
-    "detr_r101", "resnet101", False, "DETR with a ResNet-101 backbone (43.5 box AP in the reference release)."
-)
-detr_r50_dc5 = _register_architecture(
-    "detr_r50_dc5", "resnet50", True, "DETR-DC5: ResNet-50 with a dilated last stage (stride 16; 43.3 box AP)."
-)
-detr_r101_dc5 = _register_architecture(
-    "detr_r101_dc5", "resnet101", True, "DETR-DC5 with ResNet-101 (44.9 box AP in the reference release)."
-)
+detr_r18 = _register_architecture("detr_r18")
+detr_r34 = _register_architecture("detr_r34")
+detr_r50 = _register_architecture("detr_r50")
+detr_r101 = _register_architecture("detr_r101")
+detr_r50_dc5 = _register_architecture("detr_r50_dc5")
+detr_r101_dc5 = _register_architecture("detr_r101_dc5")
+
+
+# ``detr.from_pretrained(directory)``: a model of any registered factory (or of parts) back from its directory
+from_pretrained = DETR.from_pretrained
 
 
 def load_model(weights: str | Path, model: str | None = None, **kwargs: Any) -> DETR:

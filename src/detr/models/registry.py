@@ -1,15 +1,18 @@
 """The registry of model factories: ``register_model``, ``list_models``, ``create_model``.
 
-Factories (:mod:`.factories`) register themselves when the package is imported; this module
-imports nothing of the library, so that anything can look a model up by name.
+The library's factories (:mod:`.factories`) register themselves when that module is imported,
+which the first lookup here does (by name, so that this module imports nothing of the library and
+anything, the model's own loader included, can look a model up).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -22,13 +25,18 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def _with_library_factories() -> dict[str, Callable[..., nn.Module]]:
+    importlib.import_module("detr.models.factories")  # registers them, once
+    return _REGISTRY
+
+
 def list_models() -> list[str]:
     """Names of the registered factories."""
-    return sorted(_REGISTRY)
+    return sorted(_with_library_factories())
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model by name, e.g. ``create_model("detr_r50", num_classes=3)``."""
-    if name not in _REGISTRY:
+    if name not in _with_library_factories():
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _REGISTRY[name](**kwargs)
