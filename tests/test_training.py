@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from detr.cli import main
-from detr.data import CocoDetection, DatasetError, find_split
+from detr.data import CocoDetection, DatasetError
 from detr.data.synthetic import SynthConfig, make_dataset
 from detr.engine import TrainConfig, Trainer, TrainingDiverged, coco_evaluate
 from detr.engine.evaluate import METRIC_NAMES
@@ -321,13 +321,14 @@ def coco_file(tmp_path: Path, images=None, annotations=None, categories=None, la
 
 def test_both_layouts_are_found(tmp_path):
     coco = coco_file(tmp_path / "c")
-    assert find_split(coco, "train").image_dir.name == "train2017"
+    assert CocoDetection(coco, "train").image_dir.name == "train2017"
     per_split = coco_file(tmp_path / "p", layout="split")
     (per_split / "valid").mkdir()
+    shutil.copy(per_split / "train" / "a.jpg", per_split / "valid" / "a.jpg")
     (per_split / "valid" / "_annotations.coco.json").write_text(
         (per_split / "train" / "_annotations.coco.json").read_text()
     )
-    assert find_split(per_split, "val").image_dir.name == "valid"
+    assert CocoDetection(per_split, "val").image_dir.name == "valid"
     ds = CocoDetection(per_split, "train")
     image, target = ds[0]
     assert image.shape == (3, 30, 40) and target["labels"].tolist() == [0] and ds.category_ids == [3]

@@ -12,6 +12,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from .hub.download import DownloadError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -53,7 +55,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"(default: {default})"
+        shown = repr(default) if default == "" else default
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif typing.get_origin(hint) is list:
@@ -75,8 +78,8 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.train import TrainingDiverged, train
     from .engine.evaluate import format_metrics
+    from .engine.train import TrainingDiverged, train
 
     config = _train_config(args)
     try:
@@ -108,7 +111,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.weights, args.model)
     reading = model.preprocessing.with_sizes(args.size, args.max_size)  # the model's, unless flags say otherwise
-    dataset = CocoDetection(args.data, args.split, eval_transforms(reading.short_side, reading.max_size))
+    dataset = CocoDetection(
+        args.data, args.split, eval_transforms(reading.short_side, reading.max_size), images=args.images
+    )
+    dataset.check_images()
     match = dataset.match_model(model)
     print(f"label map: {match.describe()}")
     model.to(device)
@@ -302,98 +308,113 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default after its help (flags whose default is None or a switch's off say nothing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``detr`` parser and its subcommands' parsers (by name)."""
     parser = argparse.ArgumentParser(prog="detr", description="DETR object detection: train, evaluate, predict")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: dict[str, argparse.ArgumentParser] = {}
 
-    p = sub.add_parser("models", help="list the available models and their published weights")
-    p.set_defaults(func=cmd_models)
+    def command(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+        p.set_defaults(func=func)
+        commands[name] = p
+        return p
 
-    p = sub.add_parser("train", help="train on a COCO-format dataset (flags override --config)")
+    weights_help = "a saved model folder (e.g. runs/x/final), a run folder, a checkpoint file, or a published name"
+    model_help = "factory to load a plain state-dict checkpoint into (default: read from the weights, else detr_r50)"
+    device_help = "auto (a GPU if there is one), cpu, cuda or cuda:N"
+    command("models", "list the available models and their published weights", cmd_models)
+
+    p = command("train", "train on a COCO-format dataset (flags override --config)", cmd_train)
     p.add_argument("--config", help="YAML or JSON file of training settings (any flag below)")
     _add_config_flags(p)
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="COCO box AP of a model on a dataset split")
-    p.add_argument("--data", required=True, help="dataset root (COCO format)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--weights", required=True, help="saved model directory, checkpoint, or published name")
-    p.add_argument("--model", help="factory for a plain checkpoint (default: read from the weights, else detr_r50)")
+    p = command("eval", "COCO box AP of a model on a dataset split", cmd_eval)
+    p.add_argument("--data", required=True, help="dataset: a COCO-format folder or one COCO annotation file")
+    p.add_argument("--split", default="val", help="split of --data to evaluate (train, val, valid, test)")
+    p.add_argument("--images", help="folder of the images of an annotation file (default: found next to it)")
+    p.add_argument("--weights", required=True, help=weights_help)
+    p.add_argument("--model", help=model_help)
     p.add_argument("--size", type=int, help="short side of the evaluation resize (default: the model's, else 800)")
     p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=2, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes (0: in this process)")
+    p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--per-class", action="store_true", help="also print AP per class")
     p.add_argument(
         "--all-classes", action="store_true", help="score every query-class pair, not only each query's best class"
     )
-    p.add_argument(
-        "--max-detections", type=int, default=100, help="detections kept per image, the best over all (COCO: 100)"
-    )
-    p.add_argument("--out", help="write metrics and predictions to this JSON file")
-    p.set_defaults(func=cmd_eval)
+    p.add_argument("--max-detections", type=int, default=100, help="detections kept per image, the best over all")
+    p.add_argument("--out", help="write the metrics and the predictions to this JSON file")
 
-    p = sub.add_parser("predict", help="detect objects in images; writes JSON and images with boxes drawn")
+    p = command("predict", "detect objects in images; writes JSON and the images with boxes drawn", cmd_predict)
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--weights", required=True, help="saved model directory, checkpoint, or published name")
-    p.add_argument("--model", help="factory for a plain checkpoint (default: detr_r50)")
-    p.add_argument("--out", default="predictions", help="output folder")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum score")
+    p.add_argument("--weights", required=True, help=weights_help)
+    p.add_argument("--model", help=model_help)
+    p.add_argument("--out", default="predictions", help="output folder (one holding earlier predictions: out-2)")
+    p.add_argument("--threshold", type=float, default=0.5, help="minimum score of a detection")
     p.add_argument("--k", type=int, default=100, help="at most this many detections per image")
     p.add_argument("--size", type=int, help="short side of the resize (default: the model's, else 800)")
     p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--strict", action="store_true", help="exit with an error when any image cannot be read")
     p.add_argument("--exist-ok", action="store_true", help="write into --out even if it holds earlier predictions")
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a model to ONNX (dynamic batch, height, width; mask input)")
-    p.add_argument("--weights", required=True, help="saved model directory, checkpoint, or published name")
-    p.add_argument("--model", help="factory for a plain checkpoint (default: detr_r50)")
+    p = command("export", "export a model to ONNX (dynamic batch, height, width; mask input)", cmd_export)
+    p.add_argument("--weights", required=True, help=weights_help)
+    p.add_argument("--model", help=model_help)
     p.add_argument("--out", default="detr.onnx", help="ONNX file to write")
     p.add_argument(
         "--height", type=int, help="height of the example traced, any works later (default: the model's size, else 800)"
     )
     p.add_argument("--width", type=int, help="width of the example traced (default: the model's size, else 800)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    p.set_defaults(func=cmd_export)
+    p.add_argument("--verbose", action="store_true", help="show the exporter's and optimiser's own messages")
 
-    p = sub.add_parser("synth", help="generate a synthetic shapes dataset in COCO format")
-    p.add_argument("--out", required=True)
-    p.add_argument("--train", type=int, default=1000)
-    p.add_argument("--val", type=int, default=200)
+    p = command("synth", "generate a synthetic shapes dataset in COCO format", cmd_synth)
+    p.add_argument("--out", required=True, help="folder to write the dataset to")
+    p.add_argument("--train", type=int, default=1000, help="training images")
+    p.add_argument("--val", type=int, default=200, help="validation images")
     p.add_argument("--size", type=int, default=128, help="image side in pixels")
-    p.add_argument("--max-objects", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_synth)
+    p.add_argument("--max-objects", type=int, default=4, help="most objects in an image")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same files)")
 
-    p = sub.add_parser("demo", help="train a detector from scratch on generated shapes, on the CPU, in minutes")
+    p = command("demo", "train a detector from scratch on generated shapes, on the CPU, in minutes", cmd_demo)
     p.add_argument("--out", default="runs/demo", help="folder for the data, the run and the metrics")
     p.add_argument(
         "--minutes", type=float, default=8.0, help="training time budget (the schedule anneals by it when it binds)"
     )
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps (the cosine schedule spans them)")
-    p.add_argument("--train-images", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo)
+    p.add_argument("--train-images", type=int, default=3000, help="training images generated")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the data and the training")
 
-    p = sub.add_parser("selftest", help="build a model and run inference and a training step on generated data")
-    p.add_argument("--model", default="detr_r50", help="registered model name (see `detr models`)")
+    p = command("selftest", "build a model and run inference and a training step on generated data", cmd_selftest)
+    p.add_argument("--model", default="detr_r50", help="registered model name (see detr models)")
     p.add_argument("--size", type=int, default=320, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_selftest)
-    return parser
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    return parser, commands
 
 
 def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    parser, commands = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # a mistyped flag: the subcommand's usage, not the top level's
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:  # bad input: a clear message, no traceback
+    except (FileNotFoundError, ValueError, DownloadError) as err:  # bad input: a clear message, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -88,7 +88,7 @@ def validation_grid(
     tiles = []
     for index in range(min(count, len(dataset))):
         info = dataset.images[index]
-        image = Image.open(dataset.split.image_dir / info["file_name"]).convert("RGB")
+        image = Image.open(dataset.image_dir / info["file_name"]).convert("RGB")
         (dets,) = model.predict([image], k=10, score_threshold=threshold)  # at the size it was trained at
         big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
         scaled = [dict(d, box=[v * scale for v in d["box"]]) for d in dets]

@@ -41,34 +41,72 @@ class DatasetError(ValueError):
 
 @dataclass
 class CocoSplit:
-    """Where one split lives: its annotation file and its image folder."""
+    """Where one split lives: its annotation file and the folders its images may be in, most likely
+    first (see :meth:`image_folder`)."""
 
     annotation_file: Path
-    image_dir: Path
+    image_dirs: list[Path]
+
+    def image_folder(self, files: list[str]) -> Path:
+        """The first candidate folder holding any of ``files`` (a sample of the split's images), else the
+        first that exists (missing images are then reported by name), else an error."""
+        candidates = list(dict.fromkeys(self.image_dirs))
+        for folder in candidates:
+            if any((folder / name).is_file() for name in files):
+                return folder
+        existing = [folder for folder in candidates if folder.is_dir()]
+        if existing:
+            return existing[0]
+        tried = ", ".join(str(c) for c in candidates)
+        raise DatasetError(
+            f"the image folder of {self.annotation_file} is not found (tried {tried}); give it with --images DIR"
+        )
 
 
-def find_split(root: str | Path, split: str) -> CocoSplit:
-    """Locate ``split`` (train / val / test) under ``root`` in either layout."""
+def annotation_file_split(annotation_file: str | Path, images: str | Path | None = None) -> CocoSplit:
+    """A split given by its annotation file; its images in ``images``, else next to it (or its folder's parent,
+    or an ``images`` folder there)."""
+    ann = Path(annotation_file)
+    if not ann.is_file():
+        raise FileNotFoundError(f"annotation file not found: {ann}")
+    stem = ann.stem.removeprefix("instances_")
+    parent = ann.parent.parent
+    found = [ann.parent, parent / stem, parent / "images" / stem, parent / "images", parent]
+    return CocoSplit(ann, [Path(images)] if images else found)
+
+
+def find_split(root: str | Path, split: str, images: str | Path | None = None) -> CocoSplit:
+    """Locate ``split`` (train / val / test) of the dataset at ``root``: a COCO annotation file itself,
+    or a folder in the COCO layout (``annotations/instances_<split>*.json`` or ``annotations/<split>.json``)
+    or the per-split layout (``<split>/_annotations.coco.json``). ``images`` overrides where the images are."""
     root = Path(root)
+    if root.is_file():
+        return annotation_file_split(root, images)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
     aliases = SPLIT_ALIASES.get(split, (split,))
     for alias in aliases:  # per-split layout
         ann = root / alias / "_annotations.coco.json"
         if ann.is_file():
-            return CocoSplit(ann, root / alias)
+            return CocoSplit(ann, [Path(images)] if images else [root / alias])
     ann_dir = root / "annotations"
-    if ann_dir.is_dir():  # COCO layout
-        for alias in aliases:
-            for ann in sorted(ann_dir.glob(f"instances_{alias}*.json")):
-                stem = ann.stem[len("instances_") :]  # e.g. val2017
-                for image_dir in (root / stem, root / alias, root / "images" / stem, root / "images"):
-                    if image_dir.is_dir():
-                        return CocoSplit(ann, image_dir)
-                raise FileNotFoundError(f"{ann} found, but no image folder {root / stem} beside it")
+    for alias in aliases:  # COCO layout, and the names other tools give its files
+        for ann in sorted(ann_dir.glob(f"instances_{alias}*.json")) + sorted(ann_dir.glob(f"{alias}.json")):
+            stem = ann.stem.removeprefix("instances_")  # e.g. val2017
+            folders = [root / stem, root / alias, root / "images" / stem, root / "images" / alias, root / "images"]
+            return CocoSplit(ann, [Path(images)] if images else folders)
+    yolo = (root / "data.yaml").is_file() or (root / "labels").is_dir() or (root / split / "labels").is_dir()
     raise FileNotFoundError(
-        f"no {split!r} split in {root}: expected annotations/instances_{aliases[0]}*.json with an image folder "
-        f"(COCO layout) or {aliases[0]}/_annotations.coco.json (per-split layout)"
+        f"no {split!r} split in {root}. Known layouts: annotations/instances_{aliases[0]}*.json or "
+        f"annotations/{aliases[0]}.json beside the image folder (COCO), {aliases[0]}/_annotations.coco.json "
+        "beside the images (one folder per split), or one COCO annotation file given as --data (or "
+        f"--{split}-annotations FILE)"
+        + (
+            ". This looks like a YOLO dataset (data.yaml, labels/): detr reads COCO-format annotations; convert it "
+            "to COCO first"
+            if yolo
+            else ""
+        )
     )
 
 
@@ -217,11 +255,19 @@ class CocoDetection(Dataset):
     is set.
     """
 
-    def __init__(self, root: str | Path, split: str, transforms: Any = None) -> None:
-        self.split = find_split(root, split)
-        self.annotations = load_coco_annotations(self.split.annotation_file)
-        self.transforms = transforms
+    def __init__(
+        self,
+        root: str | Path | CocoSplit,
+        split: str = "train",
+        transforms: Any = None,
+        images: str | Path | None = None,
+    ) -> None:
+        where = root if isinstance(root, CocoSplit) else find_split(root, split, images)
+        self.annotations = load_coco_annotations(where.annotation_file)
         self.images = self.annotations.images
+        self.image_dir = where.image_folder([info["file_name"] for info in self.images[:10]])
+        self.annotation_file = where.annotation_file
+        self.transforms = transforms
         self.class_map: list[int] | None = None
 
     @property
@@ -245,7 +291,7 @@ class CocoDetection(Dataset):
             model.class_names,
             getattr(model, "category_ids", None),
             self.categories,
-            source=str(self.split.annotation_file),
+            source=str(self.annotation_file),
         )
         self.class_map = match.class_of
         return match
@@ -253,19 +299,38 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def check_images(self, limit: int = 20) -> None:
+        """Check that every image file exists and opens as an image (headers only: fast), and report all
+        the bad ones at once, by path; raises :class:`DatasetError`."""
+        bad = []
+        for info in self.images:
+            path = self.image_dir / info["file_name"]
+            try:
+                with Image.open(path) as img:
+                    img.size  # the header is read: enough to know it is an image
+            except FileNotFoundError:
+                bad.append(f"{path} (missing)")
+            except (UnidentifiedImageError, OSError, SyntaxError) as err:
+                bad.append(f"{path} ({err})")
+        if bad:
+            shown = "\n  ".join(bad[:limit]) + (f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else "")
+            raise DatasetError(
+                f"{len(bad)} of the {len(self.images)} images of {self.annotation_file} cannot be read:\n  {shown}"
+            )
+
     def image_path(self, image_id: int) -> Path:
         """The file of the image with id ``image_id``."""
         if not hasattr(self, "_files"):
             self._files = {img["id"]: img["file_name"] for img in self.images}
-        return self.split.image_dir / self._files[image_id]
+        return self.image_dir / self._files[image_id]
 
     def load(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         info = self.images[index]
-        path = self.split.image_dir / info["file_name"]
+        path = self.image_dir / info["file_name"]
         pil = read_image(path)
         if (pil.height, pil.width) != (info["height"], info["width"]):
             raise DatasetError(
-                f"{path} is {pil.width}x{pil.height} but {self.split.annotation_file.name} says "
+                f"{path} is {pil.width}x{pil.height} but {self.annotation_file.name} says "
                 f"{info['width']}x{info['height']}"
             )
         image = tv_tensors.Image(TF.pil_to_tensor(pil))  # (3, H, W) uint8

@@ -14,63 +14,82 @@ CROP_RESIZE_SCALES = (400, 500, 600)
 CROP_SIZE = (384, 600)
 
 
+def _field(default: Any, help: str) -> Any:
+    """A config field with its one-line help (shown by ``detr train --help``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """What ``detr train`` does. Defaults are the DETR paper's recipe (AdamW, lr 1e-4, backbone
     lr 1e-5, weight decay 1e-4, lr drop, gradient clipping 0.1, auxiliary losses)."""
 
     # data
-    data: str = ""  # dataset root, COCO format (see detr.data.coco)
-    train_split: str = "train"
-    val_split: str = "val"  # "" to skip evaluation
-    train_scales: list[int] = field(default_factory=lambda: list(TRAIN_SCALES))
-    max_size: int = 1333
-    crop: bool = True  # the reference's random crop branch
-    crop_resize_scales: list[int] = field(default_factory=lambda: list(CROP_RESIZE_SCALES))
-    crop_size: list[int] = field(default_factory=lambda: list(CROP_SIZE))
-    eval_size: int = 800
-    workers: int = 2
+    data: str = _field("", "dataset: a COCO-format folder (either layout) or one COCO annotation file, see the README")
+    train_split: str = _field("train", "split to train on (train, val, valid, test or a folder's name)")
+    val_split: str = _field("val", "split to evaluate on; '' for no evaluation")
+    train_annotations: str = _field("", "a COCO annotation file to train on, instead of finding the split in --data")
+    val_annotations: str = _field("", "a COCO annotation file to evaluate on, instead of finding the split in --data")
+    images: str = _field("", "folder of the images of an annotation file (default: found next to it)")
+    train_scales: list[int] = _field(list(TRAIN_SCALES), "short sides drawn from in training (multi-scale)")
+    max_size: int = _field(1333, "longest image side after any resize, in training and evaluation")
+    crop: bool = _field(True, "the reference's random crop branch of the augmentation")
+    crop_resize_scales: list[int] = _field(list(CROP_RESIZE_SCALES), "short sides the crop branch resizes to first")
+    crop_size: list[int] = _field(list(CROP_SIZE), "smallest and largest side of a random crop, in pixels")
+    eval_size: int = _field(800, "short side at evaluation (and the model's default for predict)")
+    workers: int = _field(2, "data-loading processes (0: load in the training process)")
     # model
-    model: str = "detr_r50"
-    weights: str | None = None  # start from these weights (a name like detr_r50, a file, a directory)
-    # keep every class of --weights and append the dataset's new ones (else the model's classes are the dataset's,
-    # the rows of those --weights knows by name kept)
-    extend_classes: bool = False
-    pretrained_backbone: bool = True  # ImageNet backbone (ignored when weights are given)
-    num_queries: int = 100
-    aux_loss: bool = True
-    model_kwargs: dict[str, Any] = field(default_factory=dict)  # more factory arguments (d_model, ...)
+    model: str = _field("detr_r50", "registered model to build (see detr models)")
+    weights: str | None = _field(None, "start from these weights: a published name (detr_r50), a file or a folder")
+    extend_classes: bool = _field(
+        False, "keep every class of --weights and append the dataset's new ones (else train the dataset's classes)"
+    )
+    pretrained_backbone: bool = _field(
+        True,
+        "ImageNet weights for the ResNet (the reference recipe; downloaded once into the torch hub cache). "
+        "Unlike the Python factories, whose models start random, training starts from them: turn off with "
+        "--no-pretrained-backbone to train from scratch or offline",
+    )
+    num_queries: int = _field(100, "object queries: the most detections per image")
+    aux_loss: bool = _field(True, "losses on every decoder layer (the reference)")
+    model_kwargs: dict[str, Any] = _field({}, "more factory arguments as a JSON object, e.g. '{\"d_model\": 128}'")
     # optimisation
-    epochs: int = 300
-    batch_size: int = 2
-    accumulate: int = 1  # gradient accumulation: micro-batches per optimizer step
-    lr: float = 1e-4
-    lr_backbone: float = 1e-5
-    weight_decay: float = 1e-4
-    lr_schedule: str = "step"  # step: divide by 10 after lr_drop epochs (reference) | cosine: decay to 0
-    lr_drop: int = 200  # epochs after which the learning rate is divided by 10
-    warmup_steps: int = 0  # linear warm-up of the learning rate over this many optimizer steps
-    clip_max_norm: float = 0.1  # 0 disables clipping
-    amp: str = "none"  # none | bf16 | fp16 (fp16 on GPU only)
-    sync_batch_norm: bool = False  # with trainable batch norm under torchrun on GPUs: statistics over all processes
-    seed: int = 42
-    max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
-    max_minutes: float = 0.0  # also stop after this much training time (0: no limit)
-    # cosine schedule with max_minutes: progress is the larger of the steps' and the time's fraction, so a
-    # run that the clock stops (a slower machine) still ends with the learning rate annealed to 0
-    anneal_by_time: bool = False
+    epochs: int = _field(300, "passes over the training split")
+    batch_size: int = _field(2, "images per step and process")
+    accumulate: int = _field(1, "micro-batches per optimizer step (gradient accumulation)")
+    lr: float = _field(1e-4, "learning rate of everything but the backbone (AdamW)")
+    lr_backbone: float = _field(1e-5, "learning rate of the backbone")
+    weight_decay: float = _field(1e-4, "AdamW weight decay")
+    lr_schedule: str = _field("step", "step: divide by 10 after --lr-drop epochs (reference); cosine: decay to 0")
+    lr_drop: int = _field(200, "epochs after which the step schedule divides the learning rate by 10")
+    warmup_steps: int = _field(0, "linear warm-up of the learning rate over this many optimizer steps")
+    clip_max_norm: float = _field(0.1, "gradient clipping norm (0: none)")
+    amp: str = _field("none", "mixed precision: none, bf16 (CPU or GPU) or fp16 (GPU)")
+    sync_batch_norm: bool = _field(False, "under torchrun on GPUs, batch-norm statistics over all processes")
+    seed: int = _field(42, "random seed (each process adds its rank under torchrun)")
+    max_steps: int = _field(0, "stop after this many optimizer steps (0: run all epochs)")
+    max_minutes: float = _field(0.0, "stop after this much training time (0: no limit)")
+    anneal_by_time: bool = _field(
+        False,
+        "with the cosine schedule and --max-minutes: progress is the larger of the steps' and the time's "
+        "fraction, so a run the clock stops still ends annealed",
+    )
     # bookkeeping
-    output_dir: str = "runs/detr"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_every: int = 1  # epochs
-    checkpoint_every: int = 0  # optimizer steps between checkpoints, besides every epoch end (0: epoch ends only)
-    log_every: int = 10  # optimizer steps between log lines
-    resume: bool = False  # continue from output_dir/checkpoint.pth
-    exist_ok: bool = False  # write into output_dir even if it holds an earlier run (else a new output_dir-N)
-    progress: bool = True
-    per_class_ap: bool = False
-    eval_all_classes: bool = False  # score every query-class pair at evaluation, not only each query's best class
-    eval_max_detections: int = 100  # detections kept per image at evaluation (the best over all query-class pairs)
+    output_dir: str = _field("runs/detr", "run folder (one holding an earlier run is left alone: then output_dir-2)")
+    device: str = _field("auto", "auto (a GPU if there is one), cpu, cuda or cuda:N")
+    eval_every: int = _field(1, "epochs between evaluations")
+    checkpoint_every: int = _field(0, "optimizer steps between checkpoints, besides every epoch end (0: epochs only)")
+    log_every: int = _field(10, "optimizer steps between log lines")
+    resume: bool = _field(False, "continue the run in --output-dir from its checkpoint")
+    exist_ok: bool = _field(False, "write into --output-dir even if it holds an earlier run")
+    progress: bool = _field(True, "progress bars (--no-progress: a line per --log-every steps instead)")
+    per_class_ap: bool = _field(False, "also compute AP per class at evaluation")
+    eval_all_classes: bool = _field(
+        False, "score every query-class pair at evaluation, not only each query's best class"
+    )
+    eval_max_detections: int = _field(100, "detections kept per image at evaluation, the best over all")
 
     def __post_init__(self) -> None:
         checks = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import random
 import time
@@ -15,7 +16,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data import CocoDetection, collate, eval_transforms, train_transforms
+from ..data.coco import CocoDetection, CocoSplit, annotation_file_split, find_split
+from ..data.transforms import collate, eval_transforms, train_transforms
 from ..device import resolve_device
 from ..distributed import DistInfo, ResumableSampler, barrier, gather_to_main, init_distributed
 from ..fileio import atomic_write, atomic_write_text, free_folder, holds_any
@@ -26,6 +28,8 @@ from ..processing.preprocess import ImagePreprocessor
 from .config import TrainConfig
 from .evaluate import coco_evaluate, predict_dataset
 from .plots import plot_curves
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pth"
 CHECKPOINT_VERSION = 1
@@ -109,6 +113,24 @@ def label_space(dataset: CocoDetection, config: TrainConfig) -> tuple[list[str],
     return list(known) + [n for n in dataset.class_names if n.strip().casefold() not in lower], None
 
 
+def dataset_splits(config: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]:
+    """The training split and the validation split (None without one) that ``config`` names: annotation
+    files given as such, or splits found in ``data`` (a folder, or one annotation file to train on)."""
+    images = config.images or None
+    if config.train_annotations:
+        train = annotation_file_split(config.train_annotations, images)
+    else:
+        train = find_split(config.data, config.train_split, images)
+    if config.val_annotations:
+        return train, annotation_file_split(config.val_annotations, images)
+    if not config.val_split:
+        return train, None
+    if Path(config.data).is_file():
+        log.warning("--data is one annotation file: no validation (give --val-annotations FILE to evaluate)")
+        return train, None
+    return train, find_split(config.data, config.val_split, images)
+
+
 def run_folder(config: TrainConfig, info: DistInfo) -> Path:
     """Where a run writes: ``output_dir``, or when that holds an earlier run (and neither ``resume`` nor
     ``exist_ok`` is set) the first free ``output_dir-2``, ``-3`` ..., chosen by rank 0 for every process."""
@@ -148,8 +170,11 @@ class Trainer:
     """Builds everything a run needs from a :class:`TrainConfig` and runs it (``fit``)."""
 
     def __init__(self, config: TrainConfig) -> None:
-        if not config.data:
-            raise ValueError("no dataset given: set data (--data DIR) to a COCO-format dataset folder")
+        if not (config.data or config.train_annotations):
+            raise ValueError(
+                "no dataset given: --data DIR (a COCO-format folder) or --data FILE / --train-annotations FILE "
+                "(a COCO annotation file)"
+            )
         self.config = config
         self.device = resolve_device(config.device)
         self.dist: DistInfo = init_distributed(str(self.device))
@@ -164,16 +189,20 @@ class Trainer:
 
         crop = config.crop_resize_scales if config.crop else None
         train_tf = train_transforms(config.train_scales, config.max_size, crop, tuple(config.crop_size))
-        self.train_set = CocoDetection(config.data, config.train_split, train_tf)
+        train_split, val_split = dataset_splits(config)
+        self.train_set = CocoDetection(train_split, transforms=train_tf)
         if len(self.train_set) == 0:
             raise ValueError(
-                f"the {config.train_split!r} split has no images: {self.train_set.split.annotation_file} lists none"
+                f"the {config.train_split!r} split has no images: {self.train_set.annotation_file} lists none"
             )
         self.val_set = (
-            CocoDetection(config.data, config.val_split, eval_transforms(config.eval_size, config.max_size))
-            if config.val_split
+            CocoDetection(val_split, transforms=eval_transforms(config.eval_size, config.max_size))
+            if val_split is not None
             else None
         )
+        for dataset in (self.train_set, self.val_set):
+            if dataset is not None:
+                dataset.check_images()  # every file there and readable, before minutes of training
         if self.val_set is not None and self.val_set.categories != self.train_set.categories:
             raise ValueError("train and val splits declare different categories; they must share one category list")
 

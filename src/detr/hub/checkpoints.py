@@ -60,6 +60,13 @@ def read_state_dict(path: str | Path) -> StateDict:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
             raise CheckpointError(f"{path} is not a readable safetensors file ({err}); is it truncated?") from err
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head != b"PK" and head[:1] != b"\x80":  # neither torch.save's zip (even truncated) nor a pickle stream
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint at all (neither the zip archive torch.save writes nor a pickle); "
+            "is it the right file, completely downloaded?"
+        )
     try:
         # checkpoints written by the reference training script carry its argparse.Namespace;
         # allowing that plain-data class runs no code

@@ -20,6 +20,10 @@ from urllib.parse import urlparse
 DOWNLOAD_TIMEOUT = 10.0
 
 
+class DownloadError(RuntimeError):
+    """A file could not be downloaded, or was not the published one; the message says what to do."""
+
+
 def cache_dir() -> Path:
     """torch hub's checkpoint cache (``torch.hub.get_dir()/checkpoints``)."""
     if "torch" in sys.modules:  # it may have been moved with torch.hub.set_dir
@@ -47,8 +51,17 @@ def hash_prefix_of(url: str) -> str | None:
     return m.group(1) if m else None
 
 
-def download(url: str, progress: bool = True, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
-    """The cached file for ``url``, downloaded (hash-checked, atomically) if not cached yet."""
+def download(
+    url: str,
+    progress: bool = True,
+    timeout: float = DOWNLOAD_TIMEOUT,
+    instead: str = "or pass weights=<path to the file>",
+) -> Path:
+    """The cached file for ``url``, downloaded (hash-checked, atomically) if not cached yet.
+
+    Raises :class:`DownloadError`, naming the URL and the cache path, and ending with ``instead``
+    (what else the user can do).
+    """
     dst = cache_dir() / Path(urlparse(url).path).name
     if dst.is_file():
         return dst
@@ -62,15 +75,14 @@ def download(url: str, progress: bool = True, timeout: float = DOWNLOAD_TIMEOUT)
             torch.hub.download_url_to_file(url, str(dst), hash_prefix=prefix, progress=progress)
     except RuntimeError as err:
         if "invalid hash value" in str(err):
-            raise RuntimeError(
+            raise DownloadError(
                 f"the file downloaded from {url} does not match its published SHA-256 prefix {prefix}; "
                 "it is corrupt or not the published file, and was not kept"
             ) from err
         raise
     except OSError as err:  # URLError, socket.timeout, connection refused, DNS failure
-        raise RuntimeError(
+        raise DownloadError(
             f"could not download {url} ({getattr(err, 'reason', err)}). If this machine is offline, "
-            f"fetch the file elsewhere and put it at {dst} (the cache under $TORCH_HOME), "
-            "or pass weights=<path to the file>"
-        ) from err
+            f"fetch the file elsewhere and put it at {dst} (the cache under $TORCH_HOME), {instead}"
+        ) from None
     return dst

@@ -252,7 +252,8 @@ class ResNetBackbone(nn.Module):
     @staticmethod
     def _load_imagenet_weights(resnet: nn.Module, name: str) -> None:
         """torchvision's ImageNet weights, through the shared hub cache (fails fast offline)."""
-        state_dict = read_state_dict(download(RESNET_IMAGENET_WEIGHTS[name].url))
+        instead = "or start without ImageNet weights: detr train --no-pretrained-backbone (pretrained_backbone=False)"
+        state_dict = read_state_dict(download(RESNET_IMAGENET_WEIGHTS[name].url, instead=instead))
         resnet.load_state_dict(state_dict)  # FrozenBatchNorm2d drops num_batches_tracked itself
 
     def forward(self, x: Tensor) -> Tensor:

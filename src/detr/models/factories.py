@@ -8,6 +8,7 @@ the training options of :mod:`detr.options`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..data.coco_categories import COCO_CLASS_NAMES
-from ..hub.checkpoints import load_weights
+from ..hub.checkpoints import fetch_checkpoint, load_weights, to_detr_state_dict
 from ..hub.serialization import CONFIG_NAME
 from ..options import from_switches
 from ..processing.preprocess import ImagePreprocessor
@@ -26,6 +27,8 @@ from .detr import DETR, DETRConfig
 from .position_encoding import build_position_encoding
 from .registry import create_model, register_model
 from .transformer import Transformer
+
+log = logging.getLogger(__name__)
 
 
 def build_detr(
@@ -173,8 +176,16 @@ def load_model(weights: str | Path, model: str | None = None, **kwargs: Any) -> 
     transformers'), a training checkpoint (``checkpoint.pth``, rebuilt from its run config), or any
     other checkpoint loaded into the factory ``model`` (default ``detr_r50``)."""
     path = Path(weights)
+    if path.is_dir() and not (path / CONFIG_NAME).is_file() and (path / "final" / CONFIG_NAME).is_file():
+        log.info(
+            "%s is a training run: using %s (its last weights; best/ holds its best-AP weights)", path, path / "final"
+        )
+        path = weights = path / "final"
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         return DETR.from_pretrained(path, **kwargs)
+    if path.is_dir() and (path / "checkpoint.pth").is_file():
+        log.info("%s is a training run without final weights yet: using its checkpoint.pth", path)
+        path = weights = path / "checkpoint.pth"
     kwargs.setdefault("reinit_heads", False)  # a model to use, not to fine-tune: its checkpoint must fit
     if path.is_file() and path.suffix in (".pth", ".pt"):
         try:
@@ -193,4 +204,11 @@ def load_model(weights: str | Path, model: str | None = None, **kwargs: Any) -> 
             )
             args.update(kwargs)
             return create_model(model or cfg["model"], weights=ckpt["model"], **args)
+    if path.is_file():  # a plain state dict: the sizes of its heads are the model's
+        state, _ = to_detr_state_dict(fetch_checkpoint(path).state_dict)
+        if "class_head.weight" in state:
+            kwargs.setdefault("num_classes", state["class_head.weight"].shape[0] - 1)  # less "no object"
+        if "query_embed.weight" in state:
+            kwargs.setdefault("num_queries", state["query_embed.weight"].shape[0])
+        return create_model(model or "detr_r50", weights=path, **kwargs)
     return create_model(model or "detr_r50", weights=weights, **kwargs)
