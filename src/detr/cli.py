@@ -225,7 +225,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .models.factories import load_model
 
     model = load_model(args.weights, args.model).eval()
-    side = model.preprocessing.short_side or 800  # trace at the size the model reads images at
+    # trace at the size the model reads images at, but never so small that a feature map has one cell
+    # (the exporter would then fix the sizes it should keep dynamic)
+    side = max(model.preprocessing.short_side or 800, 64)
     args.height, args.width = args.height or side, args.width or side
     path = export_onnx(model, args.out, height=args.height, width=args.width)
     print(f"wrote {path} (inputs pixel_values (B, 3, H, W), pixel_mask (B, H, W); any B, H, W)")
@@ -407,11 +409,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def main(argv: list[str] | None = None) -> int:
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser, commands = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # a mistyped flag: the subcommand's usage, not the top level's
         commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    # this library's messages at INFO; other libraries' (the ONNX optimiser's hundreds of lines) only as
+    # warnings, unless --verbose
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(message)s"
+    )
+    logging.getLogger("detr").setLevel(logging.INFO)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, DownloadError) as err:  # bad input: a clear message, no traceback

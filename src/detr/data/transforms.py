@@ -30,7 +30,7 @@ class RandomResize(nn.Module):
         self.sizes, self.max_size = list(sizes), max_size
 
     def forward(self, image: Any, target: Any) -> tuple[Any, Any]:
-        short = self.sizes[int(torch.randint(len(self.sizes), ()))] if len(self.sizes) > 1 else self.sizes[0]
+        short = self.sizes[int(torch.randint(len(self.sizes), ()))]  # drawn even from one size, as torchvision does
         size = list(resized_size(*TF.get_size(image), short, self.max_size))
         target = dict(target, boxes=TF.resize(target["boxes"], size))
         return TF.resize(image, size, antialias=True), target

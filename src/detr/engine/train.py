@@ -415,6 +415,11 @@ class Trainer:
             if self.step % cfg.log_every == 0:
                 lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
                 self._log({"type": "train", "epoch": self.epoch, "step": self.step, **lrs, **averaged})
+                if not cfg.progress and self.dist.is_main:  # no bar: a line instead
+                    terms = "  ".join(f"{k} {averaged[k]:.4f}" for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"))
+                    print(
+                        f"step {self.step}/{self.total_steps()}  epoch {self.epoch}  {terms}  lr {lrs['lr_transformer']:.2e}"
+                    )
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             if cfg.max_steps and self.step >= cfg.max_steps or self._out_of_time():
@@ -469,15 +474,16 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train for the configured epochs (or steps), evaluating, checkpointing and plotting."""
         cfg = self.config
+        if self._finished():
+            print(f"nothing to do: the run in {self.out} finished at step {self.step} (epoch {self.epoch})")
+            return {"epochs": self.epoch, "steps": self.step, "seconds": 0.0, "finished_before": True}
         if self.dist.is_main:
             atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
             if not cfg.resume:  # a fresh log (a folder of an earlier run is only reused with exist_ok)
                 atomic_write_text(self.out / "log.jsonl", "")
+            print(self.summary())
         metrics: dict[str, Any] | None = None
         start = self.started = time.perf_counter()
-        if self._finished():
-            print(f"nothing to do: the run in {self.out} finished at step {self.step} (epoch {self.epoch})")
-            return {"epochs": self.epoch, "steps": self.step, "seconds": 0.0, "finished_before": True}
         while self.epoch < cfg.epochs:
             finished_epoch = self.train_one_epoch()
             if finished_epoch:
@@ -505,6 +511,44 @@ class Trainer:
         if self.dist.enabled:  # once the outputs are safe
             self._check_replicas_identical()
         return summary
+
+    def total_steps(self) -> int:
+        """Optimizer steps the run will take, unless the clock stops it first."""
+        cfg = self.config
+        all_epochs = cfg.epochs * self.steps_per_epoch
+        return min(cfg.max_steps, all_epochs) if cfg.max_steps else all_epochs
+
+    def summary(self) -> str:
+        """What the run is about to do: data, classes, model, device, schedule, output folder."""
+        cfg, model = self.config, self.model
+
+        def split(name: str, dataset: CocoDetection | None) -> str:
+            if dataset is None:
+                return f"{name}: none"
+            boxes = sum(len(b) for b in dataset.annotations.boxes.values())
+            return f"{name}: {len(dataset)} images, {boxes} boxes ({dataset.annotation_file})"
+
+        names = model.class_names or []
+        shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+        params = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        options = ", ".join(o.name for o in model.options) or "none (the paper's model)"
+        clock = f", at most {cfg.max_minutes:g} minutes" if cfg.max_minutes else ""
+        processes = f", {self.dist.world_size} processes" if self.dist.enabled else ""
+        return "\n".join(
+            [
+                f"training {cfg.model} ({params / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M trainable; options: "
+                f"{options}) on {self.device}{processes}",
+                split("train", self.train_set),
+                split("val", self.val_set),
+                f"classes: {model.num_classes} ({shown})",
+                f"schedule: {self.total_steps()} optimizer steps ({self.steps_per_epoch} an epoch, batch "
+                f"{cfg.batch_size} x {cfg.accumulate} x {self.dist.world_size}){clock}; lr {cfg.lr:g} "
+                f"(backbone {cfg.lr_backbone:g}), {cfg.lr_schedule}"
+                + (f", warm-up {cfg.warmup_steps}" if cfg.warmup_steps else ""),
+                f"output: {self.out}",
+            ]
+        )
 
     def _finished(self) -> bool:
         """Whether the run has nothing left to train (a resumed run that had reached its end)."""

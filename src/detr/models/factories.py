@@ -176,16 +176,15 @@ def load_model(weights: str | Path, model: str | None = None, **kwargs: Any) -> 
     transformers'), a training checkpoint (``checkpoint.pth``, rebuilt from its run config), or any
     other checkpoint loaded into the factory ``model`` (default ``detr_r50``)."""
     path = Path(weights)
-    if path.is_dir() and not (path / CONFIG_NAME).is_file() and (path / "final" / CONFIG_NAME).is_file():
-        log.info(
-            "%s is a training run: using %s (its last weights; best/ holds its best-AP weights)", path, path / "final"
-        )
-        path = weights = path / "final"
+    if path.is_dir() and not (path / "model.safetensors").is_file() and (path / "checkpoint.pth").is_file():
+        if (path / "final" / CONFIG_NAME).is_file():  # a training run folder: its final weights
+            log.info("%s is a training run: using %s (its last weights; best/ its best-AP ones)", path, path / "final")
+            path = weights = path / "final"
+        else:
+            log.info("%s is a training run without final weights yet: using its checkpoint.pth", path)
+            path = weights = path / "checkpoint.pth"
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         return DETR.from_pretrained(path, **kwargs)
-    if path.is_dir() and (path / "checkpoint.pth").is_file():
-        log.info("%s is a training run without final weights yet: using its checkpoint.pth", path)
-        path = weights = path / "checkpoint.pth"
     kwargs.setdefault("reinit_heads", False)  # a model to use, not to fine-tune: its checkpoint must fit
     if path.is_file() and path.suffix in (".pth", ".pt"):
         try:
