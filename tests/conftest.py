@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -45,11 +46,15 @@ def make_hf_detr(num_labels: int = 91, auxiliary_loss: bool = False, seed: int =
     """transformers' DetrForObjectDetection with a ResNet-50 backbone config and random weights (no download)."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
+    # earlier transformers 5 releases still default to a timm "resnet50" backbone, which a backbone_config
+    # must then switch off; later ones have no such switch
+    legacy = "use_timm_backbone" in inspect.signature(transformers.DetrConfig.__init__).parameters
     config = transformers.DetrConfig(
         backbone_config=transformers.ResNetConfig(out_features=["stage4"]),
         use_pretrained_backbone=False,
         num_labels=num_labels,
         auxiliary_loss=auxiliary_loss,
+        **({"use_timm_backbone": False, "backbone": None} if legacy else {}),
     )
     model = transformers.DetrForObjectDetection(config).eval()
     calibrate_frozen_bn(

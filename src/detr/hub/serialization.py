@@ -288,6 +288,7 @@ def export_hf(model: DETR, directory: str | Path) -> Path:
             "out_features": ["stage4"],
         },
         "use_timm_backbone": False,
+        "backbone": None,  # transformers releases with a timm default need it unset next to backbone_config
         "use_pretrained_backbone": False,
         "num_queries": model.num_queries,
         "d_model": t.d_model,
