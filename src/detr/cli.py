@@ -244,6 +244,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- data tools
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .data.convert import convert
+
+    summary = convert(args.source, args.out, to=args.to)
+    for split, counts in summary.items():
+        print(f"{split}: {counts['images']} images, {counts['boxes']} boxes")
+    print(f"wrote {args.out} ({args.to})")
+    return 0
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from .data.convert import dataset_report, plot_report
+
+    report = dataset_report(args.data)
+    columns = ("images", "boxes", "classes", "empty_images", "degenerate_boxes_dropped", "crowd_boxes_ignored")
+    headers = [c.replace("_", " ") for c in columns]
+    print(f"{'split':<7}" + "".join(f"  {h}" for h in headers))
+    for split, entry in report.items():
+        cells = "".join(f"  {entry[c]:>{len(h)}}" for c, h in zip(columns, headers))
+        print(f"{split:<7}{cells}  ({entry['format']}: {entry['source']})")
+        skipped = entry["undeclared_category_annotations_skipped"]
+        if skipped:
+            print(f"         {skipped} annotations of undeclared categories skipped")
+    png = plot_report(report, args.plot or Path(args.data if Path(args.data).is_dir() else ".") / "dataset.png")
+    print(f"wrote {png} (boxes per class, box sizes)")
+    return 0
+
+
 # ---------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synthetic import SynthConfig, make_dataset
@@ -382,6 +411,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.add_argument("--verbose", action="store_true", help="show the exporter's and optimiser's own messages")
 
+    p = command("convert", "convert a dataset (COCO, YOLO or Pascal VOC) to COCO or YOLO", cmd_convert)
+    p.add_argument("source", help="the dataset: a folder in any format detr reads, or a COCO annotation file")
+    p.add_argument("--out", required=True, help="new folder to write the converted dataset to")
+    p.add_argument("--to", default="coco", choices=("coco", "yolo"), help="the format written")
+
+    p = command("check-data", "what a dataset holds, per split; writes a PNG of classes and box sizes", cmd_check_data)
+    p.add_argument("data", help="the dataset: a folder in any format detr reads, or a COCO annotation file")
+    p.add_argument("--plot", help="PNG to write (default: dataset.png in the dataset folder)")
+
     p = command("synth", "generate a synthetic shapes dataset in COCO format", cmd_synth)
     p.add_argument("--out", required=True, help="folder to write the dataset to")
     p.add_argument("--train", type=int, default=1000, help="training images")
@@ -421,7 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("detr").setLevel(logging.INFO)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, DownloadError) as err:  # bad input: a clear message, no traceback
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        DownloadError,
+    ) as err:  # bad input: a clear message, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
 

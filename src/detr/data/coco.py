@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from ..processing.preprocess import pil_to_rgb
+from .formats import VOC_ALIASES, DatasetError, Reader, read_voc, read_yolo, voc_categories, voc_root, yolo_split_images
 from .labels import CategoryMatch, match_categories
 
 log = logging.getLogger(__name__)
@@ -35,17 +37,16 @@ log = logging.getLogger(__name__)
 SPLIT_ALIASES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 
 
-class DatasetError(ValueError):
-    """Bad data: the message names the file and what is wrong with it."""
-
-
 @dataclass
 class CocoSplit:
     """Where one split lives: its annotation file and the folders its images may be in, most likely
-    first (see :meth:`image_folder`)."""
+    first (see :meth:`image_folder`). A split of another format (:mod:`detr.data.formats`) has a
+    ``read`` that gives its COCO dictionary, and ``annotation_file`` names its source."""
 
     annotation_file: Path
     image_dirs: list[Path]
+    read: Reader | None = None
+    format: str = "coco"
 
     def image_folder(self, files: list[str]) -> Path:
         """The first candidate folder holding any of ``files`` (a sample of the split's images), else the
@@ -80,6 +81,9 @@ def find_split(root: str | Path, split: str, images: str | Path | None = None) -
     or a folder in the COCO layout (``annotations/instances_<split>*.json`` or ``annotations/<split>.json``)
     or the per-split layout (``<split>/_annotations.coco.json``). ``images`` overrides where the images are."""
     root = Path(root)
+    other = _other_format_split(root, split)
+    if other is not None:
+        return other
     if root.is_file():
         return annotation_file_split(root, images)
     if not root.is_dir():
@@ -95,19 +99,37 @@ def find_split(root: str | Path, split: str, images: str | Path | None = None) -
             stem = ann.stem.removeprefix("instances_")  # e.g. val2017
             folders = [root / stem, root / alias, root / "images" / stem, root / "images" / alias, root / "images"]
             return CocoSplit(ann, [Path(images)] if images else folders)
-    yolo = (root / "data.yaml").is_file() or (root / "labels").is_dir() or (root / split / "labels").is_dir()
     raise FileNotFoundError(
         f"no {split!r} split in {root}. Known layouts: annotations/instances_{aliases[0]}*.json or "
         f"annotations/{aliases[0]}.json beside the image folder (COCO), {aliases[0]}/_annotations.coco.json "
-        "beside the images (one folder per split), or one COCO annotation file given as --data (or "
-        f"--{split}-annotations FILE)"
-        + (
-            ". This looks like a YOLO dataset (data.yaml, labels/): detr reads COCO-format annotations; convert it "
-            "to COCO first"
-            if yolo
-            else ""
-        )
+        "beside the images (one folder per split), one COCO annotation file given as --data (or "
+        f"--{split}-annotations FILE), a YOLO dataset (data.yaml naming its {split} images, images/ beside "
+        "labels/) or Pascal VOC (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt)"
     )
+
+
+def _other_format_split(root: Path, split: str) -> CocoSplit | None:
+    """``split`` of a YOLO or Pascal VOC dataset at ``root``, read as COCO when it loads, or None."""
+    if root.is_dir() and (voc := voc_root(root)) is not None:
+        listing = voc / "ImageSets" / "Main"
+        for alias in VOC_ALIASES.get(split, (split,)):
+            if (listing / f"{alias}.txt").is_file():
+                ids = [line.split()[0] for line in (listing / f"{alias}.txt").read_text().splitlines() if line.strip()]
+                return CocoSplit(
+                    listing / f"{alias}.txt",
+                    [voc / "JPEGImages"],
+                    read=lambda: read_voc(voc, ids, voc_categories(voc)),
+                    format="voc",
+                )
+        raise FileNotFoundError(f"no {split!r} split in the Pascal VOC dataset {voc}: no {listing / (split + '.txt')}")
+    found = yolo_split_images(root, split) if root.exists() else None
+    if found is None:
+        return None
+    source, image_files, names = found
+    if not image_files:
+        raise DatasetError(f"the {split!r} split of the YOLO dataset {source} has no images")
+    image_root = Path(os.path.commonpath([p.parent for p in image_files]))
+    return CocoSplit(source, [image_root], read=lambda: read_yolo(image_files, names, image_root), format="yolo")
 
 
 @dataclass
@@ -129,15 +151,17 @@ class CocoAnnotations:
         return self.category_names
 
 
-def load_coco_annotations(path: str | Path) -> CocoAnnotations:
-    """Read and check a COCO detection annotation file."""
+def load_coco_annotations(path: str | Path, data: dict[str, Any] | None = None) -> CocoAnnotations:
+    """Read and check a COCO detection annotation file (or, given, its ``data``: a dataset of another
+    format read as COCO, see :mod:`detr.data.formats`; ``path`` then names its source in messages)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path} is not valid JSON ({err})") from err
+    if data is None:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DatasetError(f"{path} is not valid JSON ({err})") from err
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
     ):
@@ -263,7 +287,9 @@ class CocoDetection(Dataset):
         images: str | Path | None = None,
     ) -> None:
         where = root if isinstance(root, CocoSplit) else find_split(root, split, images)
-        self.annotations = load_coco_annotations(where.annotation_file)
+        data = where.read() if where.read is not None else None
+        self.annotations = load_coco_annotations(where.annotation_file, data)
+        self.format = where.format
         self.images = self.annotations.images
         self.image_dir = where.image_folder([info["file_name"] for info in self.images[:10]])
         self.annotation_file = where.annotation_file
