@@ -86,7 +86,10 @@ def test_an_annotation_file_as_data(data, tmp_path, capsys, caplog):
     (yolo / "data.yaml").write_text("names: [a]\n")
     assert main(train_args(yolo, tmp_path / "r3")) == 2
     err = capsys.readouterr().err
-    assert "Known layouts: annotations/instances_train*.json" in err and "a YOLO dataset (data.yaml naming its train" in err
+    assert (
+        "Known layouts: annotations/instances_train*.json" in err
+        and "a YOLO dataset (data.yaml naming its train" in err
+    )
 
 
 def test_a_missing_image_is_found_when_the_dataset_loads(data, tmp_path, capsys):

@@ -48,6 +48,7 @@ _EXPORTS = {
     "ImagePreprocessor": "processing.preprocess",
     "preprocess_images": "processing.preprocess",
     "postprocess": "processing.postprocess",
+    "to_supervision": "processing.interop",
     "from_pretrained": "models.factories",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -176,6 +176,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .fileio import atomic_write_text, free_folder, holds_any
     from .models.factories import load_model
+    from .processing.interop import coco_results, yolo_lines
     from .processing.visualize import draw_detections
 
     device = resolve_device(args.device)
@@ -189,7 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{args.out} holds earlier predictions, left as they are: writing to {out}")
     out.mkdir(parents=True, exist_ok=True)
     preprocessor = model.preprocessing.with_sizes(args.size, args.max_size)  # the model's, unless flags say otherwise
-    report, skipped = {}, {}
+    report, skipped, results = {}, {}, []
     for path, name in zip(paths, _output_names(paths), strict=True):
         try:
             image = read_image(path, exif=True)
@@ -200,11 +201,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         (dets,) = model.predict([image], k=args.k, score_threshold=args.threshold, preprocessor=preprocessor)
         report[str(path)] = dets
         draw_detections(image, dets).save(out / f"{name}_detections.png")
+        if args.coco_results:
+            image_id = int(path.stem) if path.stem.isdigit() else len(report)
+            results += [dict(r, file_name=str(path)) for r in coco_results(dets, image_id, model.category_ids)]
+        if args.yolo_labels:
+            atomic_write_text(out / "labels" / f"{name}.txt", yolo_lines(dets, image.width, image.height))
         print(
             f"{path}: {len(dets)} detections"
             + (f", best {dets[0].get('class_name', dets[0]['class_id'])} {dets[0]['score']:.2f}" if dets else "")
         )
     atomic_write_text(out / "detections.json", json.dumps(report, indent=1))
+    if args.coco_results:
+        atomic_write_text(out / "results.coco.json", json.dumps(results))
     if skipped:
         atomic_write_text(out / "skipped.json", json.dumps(skipped, indent=1))
     print(
@@ -399,6 +407,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--strict", action="store_true", help="exit with an error when any image cannot be read")
     p.add_argument("--exist-ok", action="store_true", help="write into --out even if it holds earlier predictions")
+    p.add_argument(
+        "--coco-results", action="store_true", help="also write results.coco.json (COCO results, image ids from names)"
+    )
+    p.add_argument(
+        "--yolo-labels", action="store_true", help="also write labels/<image>.txt (YOLO: class cx cy w h score)"
+    )
 
     p = command("export", "export a model to ONNX (dynamic batch, height, width; mask input)", cmd_export)
     p.add_argument("--weights", required=True, help=weights_help)

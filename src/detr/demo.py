@@ -77,24 +77,13 @@ def validation_grid(
     run: Path, data: Path, count: int = 12, columns: int = 4, scale: int = 4, threshold: float = 0.5
 ) -> Path:
     """PNG of validation images: predictions (coloured, with class and score) over ground truth (white)."""
-    from PIL import Image
-
     from .data.coco import CocoDetection
+    from .engine.plots import prediction_grid
     from .models.factories import load_model
-    from .processing.visualize import draw_detections, image_grid
 
     model = load_model(run / "final").eval()
-    dataset = CocoDetection(data, "val")
-    tiles = []
-    for index in range(min(count, len(dataset))):
-        info = dataset.images[index]
-        image = Image.open(dataset.image_dir / info["file_name"]).convert("RGB")
-        (dets,) = model.predict([image], k=10, score_threshold=threshold)  # at the size it was trained at
-        big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-        scaled = [dict(d, box=[v * scale for v in d["box"]]) for d in dets]
-        truth = [{"box": [v * scale for v in box]} for box, _ in dataset.annotations.boxes[info["id"]]]
-        tiles.append(draw_detections(big, scaled, truth))
-    grid = image_grid(tiles, columns)
+    side = DEMO_DATA.image_size * scale
+    grid = prediction_grid(model, CocoDetection(data, "val"), count, columns, side=side, threshold=threshold)
     path = run / "validation_predictions.png"
     atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
     return path

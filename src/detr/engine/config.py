@@ -12,6 +12,8 @@ from typing import Any
 TRAIN_SCALES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
 CROP_RESIZE_SCALES = (400, 500, 600)
 CROP_SIZE = (384, 600)
+# the COCO metrics an evaluation reports (as detr.engine.evaluate.METRIC_NAMES)
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
 def _field(default: Any, help: str) -> Any:
@@ -90,6 +92,12 @@ class TrainConfig:
         False, "score every query-class pair at evaluation, not only each query's best class"
     )
     eval_max_detections: int = _field(100, "detections kept per image at evaluation, the best over all")
+    best_metric: str = _field("AP", "validation metric that chooses best/ and early stopping (AP, AP50, AR100 ...)")
+    early_stopping_patience: int = _field(0, "stop after this many evaluations without a better best_metric (0: never)")
+    ema: bool = _field(False, "keep an exponential moving average of the weights; evaluate and save it")
+    ema_decay: float = _field(0.9998, "decay of the moving average")
+    ema_warmup: int = _field(2000, "optimizer steps over which the decay grows to ema_decay")
+    tensorboard: bool = _field(False, "also log every scalar and the validation predictions to output_dir/tensorboard")
 
     def __post_init__(self) -> None:
         checks = [
@@ -114,6 +122,9 @@ class TrainConfig:
             (self.num_queries >= 1, "num_queries must be >= 1"),
             (self.eval_max_detections >= 1, "eval_max_detections must be >= 1"),
             (not self.extend_classes or bool(self.weights), "extend_classes needs weights to extend"),
+            (self.best_metric in METRICS, f"best_metric must be one of {', '.join(METRICS)}, got {self.best_metric!r}"),
+            (self.early_stopping_patience >= 0, "early_stopping_patience must be >= 0"),
+            (0 < self.ema_decay < 1 and self.ema_warmup >= 0, "ema_decay must be in (0, 1) and ema_warmup >= 0"),
         ]
         for ok, message in checks:
             if not ok:

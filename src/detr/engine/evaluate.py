@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 
 from ..processing.postprocess import postprocess
-
-METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+from .config import METRICS as METRIC_NAMES
 
 
 @torch.no_grad()

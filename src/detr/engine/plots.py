@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+from PIL import Image
 
 from ..fileio import atomic_write
 
@@ -48,3 +51,24 @@ def plot_curves(log_path: str | Path, png_path: str | Path) -> Path | None:
     out = atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return out
+
+
+def prediction_grid(
+    model: Any, dataset: Any, count: int = 12, columns: int = 4, side: int = 256, threshold: float = 0.5
+) -> Image.Image:
+    """The first ``count`` images of ``dataset`` (a :class:`~detr.data.coco.CocoDetection`) with the model's
+    detections (coloured, class and score) over the ground truth (white), each scaled to about ``side``
+    pixels so that small images stay legible, tiled ``columns`` wide."""
+    from ..data.coco import read_image
+    from ..processing.visualize import draw_detections, image_grid
+
+    tiles = []
+    for info in dataset.images[:count]:
+        image = read_image(dataset.image_dir / info["file_name"])
+        (dets,) = model.predict([image], k=10, score_threshold=threshold)  # at the size it was trained at
+        scale = max(1, round(side / max(image.size)))
+        big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        scaled = [dict(d, box=[v * scale for v in d["box"]]) for d in dets]
+        truth = [{"box": [v * scale for v in box]} for box, _ in dataset.annotations.boxes[info["id"]]]
+        tiles.append(draw_detections(big, scaled, truth))
+    return image_grid(tiles, columns)

@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,10 @@ from ..models.detr import DETR
 from ..models.registry import create_model
 from ..processing.preprocess import ImagePreprocessor
 from .config import TrainConfig
+from .ema import ModelEMA
 from .evaluate import coco_evaluate, predict_dataset
-from .plots import plot_curves
+from .loggers import JsonLinesLogger, RunLogger, TensorBoardLogger
+from .plots import plot_curves, prediction_grid
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +172,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 class Trainer:
     """Builds everything a run needs from a :class:`TrainConfig` and runs it (``fit``)."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, loggers: Sequence[RunLogger] = ()) -> None:
         if not (config.data or config.train_annotations):
             raise ValueError(
                 "no dataset given: --data DIR (a COCO-format folder) or --data FILE / --train-annotations FILE "
@@ -252,10 +255,18 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
 
         self.seeded = SeededDataset(self.train_set, config.seed)
+        self.ema = ModelEMA(self.model, config.ema_decay, config.ema_warmup) if config.ema else None
+        self.loggers: list[RunLogger] = []
+        if self.dist.is_main:  # only the main process logs
+            self.loggers.append(JsonLinesLogger(self.out / "log.jsonl"))
+            if config.tensorboard:
+                self.loggers.append(TensorBoardLogger(self.out / "tensorboard"))
+            self.loggers.extend(loggers)
         self.epoch = 0  # current epoch
         self.epoch_step = 0  # optimizer steps done in the current epoch
         self.step = 0  # optimizer steps done in total
-        self.best_ap = -1.0
+        self.best_score = -math.inf  # best value of config.best_metric so far
+        self.evals_since_best = 0  # evaluations since it last improved (early stopping)
         self.started = time.perf_counter()
         self.seconds_before = 0.0  # training time of the run before this process (resumed runs)
         self.history: list[dict[str, Any]] = []
@@ -297,7 +308,12 @@ class Trainer:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.epoch_step, self.step = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]
-        self.best_ap = ckpt.get("best_ap", -1.0)
+        self.best_score = ckpt.get("best_score", ckpt.get("best_ap", -math.inf))
+        self.evals_since_best = ckpt.get("evals_since_best", 0)
+        if self.ema is not None:
+            if not ckpt.get("ema"):
+                raise CheckpointError(f"{path} was written by a run without --ema; resume it without --ema")
+            self.ema.load_state_dict(ckpt["ema"])
         self.seconds_before = ckpt.get("seconds", 0.0)
         per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         _set_rng_state(per_rank[self.dist.rank] if len(per_rank) == self.dist.world_size else ckpt["rng"])
@@ -319,7 +335,9 @@ class Trainer:
             "epoch": self.epoch,
             "epoch_step": self.epoch_step,
             "step": self.step,
-            "best_ap": self.best_ap,
+            "best_score": self.best_score,
+            "evals_since_best": self.evals_since_best,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng_per_rank[0],
             "rng_per_rank": rng_per_rank,
             "seconds": seconds,
@@ -332,10 +350,9 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        record = {"time": round(time.time(), 3), **record}
-        self.history.append(record)
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.history.append({"time": round(time.time(), 3), **record})
+        for logger in self.loggers:
+            logger.log(record)
 
     # --------------------------------------------------------------- training
     def _loader(self) -> DataLoader:
@@ -406,6 +423,8 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             self.step += 1
             self.epoch_step += 1
             averaged = {k: v / micro for k, v in sums.items()}
@@ -440,7 +459,7 @@ class Trainer:
             shard, batch_size=self.config.batch_size, collate_fn=collate, num_workers=self.config.workers
         )
         results = predict_dataset(
-            self.model,
+            self.evaluated_model,
             loader,
             self.category_match.category_of,
             self.device,
@@ -460,16 +479,38 @@ class Trainer:
     def _out_of_time(self) -> bool:
         return bool(self.config.max_minutes) and self._elapsed_minutes() > self.config.max_minutes
 
-    def _evaluate_and_keep_best(self) -> dict[str, Any] | None:
+    @property
+    def evaluated_model(self) -> DETR:
+        """The weights evaluated and saved: the moving average with ``ema``, else the trained ones."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def _evaluate_and_keep_best(self) -> tuple[dict[str, Any] | None, bool]:
+        """Evaluate, keep ``best/`` and count evaluations without progress; returns the metrics (rank 0)
+        and whether early stopping says to stop (every process)."""
+        cfg = self.config
         metrics = self.evaluate()
+        stop = False
         if metrics is not None:
             scalars = {k: v for k, v in metrics.items() if k != "per_class_AP"}
             self._log({"type": "eval", "epoch": self.epoch, "step": self.step, **scalars})
-            if metrics["AP"] > self.best_ap:
-                self.best_ap = metrics["AP"]
-                self.model.save_pretrained(self.out / "best")
+            if metrics[cfg.best_metric] > self.best_score:
+                self.best_score, self.evals_since_best = metrics[cfg.best_metric], 0
+                self.evaluated_model.save_pretrained(self.out / "best")
+            else:
+                self.evals_since_best += 1
+            stop = bool(cfg.early_stopping_patience) and self.evals_since_best >= cfg.early_stopping_patience
+            if stop:
+                self._log({"type": "early_stop", "epoch": self.epoch, "step": self.step, "best": self.best_score})
+            if len(self.loggers) > 1 and self.val_set is not None:  # loggers that take pictures
+                grid = prediction_grid(self.evaluated_model, self.val_set, count=8)
+                for logger in self.loggers:
+                    logger.image("validation predictions", grid, self.step)
+        if self.dist.enabled:  # rank 0 decides for everyone
+            decision = [stop]
+            dist.broadcast_object_list(decision, src=0)
+            stop = decision[0]
         barrier(self.dist)
-        return metrics
+        return metrics, stop
 
     def fit(self) -> dict[str, Any]:
         """Train for the configured epochs (or steps), evaluating, checkpointing and plotting."""
@@ -491,7 +532,8 @@ class Trainer:
                 self.epoch_step = 0
             done = not finished_epoch or self.epoch >= cfg.epochs
             if done or self.epoch % cfg.eval_every == 0:
-                metrics = self._evaluate_and_keep_best()
+                metrics, stop = self._evaluate_and_keep_best()
+                done = done or stop
             self.save_checkpoint()
             if self.dist.is_main:
                 plot_curves(self.out / "log.jsonl", self.out / "curves.png")
@@ -506,8 +548,10 @@ class Trainer:
         if metrics is not None:
             summary["metrics"] = metrics
         if self.dist.is_main:
-            self.model.save_pretrained(self.out / "final")
+            self.evaluated_model.save_pretrained(self.out / "final")
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+            for logger in self.loggers:
+                logger.close()
         if self.dist.enabled:  # once the outputs are safe
             self._check_replicas_identical()
         return summary
