@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from ..models.detr import DETR
 
 INPUT_NAMES = ["pixel_values", "pixel_mask"]
+# the oldest torch whose exporter was seen to keep every size dynamic here (2.8, 2.11 and 2.12 fix the batch)
+EXPORT_TORCH = (2, 14)
 OUTPUT_NAMES = ["logits", "boxes"]
 
 
@@ -59,6 +61,12 @@ def export_onnx(
             raise ValueError(f"{name} must be in [32, {max_side}], got {value}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < EXPORT_TORCH:
+        raise RuntimeError(
+            f"ONNX export with dynamic batch and image sizes needs torch >= {'.'.join(map(str, EXPORT_TORCH))} "
+            f"(this is {torch.__version__}): with torch 2.8 to 2.12 the exported graph keeps the batch size it was "
+            "traced with. Upgrade torch in the environment that exports; the model itself runs on torch >= 2.5"
+        )
     try:
         import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError as err:

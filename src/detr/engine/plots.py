@@ -39,7 +39,8 @@ def plot_curves(log_path: str | Path, png_path: str | Path) -> Path | None:
     ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")
     ax_loss.set_title("training loss")
-    ax_loss.legend()
+    if ax_loss.lines:  # a run shorter than one logging interval has no curve to name
+        ax_loss.legend()
     for key in ("AP", "AP50", "AP75"):
         ax_ap.plot([r["epoch"] for r in evals], [r[key] for r in evals], marker="o", label=key)
     ax_ap.set_xlabel("epoch")
