@@ -124,3 +124,19 @@ def reference_layout(our_state_dict):
                 key = old + key[len(new) :]
         out[key] = value
     return out
+
+
+TINY_MODEL = {"d_model": 32, "nhead": 4, "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 32}
+
+
+def tiny_train_config(data, out, size: int = 32, **overrides):
+    """A TrainConfig for a tiny from-scratch run on ``data`` (images of ``size`` px) into ``out``."""
+    from detr.engine import TrainConfig
+
+    values = dict(
+        data=str(data), output_dir=str(out), model="detr_r18", pretrained_backbone=False, num_queries=5,
+        model_kwargs=TINY_MODEL, train_scales=[size], max_size=size * 3 // 2, crop=False, eval_size=size,
+        batch_size=4, workers=0, progress=False,
+    )  # fmt: skip
+    values.update(overrides)
+    return TrainConfig(**values)

@@ -15,7 +15,7 @@ from detr.cli import main
 from detr.data.synthetic import SynthConfig, make_dataset
 from detr.engine import TrainConfig, Trainer
 
-TINY = {"d_model": 32, "nhead": 4, "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 32}
+from .conftest import tiny_train_config
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,7 @@ def shapes(tmp_path_factory) -> Path:
 
 
 def config(data: Path, out: Path, **kwargs) -> TrainConfig:
-    values = dict(
-        data=str(data), output_dir=str(out), model="detr_r18", pretrained_backbone=False, num_queries=5,
-        model_kwargs=TINY, train_scales=[32], max_size=48, crop=False, eval_size=32, batch_size=4, workers=0,
-        progress=False, log_every=1,
-    )  # fmt: skip
-    values.update(kwargs)
-    return TrainConfig(**values)
+    return tiny_train_config(data, out, **{"log_every": 1, **kwargs})
 
 
 def test_tensorboard_gets_every_scalar_and_the_predictions(shapes, tmp_path):

@@ -21,7 +21,7 @@ from detr.engine import TrainConfig, Trainer
 from detr.fileio import atomic_write, atomic_write_text
 from detr.processing.preprocess import pil_to_rgb
 
-TINY = dict(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=32)
+from .conftest import TINY_MODEL, tiny_train_config
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +38,12 @@ def shapes(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = detr.detr_r18(num_classes=3, num_queries=5, class_names=["circle", "square", "triangle"], **TINY)
+    model = detr.detr_r18(num_classes=3, num_queries=5, class_names=["circle", "square", "triangle"], **TINY_MODEL)
     return model.eval().save_pretrained(tmp_path_factory.mktemp("m") / "model")
 
 
 def config(data: Path, out: Path, **kwargs) -> TrainConfig:
-    values = dict(
-        data=str(data), output_dir=str(out), model="detr_r18", pretrained_backbone=False, num_queries=5,
-        model_kwargs=TINY, train_scales=[32], max_size=48, crop=False, eval_size=32, batch_size=4, workers=0,
-        progress=False, max_steps=1, val_split="",
-    )  # fmt: skip
-    values.update(kwargs)
-    return TrainConfig(**values)
+    return tiny_train_config(data, out, **{"max_steps": 1, "val_split": "", **kwargs})
 
 
 # 1 ---------------------------------------------------------------- run folders
@@ -113,7 +107,7 @@ def test_a_checkpoint_whose_shapes_do_not_fit_is_refused(tmp_path, saved_model, 
     assert "wrong shapes (1): class_head.weight (checkpoint (4, 33), model (4, 32))" in capsys.readouterr().err
     # fine-tuning may give a class head other rows, never other features
     with pytest.raises(detr.CheckpointError, match="wrong shapes"):
-        detr.detr_r18(num_classes=7, num_queries=5, weights=bad, **TINY)
+        detr.detr_r18(num_classes=7, num_queries=5, weights=bad, **TINY_MODEL)
 
 
 # 4, 5 ------------------------------------------------------------- predict on folders
@@ -241,7 +235,7 @@ def test_categories_are_matched_by_identity_not_position(shapes, tmp_path, saved
 
 # 10 --------------------------------------------------------------- non-finite input
 def test_non_finite_input_is_refused_before_it_reaches_the_model(shapes, tmp_path, monkeypatch):
-    trainer = Trainer(config(shapes, tmp_path / "run", model_kwargs=dict(TINY, backbone_norm="bn")))
+    trainer = Trainer(config(shapes, tmp_path / "run", model_kwargs=dict(TINY_MODEL, backbone_norm="bn")))
     load = trainer.train_set.load
 
     def poisoned(index):

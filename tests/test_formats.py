@@ -13,11 +13,9 @@ from detr.cli import main
 from detr.data import CocoDetection, DatasetError
 from detr.data.convert import convert
 from detr.data.synthetic import SynthConfig, make_dataset
-from detr.engine import TrainConfig, Trainer
+from detr.engine import Trainer
 
-from .conftest import COCO128
-
-TINY = {"d_model": 32, "nhead": 4, "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 32}
+from .conftest import COCO128, tiny_train_config
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +81,7 @@ def test_coco128_in_its_yolo_form_converts_back_to_its_coco_annotations(tmp_path
 
 
 def fit(data: Path, out: Path) -> dict:
-    config = TrainConfig(
-        data=str(data), output_dir=str(out), model="detr_r18", pretrained_backbone=False, num_queries=5,
-        model_kwargs=TINY, train_scales=[32], max_size=48, crop=False, eval_size=32, batch_size=4, workers=0,
-        progress=False, max_steps=2,
-    )  # fmt: skip
-    return Trainer(config).fit()
+    return Trainer(tiny_train_config(data, out, max_steps=2)).fit()
 
 
 def test_a_yolo_dataset_trains_and_evaluates(shapes, tmp_path):

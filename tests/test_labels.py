@@ -14,15 +14,13 @@ from detr.data.labels import match_categories
 from detr.data.synthetic import SynthConfig, make_dataset
 from detr.engine import TrainConfig, Trainer
 
-from .conftest import COCO128
-
-TINY = dict(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=32)
+from .conftest import COCO128, TINY_MODEL, tiny_train_config
 
 
 def coco_space_model(**kwargs) -> detr.DETR:
     """A small model with the published models' label space: 91 classes, class index = COCO category id."""
     torch.manual_seed(0)
-    return detr.detr_r18(num_queries=10, **TINY, **kwargs)
+    return detr.detr_r18(num_queries=10, **TINY_MODEL, **kwargs)
 
 
 def test_matching_by_id_by_name_or_a_refusal():
@@ -89,23 +87,7 @@ def coco_named_shapes(tmp_path, categories: list[dict]) -> object:
 
 
 def fine_tune_config(data, run, weights, **kwargs) -> TrainConfig:
-    return TrainConfig(
-        data=str(data),
-        output_dir=str(run),
-        model="detr_r18",
-        weights=str(weights),
-        num_queries=10,
-        model_kwargs=TINY,
-        train_scales=[32],
-        max_size=48,
-        crop=False,
-        eval_size=32,
-        batch_size=4,
-        max_steps=1,
-        workers=0,
-        progress=False,
-        **kwargs,
-    )
+    return tiny_train_config(data, run, weights=str(weights), num_queries=10, max_steps=1, **kwargs)
 
 
 def test_fine_tuning_a_coco_model_on_a_subset_keeps_those_classes_rows(tmp_path, recwarn):

@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 from detr.data.synthetic import SynthConfig, make_dataset
-from detr.engine import TrainConfig, Trainer
+from detr.engine import Trainer
+
+from .conftest import TINY_MODEL, tiny_train_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -22,27 +24,9 @@ def use_example() -> str:
 
 def test_the_use_example_runs_on_a_trained_model(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "d", train=4, val=2, seed=0, config=SynthConfig(image_size=32, max_objects=2))
-    tiny = {"d_model": 32, "nhead": 4, "num_encoder_layers": 1, "num_decoder_layers": 2, "dim_feedforward": 32}
+    two_layers = dict(TINY_MODEL, num_decoder_layers=2)  # aux_loss: model(x) returns a list
     run = tmp_path / "runs" / "mine"
-    Trainer(
-        TrainConfig(
-            data=str(data),
-            output_dir=str(run),
-            model="detr_r18",
-            pretrained_backbone=False,
-            num_queries=5,
-            model_kwargs=tiny,
-            train_scales=[32],
-            max_size=48,
-            crop=False,
-            eval_size=32,
-            batch_size=2,
-            workers=0,
-            progress=False,
-            max_steps=1,
-            val_split="",
-        )  # fmt: skip
-    ).fit()
+    Trainer(tiny_train_config(data, run, model_kwargs=two_layers, batch_size=2, max_steps=1, val_split="")).fit()
     monkeypatch.chdir(tmp_path)  # the example's relative paths: runs/mine/final, cat.jpg
     Image.new("RGB", (120, 90), "orange").save(tmp_path / "cat.jpg")
     code = use_example()
