@@ -265,6 +265,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_check_data(args: argparse.Namespace) -> int:
     from .data.convert import dataset_report, plot_report
+    from .fileio import free_folder
 
     report = dataset_report(args.data)
     columns = ("images", "boxes", "classes", "empty_images", "degenerate_boxes_dropped", "crowd_boxes_ignored")
@@ -276,7 +277,11 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         skipped = entry["undeclared_category_annotations_skipped"]
         if skipped:
             print(f"         {skipped} annotations of undeclared categories skipped")
-    png = plot_report(report, args.plot or Path(args.data if Path(args.data).is_dir() else ".") / "dataset.png")
+    if args.plot:
+        png = plot_report(report, args.plot)
+    else:  # beside the data, under a name no earlier file has
+        stem = Path(args.data if Path(args.data).is_dir() else ".") / "dataset_check"
+        png = plot_report(report, free_folder(stem, lambda p: p.with_suffix(".png").exists()).with_suffix(".png"))
     print(f"wrote {png} (boxes per class, box sizes)")
     return 0
 
@@ -432,7 +437,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = command("check-data", "what a dataset holds, per split; writes a PNG of classes and box sizes", cmd_check_data)
     p.add_argument("data", help="the dataset: a folder in any format detr reads, or a COCO annotation file")
-    p.add_argument("--plot", help="PNG to write (default: dataset.png in the dataset folder)")
+    p.add_argument("--plot", help="PNG to write (default: dataset_check.png in the dataset folder, -2 ... if taken)")
 
     p = command("synth", "generate a synthetic shapes dataset in COCO format", cmd_synth)
     p.add_argument("--out", required=True, help="folder to write the dataset to")
