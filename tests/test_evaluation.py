@@ -101,3 +101,16 @@ def test_evaluation_keeps_the_best_detections_over_all_query_class_pairs(all_cla
         expected = probs[i].flatten() if all_classes else probs[i].max(-1).values
         assert len(scores) == (100 if all_classes else 30)
         assert scores == pytest.approx(expected.sort(descending=True).values[:100].tolist(), abs=1e-6)
+
+
+def test_evaluation_does_not_move_the_global_random_stream(tmp_path):
+    """Reading the validation split draws no random number, so how often a run evaluates cannot change
+    how it trains (its dropout and denoising noise come from that stream)."""
+    from detr.data import CocoDetection, eval_transforms
+    from detr.data.synthetic import SynthConfig, make_dataset
+
+    data = make_dataset(tmp_path / "d", train=1, val=3, seed=0, config=SynthConfig(image_size=40, max_objects=1))
+    dataset = CocoDetection(data, "val", eval_transforms(32, 48))
+    state = torch.get_rng_state()
+    images = [dataset[i][0] for i in range(3)]
+    assert torch.equal(torch.get_rng_state(), state) and images[0].shape == (3, 32, 32)

@@ -212,3 +212,34 @@ def test_learned_position_embedding_matches():
         theirs = hf_learned(pixel_values=x)
     torch.testing.assert_close(logits, theirs.logits, atol=1e-4, rtol=0)
     torch.testing.assert_close(boxes, theirs.pred_boxes, atol=1e-4, rtol=0)
+
+
+def test_attention_maps_match_transformers(tmp_path):
+    """Decoder cross-attention and encoder self-attention equal transformers' (eager attention,
+    output_attentions=True) on the same weights and a padded batch; each map sums to 1 over the image."""
+    from detr.explain import attention_maps
+
+    hf = make_hf_detr(seed=3)
+    hf.config._attn_implementation = "eager"
+    # random weights at full scale saturate the first encoder layer's softmax (scores in the hundreds, where
+    # float32 rounding of the scores shows at 1e-3 in a weight); trained attention is not saturated
+    with torch.no_grad():
+        for layer in hf.model.encoder.layers:
+            layer.self_attn.q_proj.weight.mul_(0.1)
+    ours = detr.detr_r50(aux_loss=False, weights=hf.state_dict()).eval()
+    x, mask = padded_pair(seed=6, sizes=((256, 320), (192, 224)))
+    maps = attention_maps(ours, x, mask)
+    with torch.no_grad():
+        theirs = hf(pixel_values=x, pixel_mask=(~mask).long(), output_attentions=True)
+    L, B, heads, Q, h, w = maps["decoder"].shape
+    assert (L, B, heads, Q) == (6, 2, 8, 100) and maps["encoder"].shape == (6, 2, 8, h * w, h * w)
+    for layer in range(6):
+        torch.testing.assert_close(
+            maps["decoder"][layer].flatten(-2), theirs.cross_attentions[layer], atol=1e-4, rtol=0
+        )
+        torch.testing.assert_close(maps["encoder"][layer], theirs.encoder_attentions[layer], atol=1e-4, rtol=0)
+    valid = ~maps["feature_mask"].flatten(1)  # (B, h*w)
+    assert valid[1].sum() < h * w  # the second image is padded
+    torch.testing.assert_close(maps["decoder"].flatten(-2).sum(-1), torch.ones(L, B, heads, Q))
+    assert (maps["decoder"].flatten(-2)[:, 1, :, :, ~valid[1]] == 0).all()  # padded cells get no weight
+    torch.testing.assert_close(maps["logits"], theirs.logits, atol=1e-4, rtol=0)  # the same pass

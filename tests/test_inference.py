@@ -189,3 +189,15 @@ def test_evaluation_resizes_as_predict_does():
     assert tuple(resized.shape[1:]) == tuple(batch.resized_sizes[0].tolist()) == resized_size(500, 2000, 800, 1333)
     assert out["size"].tolist() == [333, 1332]
     torch.testing.assert_close(out["box"], torch.tensor([[0.5, 0.5, 1.0, 1.0]]))
+
+
+def test_nms_removes_a_planted_duplicate_and_keeps_an_overlapping_object_of_another_class():
+    probs = torch.tensor([[[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.7, 0.2]]])  # classes 0, 1, "no object"
+    boxes = torch.tensor([[[0.5, 0.5, 0.4, 0.4], [0.51, 0.5, 0.4, 0.4], [0.5, 0.52, 0.4, 0.4]]])
+    sizes = torch.tensor([[100, 100]])
+    (plain,) = postprocess(probs.log(), boxes, sizes)
+    (kept,) = postprocess(probs.log(), boxes, sizes, nms_iou=0.5)
+    assert plain["labels"].tolist() == [0, 0, 1]  # DETR's own output: the duplicate is there
+    assert kept["labels"].tolist() == [0, 1] and kept["scores"].tolist() == pytest.approx([0.9, 0.7])
+    (loose,) = postprocess(probs.log(), boxes, sizes, nms_iou=0.99)  # nothing overlaps that much
+    assert len(loose["labels"]) == 3

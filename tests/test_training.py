@@ -88,6 +88,8 @@ def test_one_epoch_from_the_cli_writes_everything(shapes, tmp_path, capsys):
     assert checkpoint["epoch"] == 1 and checkpoint["step"] == 4
     assert json.loads((run / "config.json").read_text())["model"] == "detr_r18"
     assert (run / "best" / "model.safetensors").is_file() and (run / "final" / "config.json").is_file()
+    report = json.loads((run / "report" / "report.json").read_text())  # the last evaluation, for a person
+    assert set(report["errors"]) >= {"correct", "duplicate", "missed"} and (run / "report" / "pr_curves.png").is_file()
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
 
     # the saved model serves `detr eval` and `detr predict`

@@ -127,18 +127,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=True,
         all_classes=args.all_classes,
         max_detections=args.max_detections,
+        nms_iou=args.nms,
     )
     metrics = coco_evaluate(dataset.annotations.raw, results, per_class=args.per_class)
     print(format_metrics(metrics))
-    for name in METRIC_NAMES[6:]:
-        print(f"{name} {metrics[name]:.3f}", end="  ")
-    print()
+    print(format_metrics(metrics, METRIC_NAMES[6:]))
     if args.per_class:
         for name, ap in metrics["per_class_AP"].items():
             print(f"  {name:<20} AP {ap:.3f}")
     if args.out:
         atomic_write_text(args.out, json.dumps({"metrics": metrics, "predictions": results}, indent=1))
         print(f"wrote {args.out}")
+    if args.results:
+        atomic_write_text(args.results, json.dumps(results))
+        print(f"wrote {args.results} (COCO results)")
+    if args.report:
+        from .engine.report import evaluation_report
+
+        report = evaluation_report(dataset.annotations.raw, results, args.report, args.report_threshold)
+        errors = ", ".join(f"{k} {v}" for k, v in report["errors"].items())
+        print(f"wrote the report to {args.report} (detections scored >= {args.report_threshold}: {errors})")
     return 0
 
 
@@ -198,7 +206,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             skipped[str(path)] = str(err)
             print(f"skipped {path}: {err}", file=sys.stderr)
             continue
-        (dets,) = model.predict([image], k=args.k, score_threshold=args.threshold, preprocessor=preprocessor)
+        (dets,) = model.predict(
+            [image], k=args.k, score_threshold=args.threshold, preprocessor=preprocessor, nms=args.nms
+        )
         report[str(path)] = dets
         draw_detections(image, dets).save(out / f"{name}_detections.png")
         if args.coco_results:
@@ -223,6 +233,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print("error: no image could be read", file=sys.stderr)
         return 1
     return 1 if skipped and args.strict else 0
+
+
+# -------------------------------------------------------------------- explain
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .data.coco import read_image
+    from .device import resolve_device
+    from .explain import explain_image
+    from .fileio import atomic_write, atomic_write_text, free_folder, holds_any
+    from .models.factories import load_model
+
+    model = load_model(args.weights, args.model).to(resolve_device(args.device)).eval()
+    paths = _image_paths(args.images)
+    out = Path(args.out) if args.exist_ok else free_folder(args.out, lambda p: holds_any(p, ("explained.json",)))
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for path, name in zip(paths, _output_names(paths), strict=True):
+        picture, dets = explain_image(
+            model, read_image(path, exif=True), args.threshold, args.layer, args.head, args.points
+        )
+        target = out / f"{name}_explain.png"
+        atomic_write(target, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
+        summary[str(path)] = {"picture": str(target), "detections": dets}
+        print(f"{path}: {len(dets)} detections -> {target}")
+    atomic_write_text(out / "explained.json", json.dumps(summary, indent=1))
+    return 0
 
 
 # --------------------------------------------------------------------- export
@@ -398,7 +433,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--all-classes", action="store_true", help="score every query-class pair, not only each query's best class"
     )
     p.add_argument("--max-detections", type=int, default=100, help="detections kept per image, the best over all")
+    p.add_argument("--nms", type=float, help="class-aware NMS at this IoU before scoring (default: none, as DETR)")
     p.add_argument("--out", help="write the metrics and the predictions to this JSON file")
+    p.add_argument("--results", help="write the predictions as COCO results JSON (as other tools read them)")
+    p.add_argument(
+        "--report", help="write report.json and pictures (PR curves, AP per class and size, confusion, errors) here"
+    )
+    p.add_argument(
+        "--report-threshold", type=float, default=0.5, help="score from which a detection counts in the confusion"
+    )
 
     p = command("predict", "detect objects in images; writes JSON and the images with boxes drawn", cmd_predict)
     p.add_argument("images", nargs="+", help="image files or folders")
@@ -407,6 +450,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--out", default="predictions", help="output folder (one holding earlier predictions: out-2)")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum score of a detection")
     p.add_argument("--k", type=int, default=100, help="at most this many detections per image")
+    p.add_argument("--nms", type=float, help="drop a box overlapping a better one of its class above this IoU")
     p.add_argument("--size", type=int, help="short side of the resize (default: the model's, else 800)")
     p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")
     p.add_argument("--device", default="auto", help=device_help)
@@ -418,6 +462,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument(
         "--yolo-labels", action="store_true", help="also write labels/<image>.txt (YOLO: class cx cy w h score)"
     )
+
+    p = command("explain", "pictures of what a model looks at: attention of each detection and of points", cmd_explain)
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--weights", required=True, help=weights_help)
+    p.add_argument("--model", help=model_help)
+    p.add_argument("--out", default="explained", help="output folder (one holding earlier pictures: out-2)")
+    p.add_argument("--threshold", type=float, default=0.5, help="minimum score of a detection shown")
+    p.add_argument("--layer", type=int, default=-1, help="decoder and encoder layer whose attention is shown")
+    p.add_argument("--head", type=int, help="attention head shown (default: the mean over heads)")
+    p.add_argument("--points", type=int, default=4, help="encoder self-attention of this many detection centres")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--exist-ok", action="store_true", help="write into --out even if it holds earlier pictures")
 
     p = command("export", "export a model to ONNX (dynamic batch, height, width; mask input)", cmd_export)
     p.add_argument("--weights", required=True, help=weights_help)

@@ -30,7 +30,9 @@ class RandomResize(nn.Module):
         self.sizes, self.max_size = list(sizes), max_size
 
     def forward(self, image: Any, target: Any) -> tuple[Any, Any]:
-        short = self.sizes[int(torch.randint(len(self.sizes), ()))]  # drawn even from one size, as torchvision does
+        # a draw only when there is a choice: evaluation (one size) must not move the global random stream,
+        # or how often a run evaluates would change how it trains
+        short = self.sizes[int(torch.randint(len(self.sizes), ()))] if len(self.sizes) > 1 else self.sizes[0]
         size = list(resized_size(*TF.get_size(image), short, self.max_size))
         target = dict(target, boxes=TF.resize(target["boxes"], size))
         return TF.resize(image, size, antialias=True), target

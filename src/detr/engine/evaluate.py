@@ -28,6 +28,7 @@ def predict_dataset(
     progress: bool = False,
     all_classes: bool = False,
     max_detections: int = 100,
+    nms_iou: float | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``model`` over a loader of (images, mask, targets) and return COCO results.
 
@@ -51,7 +52,7 @@ def predict_dataset(
             logits, boxes = model.decode(images, mask, all_layers=False)
         sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
         for target, det in zip(
-            targets, postprocess(logits[-1].float(), boxes[-1].float(), sizes, all_classes=all_classes)
+            targets, postprocess(logits[-1].float(), boxes[-1].float(), sizes, all_classes=all_classes, nms_iou=nms_iou)
         ):
             xyxy = det["boxes"].cpu()
             xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1)
@@ -79,7 +80,8 @@ def coco_evaluate(
     """COCO box metrics of ``results`` against a COCO ground-truth dict or file.
 
     Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", ..., "ARl"}`` (fractions in
-    [0, 1]) and with ``per_class`` also ``"per_class_AP": {category name: AP}``.
+    [0, 1], None for what the split cannot measure, e.g. APl without large objects) and with
+    ``per_class`` also ``"per_class_AP": {category name: AP}``.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -103,7 +105,8 @@ def coco_evaluate(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    metrics: dict[str, Any] = {name: max(float(v), 0.0) for name, v in zip(METRIC_NAMES, evaluator.stats)}
+    # pycocotools says -1 for what a split cannot measure (no large objects in 64 px images): None, "n/a"
+    metrics: dict[str, Any] = {name: (None if v < 0 else float(v)) for name, v in zip(METRIC_NAMES, evaluator.stats)}
     if per_class:
         precision = evaluator.eval["precision"]  # (iou, recall, class, area, max dets)
         names = {c["id"]: c["name"] for c in gt_data["categories"]}
@@ -115,5 +118,6 @@ def coco_evaluate(
     return metrics
 
 
-def format_metrics(metrics: dict[str, Any]) -> str:
-    return "  ".join(f"{name} {metrics[name]:.3f}" for name in METRIC_NAMES[:6])
+def format_metrics(metrics: dict[str, Any], names: tuple[str, ...] = METRIC_NAMES[:6]) -> str:
+    """``AP 0.412  AP50 0.651 ...``, ``n/a`` for what the split cannot measure."""
+    return "  ".join(f"{name} {'n/a' if metrics[name] is None else format(metrics[name], '.3f')}" for name in names)

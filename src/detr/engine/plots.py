@@ -42,7 +42,8 @@ def plot_curves(log_path: str | Path, png_path: str | Path) -> Path | None:
     if ax_loss.lines:  # a run shorter than one logging interval has no curve to name
         ax_loss.legend()
     for key in ("AP", "AP50", "AP75"):
-        ax_ap.plot([r["epoch"] for r in evals], [r[key] for r in evals], marker="o", label=key)
+        values = [float("nan") if r[key] is None else r[key] for r in evals]  # None: not measurable here
+        ax_ap.plot([r["epoch"] for r in evals], values, marker="o", label=key)
     ax_ap.set_xlabel("epoch")
     ax_ap.set_ylabel("COCO box metric")
     ax_ap.set_ylim(0, 1)

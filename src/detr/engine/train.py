@@ -31,6 +31,7 @@ from .ema import ModelEMA
 from .evaluate import coco_evaluate, predict_dataset
 from .loggers import JsonLinesLogger, RunLogger, TensorBoardLogger
 from .plots import plot_curves, prediction_grid
+from .report import evaluation_report
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +268,7 @@ class Trainer:
         self.step = 0  # optimizer steps done in total
         self.best_score = -math.inf  # best value of config.best_metric so far
         self.evals_since_best = 0  # evaluations since it last improved (early stopping)
+        self.last_results: list[dict[str, Any]] | None = None  # the last evaluation's detections (rank 0)
         self.started = time.perf_counter()
         self.seconds_before = 0.0  # training time of the run before this process (resumed runs)
         self.history: list[dict[str, Any]] = []
@@ -471,7 +473,7 @@ class Trainer:
         shards = gather_to_main(self.dist, results)
         if shards is None:
             return None
-        results = [r for shard_results in shards for r in shard_results]
+        results = self.last_results = [r for shard_results in shards for r in shard_results]
         metrics = coco_evaluate(self.val_set.annotations.raw, results, per_class=self.config.per_class_ap)
         atomic_write_text(self.out / "predictions_val.json", json.dumps(results))
         return metrics
@@ -493,8 +495,9 @@ class Trainer:
         if metrics is not None:
             scalars = {k: v for k, v in metrics.items() if k != "per_class_AP"}
             self._log({"type": "eval", "epoch": self.epoch, "step": self.step, **scalars})
-            if metrics[cfg.best_metric] > self.best_score:
-                self.best_score, self.evals_since_best = metrics[cfg.best_metric], 0
+            score = metrics[cfg.best_metric]  # None where the split cannot measure it
+            if score is not None and score > self.best_score:
+                self.best_score, self.evals_since_best = score, 0
                 self.evaluated_model.save_pretrained(self.out / "best")
             else:
                 self.evals_since_best += 1
@@ -550,6 +553,8 @@ class Trainer:
         if self.dist.is_main:
             self.evaluated_model.save_pretrained(self.out / "final")
             atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+            if metrics is not None and self.last_results is not None:  # the last evaluation, for a person to read
+                evaluation_report(self.val_set.annotations.raw, self.last_results, self.out / "report")
             for logger in self.loggers:
                 logger.close()
         if self.dist.enabled:  # once the outputs are safe

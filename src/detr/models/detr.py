@@ -276,6 +276,7 @@ class DETR(nn.Module):
         score_threshold: float = 0.0,
         image_sizes: Tensor | None = None,
         preprocessor: ImagePreprocessor | None = None,
+        nms: float | None = None,
     ) -> list[list[dict[str, Any]]]:
         """Top-k detections per image, each ``{"box": [x0, y0, x1, y1] pixels, "score", "class_id"}``
         (plus ``"class_name"`` when the model knows its class names).
@@ -285,6 +286,7 @@ class DETR(nn.Module):
         resized, normalized and padded by ``preprocessor`` (the model's ``preprocessing`` by default).
         Boxes are in the pixels of the original images when their size is known (raw images,
         or ``image_sizes`` (B, 2) as (height, width)), else of the unpadded region of ``x``.
+        ``nms``: an IoU above which a lower-scored box of the same class is dropped (off by default).
         """
         if isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point():
             mask = check_images(x, mask)
@@ -302,7 +304,7 @@ class DETR(nn.Module):
             logits, boxes, _ = self._decode(x, mask, all_layers=False)
         finally:
             self.train(was_training)
-        results = postprocess(logits[-1], boxes[-1], sizes, score_threshold=score_threshold, top_k=k)
+        results = postprocess(logits[-1], boxes[-1], sizes, score_threshold=score_threshold, top_k=k, nms_iou=nms)
         detections = []
         for res in results:
             image = []

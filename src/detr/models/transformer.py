@@ -63,6 +63,10 @@ class MultiheadAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
+        # explainability (detr.explain): compute the attention weights explicitly and keep them in
+        # ``weights`` (B, heads, Lq, Lk); off by default, when the fused kernel computes the same without them
+        self.record_weights = False
+        self.weights: Tensor | None = None
 
     def forward(
         self,
@@ -97,7 +101,13 @@ class MultiheadAttention(nn.Module):
         if attn_mask is not None:
             mask = attn_mask if mask is None else mask & attn_mask  # broadcast to (B, 1, Lq, Lk)
         dropout = self.dropout if self.training else 0.0
-        if dropout > 0 and q.device.type == "cpu":
+        if self.record_weights:
+            scores = (q * head_dim**-0.5) @ k.transpose(-2, -1)  # (B, h, Lq, Lk)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            self.weights = scores.softmax(-1)  # padded keys: weight 0
+            out = F.dropout(self.weights, dropout, self.training) @ v  # (B, h, Lq, d)
+        elif dropout > 0 and q.device.type == "cpu":
             out = _attention_with_dropout(q, k, v, mask, dropout)  # (B, h, Lq, d)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, h, Lq, d)

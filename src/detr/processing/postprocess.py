@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert
+from torchvision.ops import batched_nms, box_convert
 
 
 def valid_sizes(mask: Tensor) -> Tensor:
@@ -27,6 +27,7 @@ def postprocess(
     score_threshold: float = 0.0,
     top_k: int | None = None,
     all_classes: bool = False,
+    nms_iou: float | None = None,
 ) -> list[dict[str, Tensor]]:
     """Per-image detections from one layer's outputs.
 
@@ -44,6 +45,9 @@ def postprocess(
         score_threshold: keep detections with score >= this.
         top_k: keep at most this many detections per image (the highest scores), over all
             query-class pairs with ``all_classes`` (COCO evaluation keeps 100).
+        nms_iou: drop a detection that overlaps a better one of the same class by more than this IoU
+            (class-aware NMS, ``torchvision.ops.batched_nms``). Off by default: DETR is trained to
+            give one box per object and needs none; an undertrained model may box an object twice.
 
     Returns:
         B dicts with ``scores`` (n,), ``labels`` (n,) int64 in [0, K-1], and ``boxes`` (n, 4)
@@ -75,6 +79,8 @@ def postprocess(
     results = []
     for s, l, b in zip(scores, labels, boxes):
         order = s.argsort(descending=True)
+        if nms_iou is not None:
+            order = batched_nms(b, s, l, nms_iou)  # kept indices, by decreasing score
         if top_k is not None:
             order = order[:top_k]
         order = order[s[order] >= score_threshold]

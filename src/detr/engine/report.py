@@ -1,0 +1,248 @@
+"""An evaluation report a person can read: where the model is right, where it errs, and how.
+
+``evaluation_report(ground_truth, results, out)`` writes ``report.json`` and PNGs:
+
+- precision-recall curves at IoU 0.5 and 0.75, over all classes and per class (pycocotools' own
+  interpolated precision, all object sizes, 100 detections);
+- AP per class (bars) and AP by object size (n/a where a split has no object of that size);
+- a confusion matrix at IoU 0.5 of the detections scored at least ``score_threshold``, with a
+  background row (detections matching no object) and column (objects no detection found);
+- error counts in the spirit of TIDE (Bolya et al. 2020), each detection (best first) counted once:
+  ``correct`` (IoU >= 0.5 with an unmatched object of its class), ``duplicate`` (such an object, but
+  already matched by a better detection), ``classification`` (IoU >= 0.5 with an object of another
+  class), ``localisation`` (0.1 <= IoU < 0.5 with an object of its class), ``both`` (0.1 <= IoU < 0.5
+  with an object of another class), ``background`` (IoU < 0.1 with every object); and ``missed``:
+  objects no correct detection found. Crowd objects are left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..fileio import atomic_write, atomic_write_text
+from .evaluate import coco_evaluate
+
+ERRORS = ("correct", "duplicate", "classification", "localisation", "both", "background", "missed")
+
+
+def _xyxy(box: list[float]) -> np.ndarray:
+    x, y, w, h = box
+    return np.array([x, y, x + w, y + h], dtype=np.float64)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N, 4 xyxy) with every box of ``b`` (M, 4): (N, M)."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(-1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def error_analysis(
+    ground_truth: dict[str, Any], results: list[dict[str, Any]], score_threshold: float = 0.5
+) -> dict[str, Any]:
+    """The error counts and the confusion matrix (see the module docstring).
+
+    Returns ``{"errors": {name: count}, "confusion": {"labels": [category names..., "background"],
+    "matrix": [[...]]}}``. Rows are the detections' classes, columns the objects' classes:
+    ``matrix[i][j]`` counts detections of class i that cover an object of class j (IoU >= 0.5); the last
+    column (background) counts detections of class i that cover no object, the last row the objects
+    of class j that no detection found. Duplicates are counted in the errors only.
+    """
+    categories = sorted(c["id"] for c in ground_truth["categories"])
+    index = {cid: i for i, cid in enumerate(categories)}
+    k = len(categories)
+    objects: dict[int, list[dict[str, Any]]] = {}
+    for ann in ground_truth["annotations"]:
+        if not ann.get("iscrowd", 0):
+            objects.setdefault(ann["image_id"], []).append(ann)
+    detections: dict[int, list[dict[str, Any]]] = {}
+    for det in results:
+        if det["score"] >= score_threshold and det["category_id"] in index:
+            detections.setdefault(det["image_id"], []).append(det)
+    errors = dict.fromkeys(ERRORS, 0)
+    matrix = np.zeros((k + 1, k + 1), dtype=np.int64)
+    for image in ground_truth["images"]:
+        gts = objects.get(image["id"], [])
+        dets = sorted(detections.get(image["id"], []), key=lambda d: -d["score"])
+        gt_boxes = np.array([_xyxy(g["bbox"]) for g in gts]).reshape(-1, 4)
+        gt_class = np.array([index[g["category_id"]] for g in gts], dtype=np.int64)
+        matched = np.zeros(len(gts), dtype=bool)
+        for det in dets:
+            cls = index[det["category_id"]]
+            ious = _iou(_xyxy(det["bbox"])[None], gt_boxes)[0]
+            same = gt_class == cls
+            free = same & ~matched & (ious >= 0.5)
+            if free.any():
+                j = int(np.argmax(np.where(free, ious, -1)))
+                matched[j] = True
+                errors["correct"] += 1
+                matrix[cls, cls] += 1
+            elif (same & (ious >= 0.5)).any():
+                errors["duplicate"] += 1
+            elif (~same & (ious >= 0.5)).any():
+                errors["classification"] += 1
+                j = int(np.argmax(np.where(~same, ious, -1)))
+                matrix[cls, gt_class[j]] += 1
+            elif (same & (ious >= 0.1)).any():
+                errors["localisation"] += 1
+                matrix[cls, k] += 1
+            elif (ious >= 0.1).any():
+                errors["both"] += 1
+                matrix[cls, k] += 1
+            else:
+                errors["background"] += 1
+                matrix[cls, k] += 1
+        errors["missed"] += int((~matched).sum())
+        for j in np.flatnonzero(~matched):
+            matrix[k, gt_class[j]] += 1
+    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+    return {
+        "errors": errors,
+        "confusion": {"labels": [names[c] for c in categories] + ["background"], "matrix": matrix.tolist()},
+    }
+
+
+def precision_recall(ground_truth: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """pycocotools' interpolated precision at 101 recall points, at IoU 0.5 and 0.75 (all sizes, 100
+    detections): ``{"recall": [...], "iou_0.5": {"all": [...], <class name>: [...]}, "iou_0.75": ...}``,
+    None where a class has no object; ``"ap_per_class"`` and ``"ap_by_size"`` (None where not measurable)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_data = copy.deepcopy(ground_truth)
+    gt_data.setdefault("info", {})
+    gt_data.setdefault("licenses", [])
+    for ann in gt_data["annotations"]:
+        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+        ann.setdefault("iscrowd", 0)
+    names = {c["id"]: c["name"] for c in gt_data["categories"]}
+    if not results:
+        return {"recall": [], "ap_per_class": dict.fromkeys(names.values()), "ap_by_size": {}}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_data
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    precision = evaluator.eval["precision"]  # (IoU 10, recall 101, classes, areas 4, max dets 3)
+    ious = list(np.round(evaluator.params.iouThrs, 2))
+
+    def curve(values: np.ndarray) -> list[float] | None:
+        return None if (values < 0).all() else [float(max(v, 0.0)) for v in values]
+
+    out: dict[str, Any] = {"recall": [float(r) for r in evaluator.params.recThrs]}
+    for threshold in (0.5, 0.75):
+        t = ious.index(threshold)
+        per_class = {names[cid]: curve(precision[t, :, k, 0, -1]) for k, cid in enumerate(evaluator.params.catIds)}
+        measured = [c for c in per_class.values() if c is not None]
+        out[f"iou_{threshold}"] = {
+            "all": [float(np.mean(v)) for v in zip(*measured)] if measured else None,
+            **per_class,
+        }
+    ap = {}
+    for k, cid in enumerate(evaluator.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        ap[names[cid]] = float(p[p > -1].mean()) if (p > -1).any() else None
+    out["ap_per_class"] = ap
+    out["ap_by_size"] = {
+        name: (None if value < 0 else float(value))
+        for name, value in zip(("small", "medium", "large"), evaluator.stats[3:6])
+    }
+    return out
+
+
+def evaluation_report(
+    ground_truth: dict[str, Any], results: list[dict[str, Any]], out: str | Path, score_threshold: float = 0.5
+) -> dict[str, Any]:
+    """Write ``report.json``, ``pr_curves.png``, ``ap_per_class.png``, ``ap_by_size.png`` and
+    ``confusion_matrix.png`` into ``out`` (see the module docstring); returns the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "metrics": coco_evaluate(ground_truth, results),
+        "score_threshold": score_threshold,
+        **precision_recall(ground_truth, results),
+        **error_analysis(ground_truth, results, score_threshold),
+    }
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        atomic_write(out / name, lambda tmp: fig.savefig(tmp, format="png"))
+        plt.close(fig)
+
+    classes = list(report["ap_per_class"])
+    if report["recall"]:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
+        for ax, threshold in zip(axes, (0.5, 0.75)):
+            curves = report[f"iou_{threshold}"]
+            for name in classes[:10]:
+                if curves[name] is not None:
+                    ax.plot(report["recall"], curves[name], linewidth=1, alpha=0.6, label=name)
+            if curves["all"] is not None:
+                ax.plot(report["recall"], curves["all"], color="black", linewidth=2.5, label="all classes")
+            ax.set(
+                xlabel="recall",
+                ylabel="precision",
+                title=f"precision-recall at IoU {threshold}",
+                xlim=(0, 1),
+                ylim=(0, 1.02),
+            )
+            ax.legend(fontsize=7, loc="lower left")
+        save(fig, "pr_curves.png")
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(classes) + 2), 4), dpi=100)
+    values = [report["ap_per_class"][n] for n in classes]
+    ax.bar(
+        range(len(classes)),
+        [v if v is not None else 0 for v in values],
+        color=["C0" if v is not None else "0.8" for v in values],
+    )
+    ax.set_xticks(range(len(classes)))
+    ax.set_xticklabels(classes, rotation=90 if len(classes) > 8 else 0, fontsize=7 if len(classes) > 20 else 9)
+    ax.set(ylabel="AP (IoU 0.50:0.95)", ylim=(0, 1), title="AP per class (grey: no object of the class)")
+    save(fig, "ap_per_class.png")
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    sizes = report["ap_by_size"]
+    for i, (name, value) in enumerate(sizes.items()):
+        ax.bar(i, value if value is not None else 0, color="C0" if value is not None else "0.85")
+        ax.text(i, (value or 0) + 0.02, "n/a" if value is None else f"{value:.3f}", ha="center")
+    ax.set_xticks(range(len(sizes)))
+    ax.set_xticklabels([f"{n}\n({r})" for n, r in zip(sizes, ("< 32 px", "32-96 px", "> 96 px"))])
+    ax.set(ylabel="AP", ylim=(0, 1.1), title="AP by object size")
+    save(fig, "ap_by_size.png")
+    labels, matrix = report["confusion"]["labels"], np.array(report["confusion"]["matrix"])
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * n + 2), max(4.5, 0.35 * n + 1.5)), dpi=100)
+    ax.imshow(np.log1p(matrix), cmap="Blues")
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(labels, rotation=90, fontsize=7)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.set(xlabel="object's class (background: no object)", ylabel="detection's class (background: missed)")
+    ax.set_title(f"confusion at IoU 0.5, score >= {score_threshold}")
+    save(fig, "confusion_matrix.png")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1))
+    return report
