@@ -174,7 +174,8 @@ def test_exif_orientation_is_applied_by_predict(tmp_path, saved_model):
         main(["predict", str(tmp_path / "phone.jpg"), "--weights", str(saved_model), "--out", str(tmp_path / "p")]) == 0
     )
     with Image.open(tmp_path / "p" / "phone_detections.png") as drawn:
-        assert drawn.size == (20, 40)
+        # portrait, as the phone showed it (scaled up for legibility, maybe a legend strip below)
+        assert drawn.width % 20 == 0 and drawn.height >= 2 * drawn.width
 
 
 # 7, 8 ------------------------------------------------------------- datasets

@@ -210,7 +210,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             [image], k=args.k, score_threshold=args.threshold, preprocessor=preprocessor, nms=args.nms
         )
         report[str(path)] = dets
-        draw_detections(image, dets).save(out / f"{name}_detections.png")
+        draw_detections(image, dets, min_side=512, legend=True).save(out / f"{name}_detections.png")
         if args.coco_results:
             image_id = int(path.stem) if path.stem.isdigit() else len(report)
             results += [dict(r, file_name=str(path)) for r in coco_results(dets, image_id, model.category_ids)]
