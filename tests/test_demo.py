@@ -21,6 +21,8 @@ def test_short_demo_writes_every_artefact(tmp_path):
     assert metrics == json.loads(json.dumps(result))
     assert set(metrics["metrics"]) >= {"AP", "AP50", "AP75"}
     assert metrics["steps"] == 12
+    evaluations = [r for r in map(json.loads, (out / "run" / "log.jsonl").read_text().splitlines()) if r.get("type") == "eval"]
+    assert len(evaluations) >= 3  # a validation curve, not one dot
     with Image.open(metrics["paths"]["curves"]) as png:
         assert png.format == "PNG" and png.size == (1100, 400)
     with Image.open(metrics["paths"]["predictions"]) as png:

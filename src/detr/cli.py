@@ -180,8 +180,11 @@ def _output_names(paths: list[Path]) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data.coco import DatasetError, read_image
+    import torch
+    from tqdm import tqdm
+
     from .device import resolve_device
+    from .engine.predict import ground_truth_by_name, predict_files
     from .fileio import atomic_write_text, free_folder, holds_any
     from .models.factories import load_model
     from .processing.interop import coco_results, yolo_lines
@@ -190,7 +193,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.weights, args.model)
     model.to(device).eval()
+    classes = [c for item in args.classes for c in item.split(",") if c] if args.classes else None
+    if classes:
+        from .processing.postprocess import class_ids
+
+        try:
+            class_ids(classes, model.class_names, model.num_classes)
+        except ValueError as err:
+            raise SystemExit(f"error: --classes: {err}") from None
     paths = _image_paths(args.images)
+    truth = ground_truth_by_name(args.show_gt) if args.show_gt else {}
     out = Path(args.out)
     if not args.exist_ok:
         out = free_folder(out, lambda p: holds_any(p, ("detections.json",)))
@@ -198,33 +210,52 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{args.out} holds earlier predictions, left as they are: writing to {out}")
     out.mkdir(parents=True, exist_ok=True)
     preprocessor = model.preprocessing.with_sizes(args.size, args.max_size)  # the model's, unless flags say otherwise
-    report, skipped, results = {}, {}, []
-    for path, name in zip(paths, _output_names(paths), strict=True):
-        try:
-            image = read_image(path, exif=True)
-        except DatasetError as err:  # one bad file does not stop the others
-            skipped[str(path)] = str(err)
-            print(f"skipped {path}: {err}", file=sys.stderr)
+    fast = model.optimize_for_inference(dtype=torch.bfloat16 if args.bf16 else torch.float32)
+    names = _output_names(paths)
+    found: dict[int, list] = {}
+    skipped: dict[str, str] = {}
+    with_truth = 0
+    predictions = predict_files(
+        fast,
+        paths,
+        preprocessor,
+        args.batch_size,
+        k=args.k,
+        score_threshold=args.threshold,
+        nms=args.nms,
+        classes=classes,
+    )
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=args.no_progress, leave=False)
+    for result in predictions:
+        bar.update()
+        if result.error is not None:
+            skipped[str(result.path)] = result.error
+            bar.write(f"skipped {result.path}: {result.error}", file=sys.stderr)
             continue
-        (dets,) = model.predict(
-            [image], k=args.k, score_threshold=args.threshold, preprocessor=preprocessor, nms=args.nms
-        )
-        report[str(path)] = dets
-        draw_detections(image, dets, min_side=512, legend=True).save(out / f"{name}_detections.png")
-        if args.coco_results:
-            image_id = int(path.stem) if path.stem.isdigit() else len(report)
-            results += [dict(r, file_name=str(path)) for r in coco_results(dets, image_id, model.category_ids)]
+        dets, image, name = result.detections, result.image, names[result.index]
+        found[result.index] = dets
+        gt = truth.get(result.path.name, [])
+        with_truth += result.path.name in truth
+        draw_detections(image, dets, gt, min_side=512, legend=True).save(out / f"{name}_detections.png")
         if args.yolo_labels:
             atomic_write_text(out / "labels" / f"{name}.txt", yolo_lines(dets, image.width, image.height))
-        print(
-            f"{path}: {len(dets)} detections"
-            + (f", best {dets[0].get('class_name', dets[0]['class_id'])} {dets[0]['score']:.2f}" if dets else "")
-        )
+        best = f", best {dets[0].get('class_name', dets[0]['class_id'])} {dets[0]['score']:.2f}" if dets else ""
+        bar.write(f"{result.path}: {len(dets)} detections{best}")
+    bar.close()
+    order = sorted(found)  # the inputs' order, whatever order batches finished in
+    report = {str(paths[i]): found[i] for i in order}
     atomic_write_text(out / "detections.json", json.dumps(report, indent=1))
     if args.coco_results:
+        results = []
+        for number, i in enumerate(order, start=1):
+            path = paths[i]
+            image_id = int(path.stem) if path.stem.isdigit() else number
+            results += [dict(r, file_name=str(path)) for r in coco_results(found[i], image_id, model.category_ids)]
         atomic_write_text(out / "results.coco.json", json.dumps(results))
     if skipped:
         atomic_write_text(out / "skipped.json", json.dumps(skipped, indent=1))
+    if args.show_gt:
+        print(f"ground truth (white) drawn for {with_truth} of {len(report)} images, found by file name in {args.show_gt}")
     print(
         f"wrote {out / 'detections.json'} and {len(report)} images with boxes to {out}"
         + (f"; skipped {len(skipped)} unreadable images (each with its error in skipped.json)" if skipped else "")
@@ -462,6 +493,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument(
         "--yolo-labels", action="store_true", help="also write labels/<image>.txt (YOLO: class cx cy w h score)"
     )
+    p.add_argument(
+        "--batch-size", type=int, default=4, help="images per forward pass (batched with others of their size)"
+    )
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for backbone and encoder (CPUs with AMX, GPUs)")
+    p.add_argument("--classes", nargs="+", help="keep only these classes (names or ids, e.g. --classes cat dog)")
+    p.add_argument(
+        "--show-gt", metavar="DATA", help="draw the ground truth (white) of these annotations (as --data), by file name"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = command("explain", "pictures of what a model looks at: attention of each detection and of points", cmd_explain)
     p.add_argument("images", nargs="+", help="image files or folders")

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..models.backbone import ConvFrozenBN2d, conv_norm_pairs
 from ..processing.checks import check_images, padding_or_none
+from ..processing.postprocess import class_ids, detection_dicts
+from ..processing.preprocess import Batch, ImagePreprocessor
 
 if TYPE_CHECKING:
     from ..models.detr import DETR
@@ -143,6 +146,9 @@ class InferenceDETR(nn.Module):
             keep_outputs_float32(model)
         self.model = model
         self.num_queries = model.num_queries
+        self.num_classes = model.num_classes
+        self.class_names = model.class_names
+        self.preprocessing = model.preprocessing
         self.dtype = dtype
         self.channels_last = channels_last
         # freezing: weights become constants, so inductor can pre-pack them for oneDNN and fuse more
@@ -165,3 +171,29 @@ class InferenceDETR(nn.Module):
         """x: (B, 3, H, W) float normalized images; mask: (B, H, W) bool, True on padding, or None."""
         mask = check_images(x, mask)
         return self._run(x, padding_or_none(mask))  # nothing padded: no masking work at all
+
+    def predict(
+        self,
+        images: Any,
+        k: int = 100,
+        score_threshold: float = 0.0,
+        preprocessor: ImagePreprocessor | None = None,
+        nms: float | None = None,
+        classes: Sequence[int | str] | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Detections per image, as :meth:`detr.models.detr.DETR.predict` gives them, for raw images (one
+        or a list: PIL, numpy, (3, H, W) tensors; read by ``preprocessor``, the model's by default) or
+        a preprocessed :class:`~detr.processing.preprocess.Batch`."""
+        batch = images if isinstance(images, Batch) else (preprocessor or self.preprocessing)(images)
+        device = next(self.model.parameters()).device
+        logits, boxes = self(batch.pixel_values.to(device), batch.mask.to(device))
+        return detection_dicts(
+            logits,
+            boxes,
+            batch.image_sizes,
+            self.class_names,
+            score_threshold=score_threshold,
+            top_k=k,
+            nms_iou=nms,
+            classes=None if classes is None else class_ids(classes, self.class_names, self.num_classes),
+        )

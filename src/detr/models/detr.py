@@ -39,7 +39,7 @@ from ..losses.criterion import SetCriterion
 from ..losses.matcher import HungarianMatcher
 from ..options.base import DETROption, OptionState, decode_with_options
 from ..processing.checks import Target, check_images, check_targets, padding_or_none
-from ..processing.postprocess import postprocess, valid_sizes
+from ..processing.postprocess import class_ids, detection_dicts, valid_sizes
 from ..processing.preprocess import ImagePreprocessor
 from .layers import MLP
 from .position_encoding import PositionEmbeddingSine
@@ -277,6 +277,7 @@ class DETR(nn.Module):
         image_sizes: Tensor | None = None,
         preprocessor: ImagePreprocessor | None = None,
         nms: float | None = None,
+        classes: Sequence[int | str] | None = None,
     ) -> list[list[dict[str, Any]]]:
         """Top-k detections per image, each ``{"box": [x0, y0, x1, y1] pixels, "score", "class_id"}``
         (plus ``"class_name"`` when the model knows its class names).
@@ -287,6 +288,7 @@ class DETR(nn.Module):
         Boxes are in the pixels of the original images when their size is known (raw images,
         or ``image_sizes`` (B, 2) as (height, width)), else of the unpadded region of ``x``.
         ``nms``: an IoU above which a lower-scored box of the same class is dropped (off by default).
+        ``classes``: keep only detections of these classes (ids or names).
         """
         if isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point():
             mask = check_images(x, mask)
@@ -304,17 +306,16 @@ class DETR(nn.Module):
             logits, boxes, _ = self._decode(x, mask, all_layers=False)
         finally:
             self.train(was_training)
-        results = postprocess(logits[-1], boxes[-1], sizes, score_threshold=score_threshold, top_k=k, nms_iou=nms)
-        detections = []
-        for res in results:
-            image = []
-            for box, score, label in zip(res["boxes"].tolist(), res["scores"].tolist(), res["labels"].tolist()):
-                det = {"box": box, "score": score, "class_id": label}
-                if self.class_names is not None:
-                    det["class_name"] = self.class_names[label]
-                image.append(det)
-            detections.append(image)
-        return detections
+        return detection_dicts(
+            logits[-1],
+            boxes[-1],
+            sizes,
+            self.class_names,
+            score_threshold=score_threshold,
+            top_k=k,
+            nms_iou=nms,
+            classes=None if classes is None else class_ids(classes, self.class_names, self.num_classes),
+        )
 
     # ------------------------------------------- weights and deployment (detr.hub, detr.deploy)
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_convert
@@ -28,6 +31,7 @@ def postprocess(
     top_k: int | None = None,
     all_classes: bool = False,
     nms_iou: float | None = None,
+    classes: Sequence[int] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Per-image detections from one layer's outputs.
 
@@ -48,6 +52,7 @@ def postprocess(
         nms_iou: drop a detection that overlaps a better one of the same class by more than this IoU
             (class-aware NMS, ``torchvision.ops.batched_nms``). Off by default: DETR is trained to
             give one box per object and needs none; an undertrained model may box an object twice.
+        classes: keep only detections of these class ids (before ``top_k``: k of the classes asked for).
 
     Returns:
         B dicts with ``scores`` (n,), ``labels`` (n,) int64 in [0, K-1], and ``boxes`` (n, 4)
@@ -69,20 +74,62 @@ def postprocess(
     # a box whose centre and size are each in [0, 1] can still reach past the border: clip it to the image
     boxes = box_convert(pred_boxes.float(), "cxcywh", "xyxy").clamp(0.0, 1.0) * scale  # (B, Q, 4)
     if all_classes:
-        batch, queries, classes = prob.shape
+        batch, queries, num_classes = prob.shape
         scores = prob.flatten(1)  # (B, Q*K), query-major
-        labels = torch.arange(classes, device=prob.device).repeat(queries).expand(batch, -1)  # (B, Q*K)
-        boxes = boxes.repeat_interleave(classes, dim=1)  # (B, Q*K, 4)
+        labels = torch.arange(num_classes, device=prob.device).repeat(queries).expand(batch, -1)  # (B, Q*K)
+        boxes = boxes.repeat_interleave(num_classes, dim=1)  # (B, Q*K, 4)
     else:
         scores, labels = prob.max(-1)  # (B, Q)
 
+    wanted = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=labels.device)
     results = []
     for s, l, b in zip(scores, labels, boxes):
         order = s.argsort(descending=True)
         if nms_iou is not None:
             order = batched_nms(b, s, l, nms_iou)  # kept indices, by decreasing score
+        if wanted is not None:
+            order = order[torch.isin(l[order], wanted)]
         if top_k is not None:
             order = order[:top_k]
         order = order[s[order] >= score_threshold]
         results.append({"scores": s[order], "labels": l[order], "boxes": b[order]})
     return results
+
+
+def class_ids(classes: Sequence[int | str], class_names: Sequence[str] | None, num_classes: int) -> list[int]:
+    """Class ids of ``classes`` given as ids or names (names need a model that knows its class names)."""
+    ids = []
+    for item in classes:
+        if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+            class_id = int(item)
+            if not 0 <= class_id < num_classes:
+                raise ValueError(f"class id {class_id} is out of range: the model has classes 0..{num_classes - 1}")
+        elif class_names is None:
+            raise ValueError(f"class {item!r} given by name, but the model has no class names: give class ids")
+        elif item in class_names:
+            class_id = list(class_names).index(item)
+        else:
+            raise ValueError(f"no class named {item!r}; the model's classes: {', '.join(map(str, class_names))}")
+        ids.append(class_id)
+    return ids
+
+
+def detection_dicts(
+    pred_logits: Tensor,
+    pred_boxes: Tensor,
+    image_sizes: Tensor,
+    class_names: Sequence[str] | None = None,
+    **options: Any,
+) -> list[list[dict[str, Any]]]:
+    """:func:`postprocess` (``options`` are its keyword arguments) as plain data: per image, a list of
+    ``{"box": [x0, y0, x1, y1] pixels, "score", "class_id"}`` (plus ``"class_name"`` with ``class_names``)."""
+    detections = []
+    for res in postprocess(pred_logits, pred_boxes, image_sizes, **options):
+        image = []
+        for box, score, label in zip(res["boxes"].tolist(), res["scores"].tolist(), res["labels"].tolist()):
+            det = {"box": box, "score": score, "class_id": label}
+            if class_names is not None:
+                det["class_name"] = class_names[label]
+            image.append(det)
+        detections.append(image)
+    return detections

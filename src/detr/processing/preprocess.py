@@ -121,6 +121,19 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(t.to(device) for t in (self.pixel_values, self.mask, self.image_sizes, self.resized_sizes)))
 
+    def __len__(self) -> int:
+        return self.pixel_values.shape[0]
+
+    @staticmethod
+    def concat(batches: Sequence[Batch]) -> Batch:
+        """One batch of the images of ``batches``, which must share their padded size (H, W)."""
+        shapes = {tuple(b.pixel_values.shape[2:]) for b in batches}
+        if len(shapes) != 1:
+            raise ValueError(f"batches of different padded sizes cannot be joined: {sorted(shapes)}")
+        return Batch(
+            *(torch.cat(parts) for parts in zip(*((b.pixel_values, b.mask, b.image_sizes, b.resized_sizes) for b in batches)))
+        )
+
 
 def pad_batch(images: Sequence[Tensor], size_divisor: int = 32) -> tuple[Tensor, Tensor]:
     """(3, H_i, W_i) tensors -> (B, 3, H, W) zero-padded batch and (B, H, W) mask, H, W multiples of size_divisor."""
