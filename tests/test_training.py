@@ -289,7 +289,7 @@ def test_two_process_gloo_torchrun_with_every_option_ends_with_identical_weights
         "-m", "detr", *args,
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-2000:] + "\n---- stderr ----\n" + done.stderr[-3000:]
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     (check,) = [r for r in records if r["type"] == "ddp_check"]
     assert check["identical"] and len(check["param_checksums"]) == 2

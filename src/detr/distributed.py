@@ -43,6 +43,18 @@ def init_distributed(device: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
+def destroy_process_group_cleanly(wait_for_peers: bool = True) -> None:
+    """Leave the process group, by default once every process is done with it: a process that tears
+    its group down while a peer's last collective is still in flight can abort the peer (seen once
+    with gloo under heavy CPU load: "terminate called without an active exception")."""
+    if wait_for_peers:
+        try:
+            dist.barrier()
+        except RuntimeError:  # a peer already failed: nothing left to wait for
+            pass
+    dist.destroy_process_group()
+
+
 def gather_to_main(info: DistInfo, obj: Any) -> list[Any] | None:
     """Every process's ``obj`` (picklable), in rank order, on the main process; None on the others."""
     if not info.enabled:

@@ -20,7 +20,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..data.coco import CocoDetection, CocoSplit, annotation_file_split, find_split
 from ..data.transforms import collate, eval_transforms, train_transforms
 from ..device import resolve_device
-from ..distributed import DistInfo, ResumableSampler, barrier, gather_to_main, init_distributed
+from ..distributed import (
+    DistInfo,
+    ResumableSampler,
+    barrier,
+    destroy_process_group_cleanly,
+    gather_to_main,
+    init_distributed,
+)
 from ..fileio import atomic_write, atomic_write_text, free_folder, holds_any
 from ..hub.checkpoints import CheckpointError, fetch_checkpoint
 from ..models.detr import DETR
@@ -622,11 +629,15 @@ class Trainer:
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run a training job described by ``config``; returns a summary (epochs, steps, final metrics)."""
     trainer = Trainer(config)
+    finished = False
     try:
-        return trainer.fit()
+        summary = trainer.fit()
+        finished = True
+        return summary
     finally:
         if trainer.dist.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+            # a failed process must not wait for peers that are still training: they would wait forever
+            destroy_process_group_cleanly(wait_for_peers=finished)
 
 
 __all__ = ["Trainer", "TrainingDiverged", "train"]
