@@ -7,6 +7,7 @@ import json
 import pytest
 from PIL import Image
 
+from detr.engine.evaluate import coco_evaluate
 from detr.engine.report import error_analysis, evaluation_report
 
 from .test_evaluation import hand_made_ground_truth
@@ -77,3 +78,32 @@ def test_the_report_files_and_its_precision_recall_points(tmp_path):
         with Image.open(tmp_path / "r" / name) as png:
             assert png.size == size, name
     assert (tmp_path / "r" / "confusion_matrix.png").is_file()
+
+
+def test_the_report_shows_what_nms_would_change(tmp_path):
+    gt, results = two_class_case()
+    report = evaluation_report(gt, results, tmp_path / "r", nms_iou=0.7)
+    after = report["with_nms"]
+    # NMS removes exactly the planted duplicate (IoU 0.9 with a better box of its class); the overlapping
+    # detections of class B (other class) and the localisation error (IoU 0.35) stay
+    assert after["iou"] == 0.7 and after["detections_removed"] == 1
+    assert after["errors"] == dict(report["errors"], correct=1, duplicate=0)
+    by_hand = coco_evaluate(gt, [r for r in results if r["score"] != 0.8])  # the duplicate taken out
+    assert after["metrics"] == pytest.approx(by_hand)
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["with_nms"]["detections_removed"] == 1
+
+
+def test_a_box_near_an_object_of_its_class_is_a_localisation_error_as_tide_counts_it():
+    gt = {
+        "images": [{"id": 1, "file_name": "1.jpg", "width": 100, "height": 100}],
+        "categories": [{"id": 1, "name": "A"}, {"id": 2, "name": "B"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 40, 40]},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [20, 0, 40, 40]},
+        ],
+    }
+    # an A box on the B object (IoU 1) that also overlaps the A object (IoU 1/3): TIDE says localisation
+    results = [{"image_id": 1, "category_id": 1, "bbox": [20, 0, 40, 40], "score": 0.9}]
+    analysis = error_analysis(gt, results)
+    assert analysis["errors"]["localisation"] == 1 and analysis["errors"]["classification"] == 0
+    assert analysis["confusion"]["matrix"][0] == [0, 1, 0]  # still drawn as an A covering a B

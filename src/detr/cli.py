@@ -147,6 +147,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report = evaluation_report(dataset.annotations.raw, results, args.report, args.report_threshold)
         errors = ", ".join(f"{k} {v}" for k, v in report["errors"].items())
         print(f"wrote the report to {args.report} (detections scored >= {args.report_threshold}: {errors})")
+        nms = report["with_nms"]
+        print(
+            f"after NMS at IoU {nms['iou']} ({nms['detections_removed']} detections removed): "
+            f"{format_metrics(nms['metrics'], ('AP', 'AP50', 'AP75'))}, {nms['errors']['duplicate']} duplicates"
+        )
     return 0
 
 
