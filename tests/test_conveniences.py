@@ -95,7 +95,7 @@ def test_predictions_as_coco_results_and_yolo_labels(shapes, tmp_path):
     Trainer(config(shapes, tmp_path / "run", max_steps=1, val_split="")).fit()
     images = sorted((shapes / "val").glob("*.jpg"))[:2]
     args = ["predict", *map(str, images), "--weights", str(tmp_path / "run"), "--out", str(tmp_path / "p")]
-    assert main([*args, "--threshold", "0", "--k", "3", "--coco-results", "--yolo-labels"]) == 0
+    assert main([*args, "--threshold", "0", "--k", "3", "--yolo-labels"]) == 0
     report = json.loads((tmp_path / "p" / "detections.json").read_text())
     results = json.loads((tmp_path / "p" / "results.coco.json").read_text())
     assert len(results) == 6

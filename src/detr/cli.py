@@ -250,19 +250,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     order = sorted(found)  # the inputs' order, whatever order batches finished in
     report = {str(paths[i]): found[i] for i in order}
     atomic_write_text(out / "detections.json", json.dumps(report, indent=1))
-    if args.coco_results:
-        results = []
-        for number, i in enumerate(order, start=1):
-            path = paths[i]
-            image_id = int(path.stem) if path.stem.isdigit() else number
-            results += [dict(r, file_name=str(path)) for r in coco_results(found[i], image_id, model.category_ids)]
-        atomic_write_text(out / "results.coco.json", json.dumps(results))
+    results = []  # the same as COCO results, as other tools read them (image ids from numeric names)
+    for number, i in enumerate(order, start=1):
+        path = paths[i]
+        image_id = int(path.stem) if path.stem.isdigit() else number
+        results += [dict(r, file_name=str(path)) for r in coco_results(found[i], image_id, model.category_ids)]
+    atomic_write_text(out / "results.coco.json", json.dumps(results))
     if skipped:
         atomic_write_text(out / "skipped.json", json.dumps(skipped, indent=1))
     if args.show_gt:
         print(f"ground truth (white) drawn for {with_truth} of {len(report)} images, found by file name in {args.show_gt}")
     print(
-        f"wrote {out / 'detections.json'} and {len(report)} images with boxes to {out}"
+        f"wrote {out / 'detections.json'} (and as COCO results, results.coco.json) and {len(report)} images "
+        f"with boxes to {out}"
         + (f"; skipped {len(skipped)} unreadable images (each with its error in skipped.json)" if skipped else "")
     )
     if not report:
@@ -492,9 +492,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--strict", action="store_true", help="exit with an error when any image cannot be read")
     p.add_argument("--exist-ok", action="store_true", help="write into --out even if it holds earlier predictions")
-    p.add_argument(
-        "--coco-results", action="store_true", help="also write results.coco.json (COCO results, image ids from names)"
-    )
     p.add_argument(
         "--yolo-labels", action="store_true", help="also write labels/<image>.txt (YOLO: class cx cy w h score)"
     )
