@@ -141,7 +141,7 @@ def test_onnx_export_has_dynamic_batch_height_width_and_mask(tmp_path, options):
     model = detr.detr_r18(num_classes=4, num_queries=7, backbone_norm="bn", **TINY, **options).eval()
     model.save_pretrained(tmp_path / "model")
     assert cli_main(["export", "--weights", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx"),
-                     "--height", "128", "--width", "160", "--no-check"]) == 0  # fmt: skip
+                     "--height", "128", "--width", "160"]) == 0  # fmt: skip
     gen = torch.Generator().manual_seed(1)
     for batch, height, width in ((1, 96, 224), (3, 192, 128)):  # neither the exported size nor batch
         x = torch.randn(batch, 3, height, width, generator=gen)

@@ -50,6 +50,8 @@ _EXPORTS = {
     "postprocess": "processing.postprocess",
     "to_supervision": "processing.interop",
     "from_pretrained": "models.factories",
+    "load": "models.factories",
+    "ExportedDETR": "deploy.runtime",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -106,19 +107,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .engine.evaluate import METRIC_NAMES, coco_evaluate, format_metrics, predict_dataset
     from .fileio import atomic_write_text
-    from .models.factories import load_model
 
     device = resolve_device(args.device)
-    model = load_model(args.weights, args.model)
+    model = _load_for_inference(args.weights, args.model, device, args.device)
     reading = model.preprocessing.with_sizes(args.size, args.max_size)  # the model's, unless flags say otherwise
     dataset = CocoDetection(
-        args.data, args.split, eval_transforms(reading.short_side, reading.max_size), images=args.images
+        args.data,
+        args.split,
+        eval_transforms(reading.short_side, reading.max_size, reading.mean, reading.std),
+        images=args.images,
     )
     dataset.check_images()
     match = dataset.match_model(model)
     print(f"label map: {match.describe()}")
     model.to(device)
-    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate, num_workers=args.workers)
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        collate_fn=functools.partial(collate, size_divisor=reading.size_divisor),
+        num_workers=args.workers,
+    )
     results = predict_dataset(
         model,
         loader,
@@ -153,6 +161,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{format_metrics(nms['metrics'], ('AP', 'AP50', 'AP75'))}, {nms['errors']['duplicate']} duplicates"
         )
     return 0
+
+
+def _load_for_inference(weights: str, factory: str | None, device: Any, asked: str) -> Any:
+    """``detr.load`` for eval and predict: PyTorch weights on ``device``; an exported file on it too,
+    except that with ``--device auto`` an onnxruntime without a CUDA provider runs it on the CPU."""
+    from .deploy.runtime import RuntimeUnsupported, is_exported, load_exported
+    from .models.factories import load
+
+    if is_exported(weights) and asked == "auto" and device.type != "cpu":
+        try:
+            return load_exported(weights, device)
+        except RuntimeUnsupported as err:
+            print(f"{err}\nrunning {weights} on the CPU", file=sys.stderr)
+            return load_exported(weights, "cpu")
+    return load(weights, factory, device)
 
 
 # -------------------------------------------------------------------- predict
@@ -191,13 +214,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .engine.predict import ground_truth_by_name, predict_files
     from .fileio import atomic_write_text, free_folder, holds_any
-    from .models.factories import load_model
     from .processing.interop import coco_results, yolo_lines
     from .processing.visualize import draw_detections
 
     device = resolve_device(args.device)
-    model = load_model(args.weights, args.model)
-    model.to(device).eval()
+    model = _load_for_inference(args.weights, args.model, device, args.device)
+    exported = not isinstance(model, torch.nn.Module)
+    if exported and args.bf16:
+        raise SystemExit(
+            "error: --bf16 applies to PyTorch weights; an exported file has its precision (detr export --precision fp16)"
+        )
     classes = [c for item in args.classes for c in item.split(",") if c] if args.classes else None
     if classes:
         from .processing.postprocess import class_ids
@@ -215,7 +241,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{args.out} holds earlier predictions, left as they are: writing to {out}")
     out.mkdir(parents=True, exist_ok=True)
     preprocessor = model.preprocessing.with_sizes(args.size, args.max_size)  # the model's, unless flags say otherwise
-    fast = model.optimize_for_inference(dtype=torch.bfloat16 if args.bf16 else torch.float32)
+    fast = model if exported else model.optimize_for_inference(dtype=torch.bfloat16 if args.bf16 else torch.float32)
     names = _output_names(paths)
     found: dict[int, list] = {}
     skipped: dict[str, str] = {}
@@ -259,7 +285,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if skipped:
         atomic_write_text(out / "skipped.json", json.dumps(skipped, indent=1))
     if args.show_gt:
-        print(f"ground truth (white) drawn for {with_truth} of {len(report)} images, found by file name in {args.show_gt}")
+        print(
+            f"ground truth (white) drawn for {with_truth} of {len(report)} images, found by file name in {args.show_gt}"
+        )
     print(
         f"wrote {out / 'detections.json'} (and as COCO results, results.coco.json) and {len(report)} images "
         f"with boxes to {out}"
@@ -298,28 +326,38 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
-    import torch
-
-    from .deploy.export import check_onnx, export_onnx
+    from .deploy.export import ExportRejected, export
     from .models.factories import load_model
 
+    out = Path(args.out or f"detr.{'xml' if args.format == 'openvino' else 'onnx'}")
+    if out.exists() and not args.overwrite:
+        raise SystemExit(f"error: {out} exists; pass --overwrite to replace it, or choose another --out")
     model = load_model(args.weights, args.model).eval()
-    # trace at the size the model reads images at, but never so small that a feature map has one cell
-    # (the exporter would then fix the sizes it should keep dynamic)
-    side = max(model.preprocessing.short_side or 800, 64)
-    args.height, args.width = args.height or side, args.width or side
-    path = export_onnx(model, args.out, height=args.height, width=args.width)
-    print(f"wrote {path} (inputs pixel_values (B, 3, H, W), pixel_mask (B, H, W); any B, H, W)")
-    if not args.no_check:
-        gen = torch.Generator().manual_seed(0)
-        for batch, h, w in ((1, args.height, args.width), (2, args.height * 3 // 4, args.width + 64)):
-            x = torch.randn(batch, 3, h, w, generator=gen)
-            mask = torch.zeros(batch, h, w, dtype=torch.bool)
-            mask[-1, :, w - w // 4 :] = batch > 1  # pad the last image of the batch
-            logits, boxes = check_onnx(path, model, x, mask)
-            print(
-                f"onnxruntime vs PyTorch at batch {batch}, {h}x{w}: max |diff| logits {logits:.1e}, boxes {boxes:.1e}"
-            )
+    try:
+        path, result = export(
+            model,
+            out,
+            precision=args.precision,
+            format=args.format,
+            calibration_data=args.calibration_data,
+            calibration_images=args.calibration_images,
+            keep_float=args.keep_float,
+            check_data=args.check_data,
+            split=args.split,
+            max_ap_drop=args.max_ap_drop,
+            height=args.height,
+            width=args.width,
+        )
+    except ExportRejected as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    size = sum(p.stat().st_size for p in (path, path.with_suffix(".bin")) if p.is_file()) / 2**20
+    print(
+        f"wrote {path} ({args.format}, {args.precision}, {size:.1f} MiB; inputs pixel_values (B, 3, H, W), "
+        "pixel_mask (B, H, W); any B, H, W; class names and preprocessing inside)"
+    )
+    print(result.describe())
+    print(f"use it as the weights: detr predict IMAGES --weights {path}")
     return 0
 
 
@@ -479,19 +517,30 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--report-threshold", type=float, default=0.5, help="score from which a detection counts in the confusion"
     )
 
-    p = command("predict", "detect objects in images; writes JSON and the images with boxes drawn", cmd_predict)
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--weights", required=True, help=weights_help)
-    p.add_argument("--model", help=model_help)
-    p.add_argument("--out", default="predictions", help="output folder (one holding earlier predictions: out-2)")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum score of a detection")
+    def image_command(name: str, help: str, func, out: str, what: str) -> argparse.ArgumentParser:
+        """A command reading images with a model into an output folder (predict, explain)."""
+        p = command(name, help, func)
+        p.add_argument("images", nargs="+", help="image files or folders")
+        p.add_argument("--weights", required=True, help=weights_help)
+        p.add_argument("--model", help=model_help)
+        p.add_argument("--out", default=out, help=f"output folder (one holding earlier {what}: out-2)")
+        p.add_argument("--threshold", type=float, default=0.5, help="minimum score of a detection")
+        p.add_argument("--device", default="auto", help=device_help)
+        p.add_argument("--exist-ok", action="store_true", help=f"write into --out even if it holds earlier {what}")
+        return p
+
+    p = image_command(
+        "predict",
+        "detect objects in images; writes JSON and the images with boxes drawn",
+        cmd_predict,
+        out="predictions",
+        what="predictions",
+    )
     p.add_argument("--k", type=int, default=100, help="at most this many detections per image")
     p.add_argument("--nms", type=float, help="drop a box overlapping a better one of its class above this IoU")
     p.add_argument("--size", type=int, help="short side of the resize (default: the model's, else 800)")
     p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")
-    p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--strict", action="store_true", help="exit with an error when any image cannot be read")
-    p.add_argument("--exist-ok", action="store_true", help="write into --out even if it holds earlier predictions")
     p.add_argument(
         "--yolo-labels", action="store_true", help="also write labels/<image>.txt (YOLO: class cx cy w h score)"
     )
@@ -505,27 +554,44 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = command("explain", "pictures of what a model looks at: attention of each detection and of points", cmd_explain)
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--weights", required=True, help=weights_help)
-    p.add_argument("--model", help=model_help)
-    p.add_argument("--out", default="explained", help="output folder (one holding earlier pictures: out-2)")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum score of a detection shown")
+    p = image_command(
+        "explain",
+        "pictures of what a model looks at: attention of each detection and of points",
+        cmd_explain,
+        out="explained",
+        what="pictures",
+    )
     p.add_argument("--layer", type=int, default=-1, help="decoder and encoder layer whose attention is shown")
     p.add_argument("--head", type=int, help="attention head shown (default: the mean over heads)")
     p.add_argument("--points", type=int, default=4, help="encoder self-attention of this many detection centres")
-    p.add_argument("--device", default="auto", help=device_help)
-    p.add_argument("--exist-ok", action="store_true", help="write into --out even if it holds earlier pictures")
 
-    p = command("export", "export a model to ONNX (dynamic batch, height, width; mask input)", cmd_export)
+    p = command("export", "export a model to ONNX or OpenVINO (fp32, fp16, int8), behind an accuracy gate", cmd_export)
     p.add_argument("--weights", required=True, help=weights_help)
     p.add_argument("--model", help=model_help)
-    p.add_argument("--out", default="detr.onnx", help="ONNX file to write")
+    p.add_argument("--out", help="file to write (default: detr.onnx; detr.xml and detr.bin for openvino)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="weights and compute")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx", help="openvino: pip install openvino")
+    p.add_argument("--calibration-data", metavar="DIR", help="int8: a folder of images like those to be detected")
+    p.add_argument("--calibration-images", type=int, default=200, help="int8: at most this many calibration images")
+    p.add_argument(
+        "--keep-float", nargs="+", metavar="MODULE",
+        help="int8: leave these module groups in float (e.g. transformer.decoder box_head) instead of measuring",
+    )  # fmt: skip
+    p.add_argument(
+        "--check-data", metavar="DATA",
+        help="evaluate the export and the model on this dataset (as --data) and refuse an AP drop over --max-ap-drop",
+    )  # fmt: skip
+    p.add_argument("--split", default="val", help="split of --check-data")
+    p.add_argument(
+        "--max-ap-drop",
+        type=float,
+        help="AP points (AP x 100) the export may lose (default fp32 0.2, fp16 0.5, int8 1.5)",
+    )
     p.add_argument(
         "--height", type=int, help="height of the example traced, any works later (default: the model's size, else 800)"
     )
     p.add_argument("--width", type=int, help="width of the example traced (default: the model's size, else 800)")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.add_argument("--verbose", action="store_true", help="show the exporter's and optimiser's own messages")
 
     p = command("convert", "convert a dataset (COCO, YOLO or Pascal VOC) to COCO or YOLO", cmd_convert)

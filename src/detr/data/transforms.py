@@ -77,10 +77,10 @@ class ToDETRTarget(nn.Module):
         return image.as_subclass(torch.Tensor), out
 
 
-def _finish() -> list[nn.Module]:
+def _finish(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> list[nn.Module]:
     return [
         T.ToDtype(torch.float32, scale=True),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        T.Normalize(list(mean), list(std)),
         T.SanitizeBoundingBoxes(min_size=1.0),  # boxes a crop cut to nothing
         ToDETRTarget(),
     ]
@@ -103,9 +103,15 @@ def train_transforms(
     return T.Compose([T.RandomHorizontalFlip(), T.RandomChoice(branches) if len(branches) > 1 else resize, *_finish()])
 
 
-def eval_transforms(size: int = 800, max_size: int = 1333) -> T.Compose:
-    """Deterministic resize of the short side to ``size`` (long side <= ``max_size``), as ``predict`` resizes."""
-    return T.Compose([RandomResize([size], max_size), *_finish()])
+def eval_transforms(
+    size: int = 800,
+    max_size: int = 1333,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> T.Compose:
+    """Deterministic resize of the short side to ``size`` (long side <= ``max_size``), as ``predict``
+    resizes, and normalisation by ``mean`` and ``std`` (a model's ``preprocessing`` has them)."""
+    return T.Compose([RandomResize([size], max_size), *_finish(mean, std)])
 
 
 def collate(

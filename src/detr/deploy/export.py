@@ -4,22 +4,38 @@ The exported graph takes ``pixel_values`` (B, 3, H, W) float32 normalized images
 ``pixel_mask`` (B, H, W) bool, True on padding (all False for unpadded images), and returns
 ``logits`` (B, Q, K+1) and ``boxes`` (B, Q, 4) normalized cxcywh of the last decoder layer.
 Batch norms are folded into the convolutions first (:func:`detr.deploy.inference.inference_copy`).
+The file carries the model's class names and preprocessing (:mod:`.metadata`), so that
+:func:`detr.deploy.runtime.load_exported` runs it like the model.
+
+:func:`export` is ``detr export``: float32, float16 or int8 (:mod:`.precision`), ONNX or OpenVINO,
+and written only when the accuracy gate (:mod:`.gate`) passes.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..fileio import atomic_write
 from .inference import inference_copy
+from .metadata import PRECISIONS, PREFIX, ExportMetadata, write_onnx_metadata
+from .precision import to_fp16, to_int8
 
 if TYPE_CHECKING:
     from ..models.detr import DETR
+    from ..processing.preprocess import ImagePreprocessor
+    from .gate import GateResult
+
+FORMATS = {"onnx": ".onnx", "openvino": ".xml"}  # format -> suffix of the file named
 
 INPUT_NAMES = ["pixel_values", "pixel_mask"]
 # the oldest torch whose exporter was seen to keep every size dynamic here (2.8, 2.11 and 2.12 fix the batch)
@@ -96,6 +112,7 @@ def export_onnx(
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    program.model.metadata_props.update(ExportMetadata.of(model).to_props())  # what predict needs travels inside
     atomic_write(path, lambda tmp: program.save(str(tmp)))
     return path
 
@@ -119,3 +136,133 @@ def check_onnx(
         float((torch.from_numpy(logits) - ref_logits[-1]).abs().max()),
         float((torch.from_numpy(boxes) - ref_boxes[-1]).abs().max()),
     )
+
+
+class ExportRejected(RuntimeError):
+    """The accuracy gate failed: nothing was written; ``result`` says what it measured."""
+
+    def __init__(self, result: GateResult) -> None:
+        super().__init__(f"the {result.precision} export lost too much accuracy, nothing written:\n{result.describe()}")
+        self.result = result
+
+
+def calibration_inputs(
+    source: str | Path, preprocessor: ImagePreprocessor, count: int = 200
+) -> list[dict[str, np.ndarray]]:
+    """Up to ``count`` images of ``source`` (a folder, searched with its subfolders, or one image),
+    evenly spread over its sorted files, read as ``preprocessor`` reads them: INT8 calibration inputs."""
+    from ..data.coco import DatasetError, read_image
+    from ..data.formats import IMAGE_SUFFIXES
+
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    elif source.is_file():
+        files = [source]
+    else:
+        raise FileNotFoundError(f"no calibration images at {source}: give a folder of images of your data")
+    if not files:
+        raise ValueError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)}) to calibrate INT8 with")
+    step = max(1, len(files) // count)
+    inputs = []
+    for path in files[::step][:count]:
+        try:
+            batch = preprocessor(read_image(path, exif=True))
+        except DatasetError as err:
+            raise ValueError(f"calibration image {path} cannot be read: {err}") from err
+        inputs.append({"pixel_values": batch.pixel_values.numpy(), "pixel_mask": batch.mask.numpy()})
+    return inputs
+
+
+def export(
+    model: DETR,
+    path: str | Path,
+    precision: str = "fp32",
+    format: str = "onnx",
+    calibration_data: str | Path | None = None,
+    calibration_images: int = 200,
+    keep_float: Sequence[str] | None = None,
+    check_data: str | Path | None = None,
+    split: str = "val",
+    max_ap_drop: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[Path, GateResult]:
+    """Export ``model`` to ``path`` in ``precision`` (``fp32``, ``fp16``, ``int8``) and ``format``
+    (``onnx``: a ``.onnx`` file; ``openvino``: ``path`` ``.xml`` with its ``.bin``), behind the gate.
+
+    INT8 needs ``calibration_data`` (a folder of images like those the model will see). The export
+    is checked against ``model`` on ``check_data``'s ``split`` (AP drop at most ``max_ap_drop`` AP points,
+    default :data:`detr.deploy.gate.MAX_AP_DROP`), else on generated images; when the gate fails,
+    :class:`ExportRejected` is raised and nothing is left at ``path``. Returns the path and the gate's result.
+    """
+    from .gate import compare_on_data, compare_on_generated
+    from .runtime import load_exported
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if precision == "int8" and calibration_data is None:
+        raise ValueError("int8 needs calibration images of your data: --calibration-data DIR (a few hundred images)")
+    if precision != "int8" and (calibration_data is not None or keep_float is not None):
+        raise ValueError(f"calibration data and modules kept in float apply to int8 only, not {precision}")
+    path = Path(path)
+    suffix = FORMATS[format]
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"a {format} export is written to a {suffix} file, not {path.name}")
+    model = model.eval()
+    side = max(model.preprocessing.short_side or 800, 64)  # never so small that a feature map has one cell
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))  # beside path: same file system
+    try:
+        fp32 = export_onnx(model, work / "fp32.onnx", height=height or side, width=width or side)
+        onnx_file = fp32
+        if precision != "fp32":
+            import onnx
+
+            metadata = ExportMetadata.of(model, precision)
+            onnx_file = work / f"{precision}.onnx"
+            if precision == "fp16":
+                proto, metadata.float_modules = to_fp16(onnx.load(str(fp32)))
+            else:
+                inputs = calibration_inputs(calibration_data, model.preprocessing, calibration_images)
+                log(f"int8: calibrating on {len(inputs)} images of {calibration_data}")
+                metadata.float_modules = to_int8(fp32, onnx_file, inputs, keep_float, log=log)
+                proto = onnx.load(str(onnx_file))
+            write_onnx_metadata(proto, metadata)
+            onnx.save(proto, str(onnx_file))
+        written = [onnx_file]
+        if format == "openvino":
+            written = to_openvino(onnx_file, work / "model.xml")
+        exported = load_exported(written[0])
+        if check_data is not None:
+            result = compare_on_data(exported, model, check_data, split, max_ap_drop)
+        else:
+            result = compare_on_generated(exported, model)
+        if not result.passed:
+            raise ExportRejected(result)
+        targets = [path.with_suffix(p.suffix) for p in written]  # model.xml + model.bin
+        for source, target in zip(written, targets, strict=True):
+            os.replace(source, target)
+        return path, result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def to_openvino(onnx_file: Path, xml: Path) -> list[Path]:
+    """Convert an export to OpenVINO IR (``xml`` + ``.bin``), its metadata in ``rt_info["detr"]``."""
+    try:
+        import openvino
+    except ImportError as err:
+        raise ImportError('--format openvino needs the openvino package: pip install "detr-pytorch[openvino]"') from err
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
+    ov_model = openvino.convert_model(str(onnx_file))
+    for key, value in props.items():
+        if key.startswith(PREFIX):
+            ov_model.set_rt_info(value, ["detr", key[len(PREFIX) :]])
+    openvino.save_model(ov_model, str(xml), compress_to_fp16=False)  # weights as the ONNX file has them
+    return [xml, xml.with_suffix(".bin")]

@@ -28,7 +28,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from ..models.backbone import ConvFrozenBN2d, conv_norm_pairs
 from ..processing.checks import check_images, padding_or_none
 from ..processing.postprocess import class_ids, detection_dicts
-from ..processing.preprocess import Batch, ImagePreprocessor
+from ..processing.preprocess import ImagePreprocessor, prediction_inputs
 
 if TYPE_CHECKING:
     from ..models.detr import DETR
@@ -184,13 +184,13 @@ class InferenceDETR(nn.Module):
         """Detections per image, as :meth:`detr.models.detr.DETR.predict` gives them, for raw images (one
         or a list: PIL, numpy, (3, H, W) tensors; read by ``preprocessor``, the model's by default) or
         a preprocessed :class:`~detr.processing.preprocess.Batch`."""
-        batch = images if isinstance(images, Batch) else (preprocessor or self.preprocessing)(images)
+        x, mask, sizes = prediction_inputs(images, None, None, preprocessor or self.preprocessing)
         device = next(self.model.parameters()).device
-        logits, boxes = self(batch.pixel_values.to(device), batch.mask.to(device))
+        logits, boxes = self(x.to(device), mask.to(device))
         return detection_dicts(
             logits,
             boxes,
-            batch.image_sizes,
+            sizes,
             self.class_names,
             score_threshold=score_threshold,
             top_k=k,

@@ -50,27 +50,40 @@ def predict_dataset(
         images, mask = images.to(device), mask.to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logits, boxes = model.decode(images, mask, all_layers=False)
-        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-        for target, det in zip(
-            targets, postprocess(logits[-1].float(), boxes[-1].float(), sizes, all_classes=all_classes, nms_iou=nms_iou)
-        ):
-            xyxy = det["boxes"].cpu()
-            xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1)
-            kept = 0
-            for box, score, label in zip(xywh.tolist(), det["scores"].tolist(), det["labels"].tolist()):
-                if category_of[label] is None:  # a class the dataset does not have
-                    continue
-                results.append(
-                    {
-                        "image_id": int(target["image_id"]),
-                        "category_id": category_of[label],
-                        "bbox": box,
-                        "score": score,
-                    }
-                )
-                kept += 1
-                if kept == max_detections:  # sorted by score: the best of the image's detections
-                    break
+        results += coco_detections(
+            logits[-1], boxes[-1], targets, category_of, all_classes, max_detections, nms_iou
+        )  # (B, Q, K+1), (B, Q, 4)
+    return results
+
+
+def coco_detections(
+    logits: Tensor,
+    boxes: Tensor,
+    targets: Sequence[dict[str, Any]],
+    category_of: Sequence[int | None],
+    all_classes: bool = False,
+    max_detections: int = 100,
+    nms_iou: float | None = None,
+) -> list[dict[str, Any]]:
+    """One batch's outputs (logits (B, Q, K+1), boxes (B, Q, 4) normalized cxcywh) as COCO results
+    for ``targets`` (their ``image_id`` and ``orig_size``), as :func:`predict_dataset` describes."""
+    results = []
+    sizes = torch.stack([t["orig_size"] for t in targets]).to(logits.device)
+    for target, det in zip(
+        targets, postprocess(logits.float(), boxes.float(), sizes, all_classes=all_classes, nms_iou=nms_iou)
+    ):
+        xyxy = det["boxes"].cpu()
+        xywh = torch.cat([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], dim=1)
+        kept = 0
+        for box, score, label in zip(xywh.tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            if category_of[label] is None:  # a class the dataset does not have
+                continue
+            results.append(
+                {"image_id": int(target["image_id"]), "category_id": category_of[label], "bbox": box, "score": score}
+            )
+            kept += 1
+            if kept == max_detections:  # sorted by score: the best of the image's detections
+                break
     return results
 
 

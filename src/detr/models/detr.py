@@ -39,8 +39,8 @@ from ..losses.criterion import SetCriterion
 from ..losses.matcher import HungarianMatcher
 from ..options.base import DETROption, OptionState, decode_with_options
 from ..processing.checks import Target, check_images, check_targets, padding_or_none
-from ..processing.postprocess import class_ids, detection_dicts, valid_sizes
-from ..processing.preprocess import ImagePreprocessor
+from ..processing.postprocess import class_ids, detection_dicts
+from ..processing.preprocess import ImagePreprocessor, prediction_inputs
 from .layers import MLP
 from .position_encoding import PositionEmbeddingSine
 
@@ -282,24 +282,17 @@ class DETR(nn.Module):
         """Top-k detections per image, each ``{"box": [x0, y0, x1, y1] pixels, "score", "class_id"}``
         (plus ``"class_name"`` when the model knows its class names).
 
-        ``x`` is either a preprocessed (B, 3, H, W) float batch (with its ``mask``) or raw
-        images (a PIL image, numpy array or (3, H, W) tensor, or a list of them), which are
+        ``x`` is a preprocessed (B, 3, H, W) float batch (with its ``mask``), a
+        :class:`~detr.processing.preprocess.Batch`, or raw images (a PIL image, numpy array or (3, H, W) tensor, or a list of them), which are
         resized, normalized and padded by ``preprocessor`` (the model's ``preprocessing`` by default).
         Boxes are in the pixels of the original images when their size is known (raw images,
         or ``image_sizes`` (B, 2) as (height, width)), else of the unpadded region of ``x``.
         ``nms``: an IoU above which a lower-scored box of the same class is dropped (off by default).
         ``classes``: keep only detections of these classes (ids or names).
         """
-        if isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point():
-            mask = check_images(x, mask)
-            sizes = valid_sizes(mask) if image_sizes is None else torch.as_tensor(image_sizes)
-        else:
-            if mask is not None:
-                raise ValueError("mask is only used with a preprocessed (B, 3, H, W) batch; raw images get their own")
-            batch = (preprocessor or self.preprocessing)(x)
-            device = next(self.parameters()).device
-            x, mask = batch.pixel_values.to(device), batch.mask.to(device)
-            sizes = batch.image_sizes if image_sizes is None else torch.as_tensor(image_sizes)
+        x, mask, sizes = prediction_inputs(x, mask, image_sizes, preprocessor or self.preprocessing)
+        device = next(self.parameters()).device
+        x, mask = x.to(device), mask.to(device)
         was_training = self.training
         self.eval()
         try:

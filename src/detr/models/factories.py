@@ -211,3 +211,17 @@ def load_model(weights: str | Path, model: str | None = None, **kwargs: Any) -> 
             kwargs.setdefault("num_queries", state["query_embed.weight"].shape[0])
         return create_model(model or "detr_r50", weights=path, **kwargs)
     return create_model(model or "detr_r50", weights=weights, **kwargs)
+
+
+def load(weights: str | Path, model: str | None = None, device: torch.device | str = "cpu", **kwargs: Any) -> Any:
+    """Anything the library writes, ready to ``predict``: saved directories, run folders, checkpoints
+    and published names give a :class:`~detr.models.detr.DETR` (in eval mode, on ``device``; see
+    :func:`load_model`), an ``.onnx`` file or OpenVINO ``.xml`` an exported model
+    (:mod:`detr.deploy.runtime`) with the same ``predict()``, class names and preprocessing."""
+    from ..deploy.runtime import is_exported, load_exported
+
+    if is_exported(weights):
+        if model is not None or kwargs:
+            raise ValueError(f"{weights} is an exported model: it takes no factory or build arguments")
+        return load_exported(weights, device)
+    return load_model(weights, model, **kwargs).to(device).eval()

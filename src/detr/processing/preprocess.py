@@ -131,7 +131,10 @@ class Batch:
         if len(shapes) != 1:
             raise ValueError(f"batches of different padded sizes cannot be joined: {sorted(shapes)}")
         return Batch(
-            *(torch.cat(parts) for parts in zip(*((b.pixel_values, b.mask, b.image_sizes, b.resized_sizes) for b in batches)))
+            *(
+                torch.cat(parts)
+                for parts in zip(*((b.pixel_values, b.mask, b.image_sizes, b.resized_sizes) for b in batches))
+            )
         )
 
 
@@ -222,3 +225,26 @@ class ImagePreprocessor:
 def preprocess_images(images: Any, **kwargs: Any) -> Batch:
     """Shortcut for ``ImagePreprocessor(**kwargs)(images)``."""
     return ImagePreprocessor(**kwargs)(images)
+
+
+def prediction_inputs(
+    x: Any, mask: Tensor | None, image_sizes: Tensor | None, preprocessor: ImagePreprocessor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What ``predict`` was given -> ``(pixel_values (B, 3, H, W), mask (B, H, W) bool, sizes (B, 2))``.
+
+    ``x`` is a preprocessed float batch (with its ``mask``), a :class:`Batch`, or raw images, which
+    ``preprocessor`` reads. ``sizes`` (height, width) are those boxes are scaled to: ``image_sizes``
+    when given, else the original images' (raw images, a Batch), else the unpadded region of ``x``.
+    """
+    from .checks import check_images
+    from .postprocess import valid_sizes
+
+    if isinstance(x, Tensor) and x.dim() == 4 and x.is_floating_point():
+        mask = check_images(x, mask)
+        sizes = valid_sizes(mask) if image_sizes is None else torch.as_tensor(image_sizes)
+        return x, mask, sizes
+    if mask is not None:
+        raise ValueError("mask is only used with a preprocessed (B, 3, H, W) batch; raw images get their own")
+    batch = x if isinstance(x, Batch) else preprocessor(x)
+    sizes = batch.image_sizes if image_sizes is None else torch.as_tensor(image_sizes)
+    return batch.pixel_values, batch.mask, sizes

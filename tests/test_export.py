@@ -1,0 +1,242 @@
+"""Exported models are models: ONNX (fp32, fp16, int8) and OpenVINO files through the same predict and
+eval as the PyTorch weights, their metadata, and the accuracy gate that refuses a broken export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import detr
+from detr.cli import main
+from detr.data.synthetic import make_dataset
+from detr.demo import DEMO_DATA, demo_config
+from detr.deploy.export import calibration_inputs
+from detr.deploy.gate import compare_on_data
+from detr.deploy.metadata import ExportMetadata, ForeignModelError, write_onnx_metadata
+from detr.deploy.precision import to_fp16, to_int8
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(data, model folder): the demo's architecture trained briefly on the demo's kind of data (about a
+    minute; AP about 0.05, AP50 about 0.13, some detections scored over 0.5: real detections, wrong and
+    right, not random weights)."""
+    from detr.engine.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    make_dataset(root / "data", train=320, val=24, seed=0, config=DEMO_DATA)
+    config = demo_config(root / "data", root / "run", minutes=0, steps=200, train_images=320)
+    train(dataclasses.replace(config, warmup_steps=15, eval_every=1000, progress=False, log_every=1000))
+    return root / "data", root / "run" / "final"
+
+
+@pytest.fixture(scope="module")
+def onnx_file(trained, tmp_path_factory) -> Path:
+    data, weights = trained
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    assert main(["export", "--weights", str(weights), "--out", str(out), "--check-data", str(data)]) == 0
+    return out
+
+
+def _detections(folder: Path) -> dict[str, list[dict]]:
+    return {Path(k).name: v for k, v in json.loads((folder / "detections.json").read_text()).items()}
+
+
+def test_detr_predict_with_the_onnx_file_gives_the_pytorch_detections(trained, onnx_file, tmp_path):
+    data, weights = trained
+    images = str(data / "val")
+    for name, source in (("torch", weights), ("onnx", onnx_file)):
+        assert main(["predict", images, "--weights", str(source), "--out", str(tmp_path / name),
+                     "--threshold", "0.05", "--no-progress"]) == 0  # fmt: skip
+    ours, theirs = _detections(tmp_path / "torch"), _detections(tmp_path / "onnx")
+    assert ours.keys() == theirs.keys() and len(ours) == 24
+    assert sum(map(len, ours.values())) >= 24  # a trained model: detections to compare
+    for name in ours:
+        a, b = ours[name], theirs[name]
+        assert [d["class_name"] for d in a] == [d["class_name"] for d in b], name
+        np.testing.assert_allclose([d["score"] for d in a], [d["score"] for d in b], atol=1e-4, rtol=0)
+        np.testing.assert_allclose([d["box"] for d in a], [d["box"] for d in b], atol=0.01, rtol=0)  # pixels
+    coco = [json.loads((tmp_path / n / "results.coco.json").read_text()) for n in ("torch", "onnx")]
+    assert [r["category_id"] for r in coco[0]] == [r["category_id"] for r in coco[1]]
+
+
+def test_detr_eval_with_the_onnx_file_gives_the_pytorch_ap(trained, onnx_file, tmp_path, capsys):
+    data, weights = trained
+    found = {}
+    for name, source in (("torch", weights), ("onnx", onnx_file)):
+        assert (
+            main(["eval", "--data", str(data), "--weights", str(source), "--out", str(tmp_path / f"{name}.json")]) == 0
+        )
+        found[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert found["torch"]["metrics"]["AP50"] > 0.05  # trained: the comparison means something
+    for key in ("AP", "AP50", "AP75"):
+        assert found["onnx"]["metrics"][key] == pytest.approx(found["torch"]["metrics"][key], abs=1e-6), key
+    assert len(found["onnx"]["predictions"]) == len(found["torch"]["predictions"])
+
+
+def test_one_loader_and_the_same_predict_for_every_kind_of_file(trained, onnx_file):
+    data, weights = trained
+    image = Image.open(next((data / "val").iterdir())).convert("RGB")
+    model, exported = detr.load(weights), detr.load(onnx_file)
+    assert isinstance(exported, detr.ExportedDETR) and exported.precision == "fp32"
+    assert exported.class_names == model.class_names == ["circle", "square", "triangle"]
+    assert exported.preprocessing == model.preprocessing
+    ours, theirs = model.predict(image, k=5)[0], exported.predict(image, k=5)[0]
+    assert [d["class_name"] for d in ours] == [d["class_name"] for d in theirs]
+    np.testing.assert_allclose([d["box"] for d in ours], [d["box"] for d in theirs], atol=0.01, rtol=0)
+    wanted = ours[-1]["class_name"]
+    only = exported.predict(image, k=5, classes=[wanted])[0]
+    assert only and {d["class_name"] for d in only} == {wanted}
+
+
+def test_metadata_round_trips_and_describes_the_model(trained, onnx_file):
+    model = detr.load(trained[1])
+    expected = ExportMetadata.of(model)
+    assert ExportMetadata.from_props(expected.to_props(), "x") == expected
+    stored = ExportMetadata.from_props({p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}, "f")
+    assert stored == expected
+    assert stored.classes == [
+        {"id": 0, "name": "circle", "category_id": 1},
+        {"id": 1, "name": "square", "category_id": 2},
+        {"id": 2, "name": "triangle", "category_id": 3},
+    ]
+    assert stored.preprocessing["short_side"] == 64 and stored.preprocessing["std"] == [0.229, 0.224, 0.225]
+    assert stored.model == "detr_r18" and stored.library_version == detr.__version__
+
+
+def _tiny_graph(element_type: int) -> onnx.ModelProto:
+    """pixel_values -> MatMul with itself as logits and boxes: a graph of the right names, not ours."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("MatMul", ["pixel_values", "pixel_values"], ["logits"]),
+             helper.make_node("Identity", ["logits"], ["boxes"])]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("pixel_values", element_type, [2, 2]),
+         helper.make_tensor_value_info("pixel_mask", TensorProto.BOOL, [2, 2])],
+        [helper.make_tensor_value_info("logits", element_type, [2, 2]),
+         helper.make_tensor_value_info("boxes", element_type, [2, 2])],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_a_foreign_onnx_file_is_refused_by_name(tmp_path, capsys):
+    foreign = tmp_path / "yolo.onnx"
+    onnx.save(_tiny_graph(onnx.TensorProto.FLOAT), str(foreign))
+    with pytest.raises(ForeignModelError, match="yolo.onnx was not exported by detr .*detr export"):
+        detr.load(foreign)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (40, 30)).save(image)
+    assert main(["predict", str(image), "--weights", str(foreign), "--out", str(tmp_path / "p")]) == 2
+    assert "was not exported by detr" in capsys.readouterr().err
+    (tmp_path / "bad.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(ValueError, match="bad.onnx is not a readable ONNX file"):
+        detr.load(tmp_path / "bad.onnx")
+
+
+def test_a_precision_onnxruntime_cannot_run_is_refused_clearly(trained, tmp_path):
+    proto = _tiny_graph(onnx.TensorProto.BFLOAT16)  # no bf16 MatMul on onnxruntime's CPU provider
+    write_onnx_metadata(proto, ExportMetadata.of(detr.load(trained[1]), "fp16"))
+    onnx.save(proto, str(tmp_path / "half.onnx"))
+    with pytest.raises(RuntimeError, match=r"onnxruntime .* cannot run .*half.onnx, a fp16 export: .*NOT_IMPLEMENTED"):
+        detr.load(tmp_path / "half.onnx")
+
+
+def test_fp16_and_int8_exports_report_their_measured_ap_drop(trained, onnx_file, tmp_path, capsys):
+    data, weights = trained
+    model = detr.load(weights)
+    # int8 through the command line: calibration on the training images, the gate on the validation split
+    int8 = tmp_path / "int8.onnx"
+    assert main(["export", "--weights", str(weights), "--out", str(int8), "--precision", "int8",
+                 "--calibration-data", str(data / "train"), "--calibration-images", "48",
+                 "--check-data", str(data), "--max-ap-drop", "100"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "int8 backbone" in out and "int8 export" in out and "drop" in out
+    # fp16 from the fp32 file, as export() makes it
+    proto, kept = to_fp16(onnx.load(str(onnx_file)))
+    metadata = ExportMetadata.of(model, "fp16")
+    metadata.float_modules = kept
+    write_onnx_metadata(proto, metadata)
+    onnx.save(proto, str(tmp_path / "fp16.onnx"))
+    assert "box_head" in kept and "backbone" not in kept
+    types = {i.data_type for i in proto.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in types  # weights in half precision
+    for path, precision in ((int8, "int8"), (tmp_path / "fp16.onnx", "fp16")):
+        exported = detr.load(path)
+        assert exported.precision == precision
+        result = compare_on_data(exported, model, data, max_ap_drop=100)
+        assert result.detections > 0 and result.unmatched <= result.detections
+        # the gate's AP of the export is what `detr eval` measures on that file, independently
+        assert main(["eval", "--data", str(data), "--weights", str(path), "--out", str(tmp_path / "e.json")]) == 0
+        evaluated = json.loads((tmp_path / "e.json").read_text())["metrics"]["AP"]
+        assert result.ap_exported == pytest.approx(evaluated, abs=1e-9)
+        assert result.ap_drop == pytest.approx(100 * (result.ap_model - evaluated))
+        print(f"{precision}: AP {result.ap_model:.4f} -> {result.ap_exported:.4f} ({result.ap_drop:+.2f} points)")
+
+
+def test_int8_leaves_a_sensitive_group_in_float_and_needs_images(trained, onnx_file, tmp_path):
+    model = detr.load(trained[1])
+    inputs = calibration_inputs(trained[0] / "train", model.preprocessing, count=8)
+    assert len(inputs) == 8 and inputs[0]["pixel_values"].shape == (1, 3, 64, 64)
+    tight = {"score": 0.0, "box": 0.0}  # every group moves the outputs a little: all would stay float
+    with pytest.raises(ValueError, match="every module group lost too much accuracy in int8"):
+        to_int8(onnx_file, tmp_path / "q.onnx", inputs, tolerance=tight, log=lambda _: None)
+    kept = to_int8(onnx_file, tmp_path / "q.onnx", inputs, keep_float=["transformer.decoder"], log=lambda _: None)
+    assert kept == ["transformer.decoder"]
+    quantised = onnx.load(str(tmp_path / "q.onnx"))
+    ops = [n.op_type for n in quantised.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        calibration_inputs(empty, model.preprocessing)
+    with pytest.raises(FileNotFoundError, match="no calibration images"):
+        calibration_inputs(tmp_path / "missing", model.preprocessing)
+
+
+def test_the_gate_refuses_a_broken_export_and_leaves_nothing(trained, tmp_path, monkeypatch, capsys):
+    data, weights = trained
+    honest = ExportMetadata.of
+
+    def wrong_normalisation(model, precision="fp32"):
+        metadata = honest(model, precision)
+        metadata.preprocessing = dict(metadata.preprocessing, std=[1.0, 1.0, 1.0])  # broken on purpose
+        return metadata
+
+    monkeypatch.setattr(ExportMetadata, "of", staticmethod(wrong_normalisation))
+    out = tmp_path / "exports" / "broken.onnx"
+    assert main(["export", "--weights", str(weights), "--out", str(out), "--check-data", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert "lost too much accuracy, nothing written" in err and "gate: FAILED" in err
+    assert list((tmp_path / "exports").iterdir()) == []  # no file, no temporary folder
+
+
+def test_export_does_not_overwrite_unasked(trained, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the user's file")
+    with pytest.raises(SystemExit, match="model.onnx exists; pass --overwrite"):
+        main(["export", "--weights", str(trained[1]), "--out", str(out)])
+    assert out.read_bytes() == b"the user's file"
+
+
+def test_openvino_runs_the_export_like_onnxruntime(trained, onnx_file, tmp_path):
+    pytest.importorskip("openvino")
+    from detr.deploy.export import to_openvino
+
+    xml, bin_file = to_openvino(onnx_file, tmp_path / "model.xml")
+    assert bin_file.is_file()
+    exported, reference = detr.load(xml), detr.load(onnx_file)
+    assert exported.metadata == reference.metadata
+    batch = reference.preprocessing([Image.open(p).convert("RGB") for p in sorted((trained[0] / "val").iterdir())[:4]])
+    for a, b in zip(exported(batch.pixel_values, batch.mask), reference(batch.pixel_values, batch.mask)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
