@@ -7,7 +7,12 @@ processes), the share of the machine's measured matmul peak, the bf16 mode's dis
 (with the floor the weights set), the training step, and the matcher + loss share of a training
 step. Results of this machine: bench/README.md.
 
-    .venv/bin/python bench/speed.py [--reps 5] [--compile] [--quick]
+    .venv/bin/python bench/speed.py [--reps 5] [--compile] [--quick] [--exported runs/demo]
+
+``--exported DEMO`` adds the exported files (ONNX fp32/fp16/int8 with onnxruntime, OpenVINO fp32)
+of the demo's model (``detr demo``'s folder: ``run/final`` and ``data``): latency at batch 1,
+throughput at batch 8 and COCO AP on the demo's validation split, each next to PyTorch measured in
+the same run; ``--exported-only`` skips the other tables.
 """
 
 from __future__ import annotations
@@ -82,6 +87,21 @@ def median_times(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, f
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def blocked_median_times(fns: dict[str, Callable[[], object]], reps: int, rounds: int = 2) -> dict[str, float]:
+    """Median seconds of each function, timed in blocks of ``reps`` calls (after one warm-up call), the
+    blocks in turn, ``rounds`` times: onnxruntime's threads spin on after a call and would slow down
+    whatever ran next in an interleaved timing."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            for _ in range(reps):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -290,11 +310,129 @@ def training(reps: int, quick: bool) -> list[str]:
     return rows
 
 
+def exported(demo: Path, reps: int) -> list[str]:
+    """The demo model as PyTorch (inference path) and as each exported file: speed and AP side by side."""
+    import tempfile
+
+    from detr.deploy.export import export
+    from detr.deploy.runtime import OnnxDETR, OpenVINODETR
+
+    model = detr.load(demo / "run" / "final")
+    data = demo / "data"
+    images = sorted((data / "val").iterdir())
+    from PIL import Image
+
+    one = model.preprocessing(Image.open(images[0]).convert("RGB"))
+    eight = model.preprocessing([Image.open(p).convert("RGB") for p in images[:8]])
+    runners: dict[str, Callable] = {"PyTorch fp32 (optimize_for_inference)": model.optimize_for_inference()}
+    ap: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, precision, fmt in (
+            ("onnxruntime fp32", "fp32", "onnx"),
+            ("onnxruntime fp16", "fp16", "onnx"),
+            ("onnxruntime int8", "int8", "onnx"),
+            ("OpenVINO fp32", "fp32", "openvino"),
+        ):
+            path = Path(tmp) / f"{precision}.{'xml' if fmt == 'openvino' else 'onnx'}"
+            calibration = data / "train" if precision == "int8" else None
+            _, result = export(model, path, precision, fmt, calibration_data=calibration, check_data=data,
+                               max_ap_drop=100, log=lambda _: None)  # fmt: skip
+            ap["PyTorch fp32 (optimize_for_inference)"] = f"{100 * result.ap_model:.2f}"
+            ap[name] = f"{100 * result.ap_exported:.2f}"
+            size = sum(f.stat().st_size for f in (path, path.with_suffix(".bin")) if f.is_file())
+            ap[name] += f" | {size / 2**20:.1f}"
+            runners[name] = (
+                OpenVINODETR(path, threads=THREADS) if fmt == "openvino" else OnnxDETR(path, threads=THREADS)
+            )
+        with torch.inference_mode():
+            latency = blocked_median_times(
+                {n: (lambda r=r: r(one.pixel_values, one.mask)) for n, r in runners.items()}, reps
+            )
+            batch = blocked_median_times(
+                {n: (lambda r=r: r(eight.pixel_values, eight.mask)) for n, r in runners.items()}, reps
+            )
+    base_latency = latency["PyTorch fp32 (optimize_for_inference)"]
+    rows = [
+        f"| demo model ({one.pixel_values.shape[-1]} px images) | latency, batch 1 | vs PyTorch "
+        "| throughput, batch 8 | AP (demo val) | file MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in runners:
+        size = ap[name].split(" | ")[1] if " | " in ap[name] else "-"
+        rows.append(
+            f"| {name} | {latency[name] * 1e3:.1f} ms | {latency[name] / base_latency:.2f} "
+            f"| {8 / batch[name]:.0f} img/s | {ap[name].split(' | ')[0]} | {size} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def exported_r50(reps: int) -> list[str]:
+    """DETR-R50 (random weights, as the inference table) at 800x800, batch 1: transformers, PyTorch and
+    the exported files (int8 calibrated on 32 coco128 images, else generated ones). No AP: random weights."""
+    import tempfile
+
+    from detr.deploy.export import export
+    from detr.deploy.runtime import OnnxDETR, OpenVINODETR
+
+    torch.manual_seed(0)
+    hf = hf_detr()
+    model = our_detr(hf).eval()
+    x = torch.randn(1, 3, 800, 800, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(1, 800, 800, dtype=torch.bool)
+    coco = ROOT.parent / "shared" / "datasets" / "coco128" / "val2017"
+    runners: dict[str, Callable] = {
+        "transformers fp32": lambda x, mask: hf(pixel_values=x),
+        "PyTorch fp32 (optimize_for_inference)": model.optimize_for_inference(),
+    }
+    sizes = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        calibration = Path(tmp) / "calibration"
+        calibration.mkdir()
+        if coco.is_dir():
+            for image in sorted(coco.glob("*.jpg"))[:32]:
+                (calibration / image.name).symlink_to(image)
+        else:
+            from detr.data.synthetic import SynthConfig, make_image
+            import random
+
+            rng = random.Random(0)
+            for i in range(32):
+                make_image(rng, SynthConfig(image_size=800))[0].save(calibration / f"{i}.png")
+        for name, precision, fmt in (
+            ("onnxruntime fp32", "fp32", "onnx"),
+            ("onnxruntime int8", "int8", "onnx"),
+            ("OpenVINO fp32", "fp32", "openvino"),
+        ):
+            path = Path(tmp) / f"{precision}.{'xml' if fmt == 'openvino' else 'onnx'}"
+            export(model, path, precision, fmt, calibration_data=calibration if precision == "int8" else None,
+                   calibration_images=32, log=lambda _: None)  # fmt: skip
+            sizes[name] = sum(f.stat().st_size for f in (path, path.with_suffix(".bin")) if f.is_file()) / 2**20
+            runners[name] = OpenVINODETR(path, threads=THREADS) if fmt == "openvino" else OnnxDETR(path, threads=THREADS)
+        with torch.inference_mode():
+            latency = blocked_median_times({n: (lambda r=r: r(x, mask)) for n, r in runners.items()}, reps)
+    rows = [
+        "| DETR-R50, 800x800, batch 1 | latency | vs transformers | file MiB |",
+        "|---|---|---|---|",
+    ]
+    for name in runners:
+        rows.append(
+            f"| {name} | {latency[name] * 1e3:.0f} ms | {latency[name] / latency['transformers fp32']:.2f} "
+            f"| {sizes[name]:.0f} |" if name in sizes else
+            f"| {name} | {latency[name] * 1e3:.0f} ms | {latency[name] / latency['transformers fp32']:.2f} | - |"
+        )  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5, help="timed calls per model and setting (median)")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd inference path")
     parser.add_argument("--quick", action="store_true", help="800x800 batch 1 only, small batch for the split")
+    parser.add_argument("--exported", type=Path, help="a detr demo folder: add its model's exported files")
+    parser.add_argument("--exported-r50", action="store_true", help="add DETR-R50's exported files (slow)")
+    parser.add_argument("--exported-only", action="store_true", help="only the exported files' tables")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -315,6 +453,11 @@ def main() -> None:
         f"machine: {cpu}, {os.cpu_count()} cores, {THREADS} threads; torch {torch.__version__}, "
         f"transformers {transformers.__version__}"
     )
+    if args.exported_only:
+        rows = exported(args.exported, args.reps) if args.exported else []
+        rows += ([""] + exported_r50(args.reps)) if args.exported_r50 else []
+        print("\n" + "\n".join(rows))
+        return
     peaks = {dtype: matmul_peak(dtype) for dtype in (torch.float32, torch.bfloat16)}
     print(f"matmul peak (3072^3): fp32 {peaks[torch.float32]:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16]:.0f} GFLOP/s")
     rows = inference(args.reps, args.quick, args.compile, peaks)
@@ -331,6 +474,10 @@ def main() -> None:
         f"| {memory['infer-ours-bf16']:.0f} MiB |",
         f"| training step, 640x640, batch 2 | {memory['train-hf']:.0f} MiB | {memory['train-ours']:.0f} MiB | - |",
     ]
+    if args.exported:
+        rows += [""] + exported(args.exported, args.reps)
+    if args.exported_r50:
+        rows += [""] + exported_r50(args.reps)
     print("\n" + "\n".join(rows))
 
 

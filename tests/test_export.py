@@ -221,6 +221,13 @@ def test_the_gate_refuses_a_broken_export_and_leaves_nothing(trained, tmp_path, 
     assert list((tmp_path / "exports").iterdir()) == []  # no file, no temporary folder
 
 
+def test_commands_that_need_pytorch_weights_say_so(onnx_file, tmp_path, capsys):
+    image = tmp_path / "a.png"
+    Image.new("RGB", (40, 30)).save(image)
+    assert main(["explain", str(image), "--weights", str(onnx_file), "--out", str(tmp_path / "x")]) == 2
+    assert "is an exported file: detr.load() runs it" in capsys.readouterr().err
+
+
 def test_export_does_not_overwrite_unasked(trained, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"the user's file")

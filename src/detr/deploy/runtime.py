@@ -169,9 +169,10 @@ class OnnxDETR(ExportedDETR):
 
 
 class OpenVINODETR(ExportedDETR):
-    """A DETR exported with ``detr export --format openvino`` (``model.xml`` + ``model.bin``), run by OpenVINO."""
+    """A DETR exported with ``detr export --format openvino`` (``model.xml`` + ``model.bin``), run by
+    OpenVINO on the CPU (``threads``: 0 for OpenVINO's choice)."""
 
-    def __init__(self, path: str | Path, device: str = "CPU") -> None:
+    def __init__(self, path: str | Path, device: str = "CPU", threads: int = 0) -> None:
         try:
             import openvino
         except ImportError as err:
@@ -186,7 +187,9 @@ class OpenVINODETR(ExportedDETR):
             props = {f"detr.{key}": value.astype(str) for key, value in model.get_rt_info()["detr"].items()}
         super().__init__(path, ExportMetadata.from_props(props, str(path)))
         # OpenVINO computes in bf16 by default where the CPU can (AMX, AVX512-BF16): an fp32 export stays fp32
-        config = {"INFERENCE_PRECISION_HINT": "f32"} if self.precision == "fp32" else {}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"} if self.precision == "fp32" else {}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, device, config)
 
     def _run(self, pixel_values: np.ndarray, pixel_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

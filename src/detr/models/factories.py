@@ -176,6 +176,11 @@ def load_model(weights: str | Path, model: str | None = None, **kwargs: Any) -> 
     transformers'), a training checkpoint (``checkpoint.pth``, rebuilt from its run config), or any
     other checkpoint loaded into the factory ``model`` (default ``detr_r50``)."""
     path = Path(weights)
+    if path.suffix.lower() in (".onnx", ".xml") and path.is_file():
+        raise ValueError(
+            f"{path} is an exported file: detr.load() runs it (predict, eval); training, explain and export "
+            "need the PyTorch weights it was exported from"
+        )
     if path.is_dir() and not (path / "model.safetensors").is_file() and (path / "checkpoint.pth").is_file():
         if (path / "final" / CONFIG_NAME).is_file():  # a training run folder: its final weights
             log.info("%s is a training run: using %s (its last weights; best/ its best-AP ones)", path, path / "final")
