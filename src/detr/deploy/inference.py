@@ -27,7 +27,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..models.backbone import ConvFrozenBN2d, conv_norm_pairs
 from ..processing.checks import check_images, padding_or_none
-from ..processing.postprocess import class_ids, detection_dicts
+from ..processing.postprocess import predictions
 from ..processing.preprocess import ImagePreprocessor, prediction_inputs
 
 if TYPE_CHECKING:
@@ -187,13 +187,4 @@ class InferenceDETR(nn.Module):
         x, mask, sizes = prediction_inputs(images, None, None, preprocessor or self.preprocessing)
         device = next(self.model.parameters()).device
         logits, boxes = self(x.to(device), mask.to(device))
-        return detection_dicts(
-            logits,
-            boxes,
-            sizes,
-            self.class_names,
-            score_threshold=score_threshold,
-            top_k=k,
-            nms_iou=nms,
-            classes=None if classes is None else class_ids(classes, self.class_names, self.num_classes),
-        )
+        return predictions(logits, boxes, sizes, self.class_names, k, score_threshold, nms, classes)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..processing.checks import check_images
-from ..processing.postprocess import class_ids, detection_dicts
+from ..processing.postprocess import predictions
 from ..processing.preprocess import ImagePreprocessor, prediction_inputs
 from .metadata import ExportMetadata
 
@@ -96,16 +96,7 @@ class ExportedDETR:
         """Detections per image, exactly as :meth:`detr.models.detr.DETR.predict` (same arguments)."""
         x, mask, sizes = prediction_inputs(x, mask, image_sizes, preprocessor or self.preprocessing)
         logits, boxes = self(x, mask)
-        return detection_dicts(
-            logits,
-            boxes,
-            sizes,
-            self.class_names,
-            score_threshold=score_threshold,
-            top_k=k,
-            nms_iou=nms,
-            classes=None if classes is None else class_ids(classes, self.class_names, self.num_classes),
-        )
+        return predictions(logits, boxes, sizes, self.class_names, k, score_threshold, nms, classes)
 
 
 class OnnxDETR(ExportedDETR):

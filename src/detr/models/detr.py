@@ -39,7 +39,7 @@ from ..losses.criterion import SetCriterion
 from ..losses.matcher import HungarianMatcher
 from ..options.base import DETROption, OptionState, decode_with_options
 from ..processing.checks import Target, check_images, check_targets, padding_or_none
-from ..processing.postprocess import class_ids, detection_dicts
+from ..processing.postprocess import predictions
 from ..processing.preprocess import ImagePreprocessor, prediction_inputs
 from .layers import MLP
 from .position_encoding import PositionEmbeddingSine
@@ -299,16 +299,7 @@ class DETR(nn.Module):
             logits, boxes, _ = self._decode(x, mask, all_layers=False)
         finally:
             self.train(was_training)
-        return detection_dicts(
-            logits[-1],
-            boxes[-1],
-            sizes,
-            self.class_names,
-            score_threshold=score_threshold,
-            top_k=k,
-            nms_iou=nms,
-            classes=None if classes is None else class_ids(classes, self.class_names, self.num_classes),
-        )
+        return predictions(logits[-1], boxes[-1], sizes, self.class_names, k, score_threshold, nms, classes)
 
     # ------------------------------------------- weights and deployment (detr.hub, detr.deploy)
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -133,3 +133,29 @@ def detection_dicts(
             image.append(det)
         detections.append(image)
     return detections
+
+
+def predictions(
+    pred_logits: Tensor,
+    pred_boxes: Tensor,
+    image_sizes: Tensor,
+    class_names: Sequence[str] | None = None,
+    k: int = 100,
+    score_threshold: float = 0.0,
+    nms: float | None = None,
+    classes: Sequence[int | str] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """What every ``predict`` returns (``DETR``, ``InferenceDETR``, exported models) from the last
+    layer's outputs (B, Q, K+1) and (B, Q, 4): :func:`detection_dicts` under ``predict``'s argument
+    names; ``classes`` keeps only these classes (ids or names)."""
+    wanted = None if classes is None else class_ids(classes, class_names, pred_logits.shape[-1] - 1)
+    return detection_dicts(
+        pred_logits,
+        pred_boxes,
+        image_sizes,
+        class_names,
+        score_threshold=score_threshold,
+        top_k=k,
+        nms_iou=nms,
+        classes=wanted,
+    )
