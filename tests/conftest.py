@@ -42,29 +42,32 @@ def calibrate_frozen_bn(model: torch.nn.Module, x: torch.Tensor, seed: int = 0) 
         h.remove()
 
 
-def make_hf_detr(num_labels: int = 91, auxiliary_loss: bool = False, seed: int = 0):
-    """transformers' DetrForObjectDetection with a ResNet-50 backbone config and random weights (no download)."""
+def make_hf_detr(num_labels: int = 91, auxiliary_loss: bool = False, seed: int = 0, segmentation: bool = False):
+    """transformers' DetrForObjectDetection (``segmentation``: DetrForSegmentation, the detector as its
+    ``.detr``) with a ResNet-50 backbone config and random weights (no download)."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
     # earlier transformers 5 releases still default to a timm "resnet50" backbone, which a backbone_config
     # must then switch off; later ones have no such switch
     legacy = "use_timm_backbone" in inspect.signature(transformers.DetrConfig.__init__).parameters
     config = transformers.DetrConfig(
-        backbone_config=transformers.ResNetConfig(out_features=["stage4"]),
+        # the mask head reads every stage; detection the last
+        backbone_config=transformers.ResNetConfig(out_features=["stage1", "stage2", "stage3", "stage4"] if segmentation else ["stage4"]),
         use_pretrained_backbone=False,
         num_labels=num_labels,
         auxiliary_loss=auxiliary_loss,
         **({"use_timm_backbone": False, "backbone": None} if legacy else {}),
     )
-    model = transformers.DetrForObjectDetection(config).eval()
+    model = (transformers.DetrForSegmentation if segmentation else transformers.DetrForObjectDetection)(config).eval()
+    detector = model.detr if segmentation else model
     calibrate_frozen_bn(
-        model.model.backbone.model, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+        detector.model.backbone.model, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
     )
     # random heads and query positions of a realistic scale, so that scores and boxes vary
     with torch.no_grad():
-        model.class_labels_classifier.bias.normal_(0, 1.0)
-        model.model.query_position_embeddings.weight.normal_(0, 1.0)
-        for layer in model.bbox_predictor.layers:
+        detector.class_labels_classifier.bias.normal_(0, 1.0)
+        detector.model.query_position_embeddings.weight.normal_(0, 1.0)
+        for layer in detector.bbox_predictor.layers:
             torch.nn.init.xavier_uniform_(layer.weight)
             layer.bias.normal_(0, 0.5)
     return model

@@ -41,8 +41,8 @@ def test_all_false_mask_is_the_same_as_no_mask(our_model):
     torch.testing.assert_close(fast(x, no_pad), fast(x), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("name", detr.list_models())
-def test_every_registered_model_folds_and_matches(name):
+@pytest.mark.parametrize("name", [n for n in detr.list_models() if not n.endswith("_panoptic")])
+def test_every_registered_detection_model_folds_and_matches(name):
     torch.manual_seed(0)
     model = detr.create_model(name, num_classes=3, num_queries=5, aux_loss=False, backbone_norm="bn", **TINY)
     model.train()

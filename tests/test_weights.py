@@ -51,7 +51,7 @@ def outputs(model, x, mask):
 
 def test_registry_is_data():
     entries = {w.name: w for w in detr.list_pretrained()}
-    assert set(entries) == set(detr.list_models()) - {"detr_r18", "detr_r34"}  # the four of the reference release
+    assert set(entries) == set(detr.list_models()) - {"detr_r18", "detr_r34"}  # the reference release's seven
     r50 = entries["detr_r50"]
     assert r50.url.endswith("detr-r50-e632da11.pth") and r50.sha256_prefix == "e632da11"
     assert r50.num_classes == 91 and r50.box_ap == 42.0 and r50.categories[1] == "person"

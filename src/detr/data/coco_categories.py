@@ -91,3 +91,22 @@ COCO_CATEGORIES: dict[int, str] = {
 
 # index -> name for the 91-class heads; "N/A" marks the category ids COCO does not use
 COCO_CLASS_NAMES: list[str] = [COCO_CATEGORIES.get(i, "N/A") for i in range(91)]
+
+# COCO panoptic's 53 "stuff" categories (ids 92-200; its 80 "things" are the detection categories above).
+# The published panoptic DETRs have 250 classes indexed by category id: things are the ids <= 90.
+COCO_PANOPTIC_STUFF: dict[int, str] = {
+    92: "banner", 93: "blanket", 95: "bridge", 100: "cardboard", 107: "counter", 109: "curtain",
+    112: "door-stuff", 118: "floor-wood", 119: "flower", 122: "fruit", 125: "gravel", 128: "house",
+    130: "light", 133: "mirror-stuff", 138: "net", 141: "pillow", 144: "platform", 145: "playingfield",
+    147: "railroad", 148: "river", 149: "road", 151: "roof", 154: "sand", 155: "sea", 156: "shelf",
+    159: "snow", 161: "stairs", 166: "tent", 168: "towel", 171: "wall-brick", 175: "wall-stone",
+    176: "wall-tile", 177: "wall-wood", 178: "water-other", 180: "window-blind", 181: "window-other",
+    184: "tree-merged", 185: "fence-merged", 186: "ceiling-merged", 187: "sky-other-merged",
+    188: "cabinet-merged", 189: "table-merged", 190: "floor-other-merged", 191: "pavement-merged",
+    192: "mountain-merged", 193: "grass-merged", 194: "dirt-merged", 195: "paper-merged",
+    196: "food-other-merged", 197: "building-other-merged", 198: "rock-merged", 199: "wall-other-merged",
+    200: "rug-merged",
+}  # fmt: skip
+COCO_PANOPTIC_CATEGORIES: dict[int, str] = {**COCO_CATEGORIES, **COCO_PANOPTIC_STUFF}
+COCO_PANOPTIC_THING_MAX_ID = 90  # the reference's rule: class ids up to 90 are things, the rest stuff
+COCO_PANOPTIC_CLASS_NAMES: list[str] = [COCO_PANOPTIC_CATEGORIES.get(i, "N/A") for i in range(250)]

@@ -286,7 +286,10 @@ def convert_to_hf_state_dict(state_dict: Mapping[str, Tensor]) -> StateDict:
 
 
 def to_detr_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[StateDict, str]:
-    """Any understood layout -> (state dict with this library's names, layout name)."""
+    """Any understood layout -> (state dict with this library's names, layout name). A segmentation
+    model's (its detector under ``detr.``) keeps that prefix (:func:`convert_segmentation_state_dict`)."""
+    if any(k.startswith("detr.") for k in state_dict):
+        return convert_segmentation_state_dict(state_dict)
     layout = detect_layout(state_dict)
     if layout == "reference":
         return convert_reference_state_dict(state_dict), layout
@@ -389,6 +392,32 @@ def _remap_class_rows(source: Tensor, fresh: Tensor, rows: list[int | None], no_
     return out
 
 
+def _detector_key(key: str) -> str:
+    """A parameter's name in the detector: a mask model holds its detector under ``detr.``."""
+    return key.removeprefix("detr.")
+
+
+def _align_mask_model(
+    state_dict: StateDict, expected: Mapping[str, Tensor], notes: list[str]
+) -> tuple[StateDict, list[str]]:
+    """Detector weights for a mask model (its mask head then starts fresh, as in the reference's
+    second training stage), or a mask model's weights for a detector (its mask head left out).
+    Returns the state dict in the model's names and the mask-head keys that start fresh."""
+    model_masks = any(k.startswith("detr.") for k in expected)
+    checkpoint_masks = any(k.startswith("detr.") for k in state_dict)
+    if model_masks and not checkpoint_masks:
+        state_dict = {f"detr.{k}": v for k, v in state_dict.items()}
+        fresh = [k for k in expected if not k.startswith("detr.")]
+        notes.append("a detection checkpoint: the mask head starts from its initialisation (train it)")
+        return state_dict, fresh
+    if checkpoint_masks and not model_masks:
+        dropped = [k for k in state_dict if not k.startswith("detr.")]
+        if dropped:
+            notes.append(f"a segmentation checkpoint: its mask head ({len(dropped)} tensors) is not used")
+        return {k[len("detr.") :]: v for k, v in state_dict.items() if k.startswith("detr.")}, []
+    return state_dict, []
+
+
 def load_weights(
     model: nn.Module,
     weights: str | Path | Mapping[str, Tensor],
@@ -409,12 +438,14 @@ def load_weights(
     checkpoint = fetch_checkpoint(weights)
     state_dict, layout = to_detr_state_dict(checkpoint.state_dict)
     expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
-    missing = sorted(set(expected) - set(state_dict))
+    notes = []
+    state_dict, fresh_head = _align_mask_model(state_dict, expected, notes)
+    missing = sorted(set(expected) - set(state_dict) - set(fresh_head))
     unexpected = sorted(set(state_dict) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(state_dict) if state_dict[k].shape != expected[k].shape)
     resizable = set(CLASS_ROWS) | set(QUERY_ROWS)
     reinit = (
-        [k for k in mismatched if k in resizable and state_dict[k].shape[1:] == expected[k].shape[1:]]
+        [k for k in mismatched if _detector_key(k) in resizable and state_dict[k].shape[1:] == expected[k].shape[1:]]
         if reinit_heads
         else []
     )
@@ -438,14 +469,13 @@ def load_weights(
             "build the matching factory, e.g. detr_r101 for an R101 checkpoint"
         )
         raise CheckpointError("\n".join(lines))
-    notes = []
     target_names = getattr(model, "class_names", None)
-    class_keys = [k for k in reinit if k in CLASS_ROWS]
+    class_keys = [k for k in reinit if _detector_key(k) in CLASS_ROWS]
     if class_keys and checkpoint.class_names and target_names:
         rows = class_rows(checkpoint.class_names, target_names)
         if any(row is not None for row in rows):
             for k in class_keys:
-                state_dict[k] = _remap_class_rows(state_dict[k], expected[k], rows, CLASS_ROWS[k])
+                state_dict[k] = _remap_class_rows(state_dict[k], expected[k], rows, CLASS_ROWS[_detector_key(k)])
             reinit = [k for k in reinit if k not in class_keys]
             new = [name for name, row in zip(target_names, rows) if row is None]
             if new:
@@ -462,7 +492,8 @@ def load_weights(
         warnings.warn(
             f"fine-tuning from {checkpoint.source}: {'; '.join(notes)}; every other weight was loaded", stacklevel=2
         )
-    model.load_state_dict(state_dict, strict=False)  # checked above: only re-initialised rows or BN counters absent
+    model.load_state_dict(state_dict, strict=False)  # checked above: only re-initialised rows, a fresh mask head
+    # or BN counters absent
     num_classes = getattr(model, "num_classes", -1)
     if not keep_labels:
         if checkpoint.class_names is not None and len(checkpoint.class_names) == num_classes:
@@ -470,3 +501,75 @@ def load_weights(
         if checkpoint.category_ids is not None and len(checkpoint.category_ids) == num_classes:
             model.category_ids = list(checkpoint.category_ids)
     return layout
+
+
+# ------------------------------------------------------------- segmentation (the mask head)
+# transformers' DetrForSegmentation mask head names -> the reference's (ours)
+_HF_MASK_HEAD = {
+    "conv1.conv.": "lay1.",
+    "conv1.norm.": "gn1.",
+    "conv2.conv.": "lay2.",
+    "conv2.norm.": "gn2.",
+    "fpn_stages.0.refine.conv.": "lay3.",
+    "fpn_stages.0.refine.norm.": "gn3.",
+    "fpn_stages.0.fpn_adapter.": "adapter1.",
+    "fpn_stages.1.refine.conv.": "lay4.",
+    "fpn_stages.1.refine.norm.": "gn4.",
+    "fpn_stages.1.fpn_adapter.": "adapter2.",
+    "fpn_stages.2.refine.conv.": "lay5.",
+    "fpn_stages.2.refine.norm.": "gn5.",
+    "fpn_stages.2.fpn_adapter.": "adapter3.",
+    "output_conv.": "out_lay.",
+}
+_HF_ATTENTION_MAP = {"q_proj.": "q_linear.", "k_proj.": "k_linear."}
+
+
+def convert_segmentation_state_dict(state_dict: Mapping[str, Tensor]) -> tuple[StateDict, str]:
+    """A segmentation DETR's weights in any understood layout -> (this library's names, layout).
+
+    Layouts: the reference's panoptic release (``detr.backbone.0.body.*``, ``bbox_attention.q_linear``,
+    ``mask_head.lay1`` ...), transformers' ``DetrForSegmentation`` (``detr.model.*``,
+    ``bbox_attention.q_proj``, ``mask_head.conv1.conv`` ...) and ours (the reference's head names,
+    the detector under ``detr.`` in our names).
+    """
+    detector = {k[len("detr.") :]: v for k, v in state_dict.items() if k.startswith("detr.")}
+    if not detector:
+        raise CheckpointError(
+            "not a segmentation checkpoint: no detr.* keys (the detector of a mask model is stored under detr.); "
+            f"first keys: {list(state_dict)[:5]}"
+        )
+    converted, layout = to_detr_state_dict(detector)
+    out: StateDict = {f"detr.{k}": v for k, v in converted.items()}
+    for key, value in _drop_bn_counters(state_dict).items():
+        if key.startswith("detr."):
+            continue
+        module, _, rest = key.partition(".")
+        renames = {"mask_head": _HF_MASK_HEAD, "bbox_attention": _HF_ATTENTION_MAP}.get(module, {})
+        for old, new in renames.items():
+            if rest.startswith(old):
+                rest = new + rest[len(old) :]
+                break
+        out[f"{module}.{rest}"] = value
+    return out, layout
+
+
+def convert_to_hf_segmentation_state_dict(state_dict: Mapping[str, Tensor]) -> StateDict:
+    """This library's segmentation names -> transformers' ``DetrForSegmentation`` names (the inverse
+    of :func:`convert_segmentation_state_dict` for a torchvision ResNet backbone)."""
+    detector = {k[len("detr.") :]: v for k, v in state_dict.items() if k.startswith("detr.")}
+    out: StateDict = {f"detr.{k}": v for k, v in convert_to_hf_state_dict(detector).items()}
+    inverse = {
+        "mask_head": {new: old for old, new in _HF_MASK_HEAD.items()},
+        "bbox_attention": {new: old for old, new in _HF_ATTENTION_MAP.items()},
+    }
+    for key, value in state_dict.items():
+        if key.startswith("detr."):
+            continue
+        module, _, rest = key.partition(".")
+        for old, new in inverse.get(module, {}).items():
+            if rest.startswith(old):
+                out[f"{module}.{new}{rest[len(old) :]}"] = value
+                break
+        else:
+            raise CheckpointError(f"cannot export key {key} to the Hugging Face layout")
+    return out

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..data.coco_categories import COCO_CATEGORIES
+from ..data.coco_categories import COCO_CATEGORIES, COCO_PANOPTIC_CATEGORIES
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class PretrainedWeights:
     box_ap: float
     categories: dict[int, str] = field(default_factory=lambda: dict(COCO_CATEGORIES), repr=False)
     source: str = "facebookresearch/detr"
+    mask_ap: float | None = None  # panoptic models: COCO mask AP and panoptic quality of the release
+    pq: float | None = None
 
     @property
     def filename(self) -> str:
@@ -69,6 +71,7 @@ class PretrainedWeights:
 
 
 _FB = "https://dl.fbaipublicfiles.com/detr/"
+_PANOPTIC = dict(COCO_PANOPTIC_CATEGORIES)
 PRETRAINED: dict[str, PretrainedWeights] = {
     w.name: w
     for w in (
@@ -76,6 +79,15 @@ PRETRAINED: dict[str, PretrainedWeights] = {
         PretrainedWeights("detr_r50_dc5", "detr_r50_dc5", _FB + "detr-r50-dc5-f0fb7ef5.pth", "f0fb7ef5", 91, 43.3),
         PretrainedWeights("detr_r101", "detr_r101", _FB + "detr-r101-2c7b67e5.pth", "2c7b67e5", 91, 43.5),
         PretrainedWeights("detr_r101_dc5", "detr_r101_dc5", _FB + "detr-r101-dc5-a2e86def.pth", "a2e86def", 91, 44.9),
+        # panoptic: detector + mask head (keys detr.*, bbox_attention.*, mask_head.*), 250 classes
+        *(
+            PretrainedWeights(name, name, _FB + file, file.rsplit("-", 1)[1][:8], 250, box_ap, _PANOPTIC, mask_ap=mask, pq=pq)
+            for name, file, box_ap, mask, pq in (
+                ("detr_r50_panoptic", "detr-r50-panoptic-00ce5173.pth", 38.8, 31.1, 43.4),
+                ("detr_r50_dc5_panoptic", "detr-r50-dc5-panoptic-da08f1b1.pth", 40.2, 31.9, 44.6),
+                ("detr_r101_panoptic", "detr-r101-panoptic-40021d53.pth", 40.1, 33.0, 45.1),
+            )
+        ),
     )
 }
 

@@ -30,7 +30,7 @@ from ..models.registry import create_model
 from ..models.transformer import Transformer
 from ..options import OPTION_TYPES
 from ..processing.preprocess import ImagePreprocessor
-from .checkpoints import CheckpointError, convert_to_hf_state_dict, load_weights
+from .checkpoints import CheckpointError, convert_to_hf_segmentation_state_dict, convert_to_hf_state_dict, load_weights
 
 if TYPE_CHECKING:
     from ..models.detr import DETR, DETRConfig
@@ -231,6 +231,7 @@ def _factory_args_from_hf_config(config: dict[str, Any]) -> tuple[str, dict[str,
         raise CheckpointError(f"unsupported backbone in the transformers config: {backbone or timm_name}")
     if config.get("dilation"):
         arch += "_dc5"
+    masks = "DetrForSegmentation" in (config.get("architectures") or [])
     kwargs = {
         "num_classes": config.get("num_labels", len(config.get("id2label", {})) or 91),
         "num_queries": config.get("num_queries", 100),
@@ -242,17 +243,21 @@ def _factory_args_from_hf_config(config: dict[str, Any]) -> tuple[str, dict[str,
         "num_decoder_layers": config.get("decoder_layers", 6),
         "dim_feedforward": config.get("encoder_ffn_dim", 2048),
         "dropout": config.get("dropout", 0.1),
+        **({"masks": True} if masks else {}),
     }
     return arch, kwargs
 
 
 def export_hf(model: DETR, directory: str | Path) -> Path:
-    """Write ``model`` in the layout of transformers' ``DetrForObjectDetection.from_pretrained``.
+    """Write ``model`` in the layout of transformers' ``DetrForObjectDetection.from_pretrained`` (a mask
+    model, :class:`~detr.models.segmentation.DETRSegmentation`: ``DetrForSegmentation``'s).
 
     Supported: a :class:`ResNetBackbone` ResNet-50/101 up to ``layer4`` without dilation
     (transformers' own ResNet backbone has no DC5), a post-norm :class:`Transformer`, the sine or
     learned position encoding; training-only options are left out (inference does not use them).
     """
+    masks = hasattr(model, "mask_head")  # a DETRSegmentation: the detector under .detr, as transformers'
+    full, model = model, (model.detr if masks else model)
     if getattr(model, "refinement", None) is not None:
         raise ValueError("box_refinement models cannot be exported: transformers' DETR has no anchor-box queries")
     backbone, t = model.backbone, model.transformer
@@ -275,7 +280,7 @@ def export_hf(model: DETR, directory: str | Path) -> Path:
     names = model.class_names or [f"class_{i}" for i in range(model.num_classes)]
     config = {
         "model_type": "detr",
-        "architectures": ["DetrForObjectDetection"],
+        "architectures": ["DetrForSegmentation" if masks else "DetrForObjectDetection"],
         "backbone_config": {
             "model_type": "resnet",
             "depths": depths[backbone.name],
@@ -285,7 +290,7 @@ def export_hf(model: DETR, directory: str | Path) -> Path:
             "hidden_act": "relu",
             "downsample_in_first_stage": False,
             "downsample_in_bottleneck": False,
-            "out_features": ["stage4"],
+            "out_features": ["stage1", "stage2", "stage3", "stage4"] if masks else ["stage4"],  # masks read all
         },
         "use_timm_backbone": False,
         "backbone": None,  # transformers releases with a timm default need it unset next to backbone_config
@@ -312,6 +317,11 @@ def export_hf(model: DETR, directory: str | Path) -> Path:
     training_only = tuple(f"{option.name}." for option in model.options if not option.used_at_inference)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(training_only)}
     state["query_embed.weight"] = state["query_embed.weight"][: model.num_queries]
-    _write_safetensors(directory / WEIGHTS_NAME, convert_to_hf_state_dict(state))
+    if masks:
+        head = {k: v for k, v in full.state_dict().items() if not k.startswith("detr.")}
+        hf_state = convert_to_hf_segmentation_state_dict({**{f"detr.{k}": v for k, v in state.items()}, **head})
+    else:
+        hf_state = convert_to_hf_state_dict(state)
+    _write_safetensors(directory / WEIGHTS_NAME, hf_state)
     atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))
     return directory

@@ -21,3 +21,11 @@ ARCHITECTURES: dict[str, tuple[str, bool, str]] = {
     "detr_r50_dc5": ("resnet50", True, "DETR-DC5: ResNet-50 with a dilated last stage (stride 16; 43.3 box AP)."),
     "detr_r101_dc5": ("resnet101", True, "DETR-DC5 with ResNet-101 (44.9 box AP in the reference release)."),
 }
+
+# panoptic models, as data: factory name -> (detector factory, description). The reference's panoptic
+# DETRs: the detector with the mask head, 250 classes indexed by COCO panoptic category id.
+PANOPTIC_ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "detr_r50_panoptic": ("detr_r50", "Panoptic DETR, ResNet-50 (43.4 PQ, 31.1 mask AP on COCO val2017 in the release)."),
+    "detr_r50_dc5_panoptic": ("detr_r50_dc5", "Panoptic DETR-DC5, ResNet-50 (44.6 PQ, 31.9 mask AP)."),
+    "detr_r101_panoptic": ("detr_r101", "Panoptic DETR, ResNet-101 (45.1 PQ, 33.0 mask AP)."),
+}

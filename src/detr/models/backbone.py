@@ -230,7 +230,10 @@ class ResNetBackbone(nn.Module):
             in_stem = not pname.startswith(("layer2", "layer3", "layer4"))
             trainable = train_backbone and not (freeze_stem and in_stem)
             param.requires_grad_(trainable)
-        self.body = IntermediateLayerGetter(resnet, return_layers={f"layer{num_layers}": "0"})
+        # every stage's output is returned (they are computed anyway): the mask head reads layer1-3
+        self.body = IntermediateLayerGetter(resnet, return_layers={f"layer{i}": f"layer{i}" for i in range(1, num_layers + 1)})
+        widths = [64, 128, 256, 512] if name in ("resnet18", "resnet34") else [256, 512, 1024, 2048]
+        self.level_channels = widths[:num_layers]  # channels of layer1 ... layerN
         if norm == "frozen_bn":
             fuse_frozen_batch_norms(self.body)
         self.channels_last = channels_last
@@ -258,6 +261,11 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, 3, H, W) normalised images -> (B, num_channels, H', W') features."""
+        return self.levels(x)[-1]
+
+    def levels(self, x: Tensor) -> list[Tensor]:
+        """x: (B, 3, H, W) -> the output of every stage, ``layer1`` (stride 4, ``level_channels[0]``)
+        to the last (the features :meth:`forward` returns)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.body(x)["0"]
+        return list(self.body(x).values())

@@ -175,10 +175,13 @@ class DETR(nn.Module):
         return tuple(m for m in self.children() if isinstance(m, DETROption))
 
     # ---------------------------------------------------------------- forward
-    def _features(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    def _features(
+        self, x: Tensor, mask: Tensor | None, features: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         """Backbone, projection and position encoding: x (B, 3, H, W), mask (B, H, W) or None
-        -> src (B, d, h, w), feature mask (B, h, w) or None, position encoding (B, d, h, w)."""
-        features = self.backbone(x)  # (B, C, h, w)
+        -> src (B, d, h, w), feature mask (B, h, w) or None, position encoding (B, d, h, w).
+        ``features``: the backbone's output (B, C, h, w) when the caller already has it."""
+        features = self.backbone(x) if features is None else features  # (B, C, h, w)
         batch, _, h, w = features.shape
         if mask is None:  # nothing padded: one position encoding serves the batch
             feat_mask = None

@@ -16,16 +16,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data.coco_categories import COCO_CLASS_NAMES
+from ..data.coco_categories import COCO_CLASS_NAMES, COCO_PANOPTIC_CLASS_NAMES
 from ..hub.checkpoints import fetch_checkpoint, load_weights, to_detr_state_dict
 from ..hub.serialization import CONFIG_NAME
 from ..options import from_switches
 from ..processing.preprocess import ImagePreprocessor
-from .architectures import ARCHITECTURES
+from .architectures import ARCHITECTURES, PANOPTIC_ARCHITECTURES
 from .backbone import ResNetBackbone
 from .detr import DETR, DETRConfig
 from .position_encoding import build_position_encoding
 from .registry import create_model, register_model
+from .segmentation import DETRSegmentation
 from .transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,10 @@ def build_detr(
     two_stage: bool = False,
     freeze_stem: bool = True,
     backbone_layers: int = 4,
+    masks: bool = False,
+    freeze_detector: bool = False,
     **loss_kwargs: Any,
-) -> DETR:
+) -> DETR | DETRSegmentation:
     """Build a DETR from its parts; the registered factories fix the backbone.
 
     ``loss_kwargs`` go to :class:`DETRConfig` (``matcher``, ``class_loss_coef``, ``bbox_loss_coef``,
@@ -72,7 +75,11 @@ def build_detr(
     given, else the checkpoint's (``weights``), else COCO's for 91 classes (class index = category id).
     ``reinit_heads``: with ``weights`` of other ``num_classes`` / ``num_queries``, fine-tune (rows of
     classes known by name kept, the others new) rather than refuse (see :func:`load_weights`).
+    ``masks``: add the paper's mask head (:class:`~detr.models.segmentation.DETRSegmentation`);
+    ``freeze_detector`` then trains the mask head only (the reference's second stage).
     """
+    if freeze_detector and not masks:
+        raise ValueError("freeze_detector trains a mask head on a fixed detector: it needs masks=True")
     backbone = ResNetBackbone(
         backbone_name,
         pretrained=pretrained_backbone and weights is None,  # full weights overwrite the backbone anyway
@@ -114,6 +121,8 @@ def build_detr(
         else preprocessing,
         options=options,
     )
+    if masks:
+        model = DETRSegmentation(model, freeze_detr=freeze_detector)
     if weights is not None:
         load_weights(model, weights, reinit_heads=reinit_heads, keep_labels=labels_given)
     return model
@@ -165,6 +174,34 @@ detr_r50 = _register_architecture("detr_r50")
 detr_r101 = _register_architecture("detr_r101")
 detr_r50_dc5 = _register_architecture("detr_r50_dc5")
 detr_r101_dc5 = _register_architecture("detr_r101_dc5")
+
+
+def _register_panoptic(name: str) -> Callable[..., DETRSegmentation]:
+    """Define and register the panoptic factory ``name`` of :data:`PANOPTIC_ARCHITECTURES`: its detector
+    factory with ``masks=True`` and COCO panoptic's 250-class label space (class index = category id)."""
+    detector, doc = PANOPTIC_ARCHITECTURES[name]
+
+    def factory(num_classes: int = 250, **kwargs: Any) -> DETRSegmentation:
+        if not kwargs.pop("masks", True):
+            raise ValueError(f"{name} is a mask model; for boxes only use {detector}")
+        labels = {}
+        if num_classes == len(COCO_PANOPTIC_CLASS_NAMES) and "class_names" not in kwargs:
+            labels = {"class_names": COCO_PANOPTIC_CLASS_NAMES, "category_ids": list(range(num_classes))}
+        model = create_model(detector, num_classes=num_classes, masks=True, **labels, **kwargs)
+        rebuild = {k: v for k, v in model.factory_spec["kwargs"].items() if k != "masks" and k not in labels}
+        model.factory_spec = {"model": name, "kwargs": rebuild}  # the default labels come back by themselves
+        return model
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = (
+        doc + f"\n\n    Arguments: those of ``{detector}`` (``masks`` is always on); ``num_classes`` defaults to 250."
+    )
+    return register_model(factory)
+
+
+detr_r50_panoptic = _register_panoptic("detr_r50_panoptic")
+detr_r50_dc5_panoptic = _register_panoptic("detr_r50_dc5_panoptic")
+detr_r101_panoptic = _register_panoptic("detr_r101_panoptic")
 
 
 # ``detr.from_pretrained(directory)``: a model of any registered factory (or of parts) back from its directory

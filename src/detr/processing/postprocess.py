@@ -55,8 +55,9 @@ def postprocess(
         classes: keep only detections of these class ids (before ``top_k``: k of the classes asked for).
 
     Returns:
-        B dicts with ``scores`` (n,), ``labels`` (n,) int64 in [0, K-1], and ``boxes`` (n, 4)
-        absolute xyxy pixels clipped to the image, sorted by decreasing score.
+        B dicts with ``scores`` (n,), ``labels`` (n,) int64 in [0, K-1], ``boxes`` (n, 4) absolute
+        xyxy pixels clipped to the image, sorted by decreasing score, and ``queries`` (n,) the query
+        each detection comes from (its mask, its attention).
     """
     if pred_logits.dim() != 3 or pred_boxes.shape[:2] != pred_logits.shape[:2] or pred_boxes.shape[-1] != 4:
         raise ValueError(
@@ -78,8 +79,10 @@ def postprocess(
         scores = prob.flatten(1)  # (B, Q*K), query-major
         labels = torch.arange(num_classes, device=prob.device).repeat(queries).expand(batch, -1)  # (B, Q*K)
         boxes = boxes.repeat_interleave(num_classes, dim=1)  # (B, Q*K, 4)
+        query_of = torch.arange(queries, device=prob.device).repeat_interleave(num_classes)  # (Q*K,)
     else:
         scores, labels = prob.max(-1)  # (B, Q)
+        query_of = torch.arange(prob.shape[1], device=prob.device)  # (Q,)
 
     wanted = None if classes is None else torch.as_tensor(list(classes), dtype=torch.long, device=labels.device)
     results = []
@@ -92,7 +95,7 @@ def postprocess(
         if top_k is not None:
             order = order[:top_k]
         order = order[s[order] >= score_threshold]
-        results.append({"scores": s[order], "labels": l[order], "boxes": b[order]})
+        results.append({"scores": s[order], "labels": l[order], "boxes": b[order], "queries": query_of[order]})
     return results
 
 
