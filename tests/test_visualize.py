@@ -1,7 +1,8 @@
 """Pictures of detections stay legible: labels inside the image, off each other, small images scaled up."""
 
 import numpy as np
-from PIL import Image
+import torch
+from PIL import Image, ImageColor
 
 from detr.processing.visualize import _place, colour_of, draw_detections
 
@@ -36,3 +37,16 @@ def test_small_images_are_scaled_up_with_their_boxes_and_the_legend_names_the_cl
     assert (legend == np.array(colour)).all(axis=-1).any()  # the swatch
     plain = draw_detections(image, [det])
     assert plain.size == (64, 48)
+
+
+def test_masks_are_tinted_in_their_class_colour_and_nothing_else_is():
+    from detr.processing.visualize import colour_of
+
+    image = Image.new("RGB", (40, 30), (0, 0, 0))
+    mask = torch.zeros(30, 40, dtype=torch.bool)
+    mask[10:20, 5:15] = True
+    drawn = draw_detections(image, [{"box": [2, 2, 38, 28], "score": 0.9, "class_id": 3, "mask": mask}], width=1)
+    pixels = np.asarray(drawn)
+    inside, outside = pixels[15, 10], pixels[24, 30]
+    expected = np.round(0.45 * np.array(ImageColor.getrgb(colour_of(3)))).astype(int)  # alpha 0.45 over black
+    assert np.abs(inside.astype(int) - expected).max() <= 1 and outside.tolist() == [0, 0, 0]

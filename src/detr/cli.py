@@ -140,6 +140,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = coco_evaluate(dataset.annotations.raw, results, per_class=args.per_class)
     print(format_metrics(metrics))
     print(format_metrics(metrics, METRIC_NAMES[6:]))
+    has_masks = any(s is not None for segs in dataset.annotations.segmentations.values() for s in segs)
+    if hasattr(model, "decode_with_masks") and has_masks:  # a mask model on data with masks: mask AP too
+        from .engine.evaluate import predict_masks
+
+        mask_results = predict_masks(model, loader, match.category_of, device, max_detections=args.max_detections)
+        metrics["masks"] = coco_evaluate(dataset.annotations.raw, mask_results, iou_type="segm")
+        print("masks: " + format_metrics(metrics["masks"], ("AP", "AP50", "AP75", "APs", "APm", "APl")))
     if args.per_class:
         for name, ap in metrics["per_class_AP"].items():
             print(f"  {name:<20} AP {ap:.3f}")
@@ -214,7 +221,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .engine.predict import ground_truth_by_name, predict_files
     from .fileio import atomic_write_text, free_folder, holds_any
-    from .processing.interop import coco_results, yolo_lines
+    from .processing.interop import coco_results, mask_to_rle, yolo_lines
     from .processing.visualize import draw_detections
 
     device = resolve_device(args.device)
@@ -241,7 +248,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{args.out} holds earlier predictions, left as they are: writing to {out}")
     out.mkdir(parents=True, exist_ok=True)
     preprocessor = model.preprocessing.with_sizes(args.size, args.max_size)  # the model's, unless flags say otherwise
-    fast = model if exported else model.optimize_for_inference(dtype=torch.bfloat16 if args.bf16 else torch.float32)
+    masks = hasattr(model, "mask_head")  # a mask model predicts through itself: its detections carry masks
+    if masks and args.bf16:
+        raise SystemExit("error: --bf16 is for detection models; a mask model predicts in float32")
+    fast = (
+        model
+        if exported or masks
+        else model.optimize_for_inference(dtype=torch.bfloat16 if args.bf16 else torch.float32)
+    )
     names = _output_names(paths)
     found: dict[int, list] = {}
     skipped: dict[str, str] = {}
@@ -264,7 +278,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.write(f"skipped {result.path}: {result.error}", file=sys.stderr)
             continue
         dets, image, name = result.detections, result.image, names[result.index]
-        found[result.index] = dets
+        # masks travel as COCO RLE in the files ("segmentation"), as (H, W) bool to the drawing
+        found[result.index] = [
+            {k: v for k, v in d.items() if k != "mask"}
+            | ({"segmentation": mask_to_rle(d["mask"])} if "mask" in d else {})
+            for d in dets
+        ]
         gt = truth.get(result.path.name, [])
         with_truth += result.path.name in truth
         draw_detections(image, dets, gt, min_side=512, legend=True).save(out / f"{name}_detections.png")
@@ -400,7 +419,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synthetic import SynthConfig, make_dataset
 
     start = time.perf_counter()
-    config = SynthConfig(image_size=args.size, max_objects=args.max_objects)
+    config = SynthConfig(image_size=args.size, max_objects=args.max_objects, masks=args.masks)
     make_dataset(args.out, train=args.train, val=args.val, seed=args.seed, config=config)
     print(
         f"wrote {args.train} train and {args.val} val images ({args.size}px, classes {', '.join(config.classes)}) to {args.out} in {time.perf_counter() - start:.1f}s"
@@ -610,6 +629,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--size", type=int, default=128, help="image side in pixels")
     p.add_argument("--max-objects", type=int, default=4, help="most objects in an image")
     p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same files)")
+    p.add_argument("--masks", action="store_true", help="also write each object's mask (COCO RLE), exact")
 
     p = command("demo", "train a detector from scratch on generated shapes, on the CPU, in minutes", cmd_demo)
     p.add_argument("--out", default="runs/demo", help="folder for the data, the run and the metrics")

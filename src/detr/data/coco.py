@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -145,6 +146,8 @@ class CocoAnnotations:
     ignored_crowd: int = 0
     skipped_undeclared: int = 0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    # image id -> each box's COCO "segmentation" (polygons or RLE; None where it has none), in ``boxes``' order
+    segmentations: dict[int, list[Any]] = field(default_factory=dict, repr=False)
 
     @property
     def class_names(self) -> list[str]:
@@ -193,6 +196,7 @@ def load_coco_annotations(path: str | Path, data: dict[str, Any] | None = None) 
     class_of = {cat_id: i for i, (cat_id, _) in enumerate(categories)}
     by_id = {img["id"]: img for img in images}
     boxes: dict[int, list[tuple[list[float], int]]] = {img["id"]: [] for img in images}
+    segmentations: dict[int, list[Any]] = {}
     dropped = crowd = 0
     undeclared: dict[int, int] = {}  # category id -> annotations
     for ann in data["annotations"]:
@@ -225,6 +229,7 @@ def load_coco_annotations(path: str | Path, data: dict[str, Any] | None = None) 
                 f"{img['file_name']} ({img['width']}x{img['height']}); is it in another format than COCO's pixel xywh?"
             )
         boxes[image_id].append(([x0, y0, x1, y1], class_of[cat_id]))
+        segmentations.setdefault(image_id, []).append(_checked_segmentation(ann, img, path))
     if dropped:
         log.warning("%s: dropped %d degenerate boxes (zero width or height)", path, dropped)
     if undeclared:
@@ -245,7 +250,47 @@ def load_coco_annotations(path: str | Path, data: dict[str, Any] | None = None) 
         ignored_crowd=crowd,
         skipped_undeclared=sum(undeclared.values()),
         raw=data,
+        segmentations=segmentations,
     )
+
+
+def _checked_segmentation(ann: dict[str, Any], image: dict[str, Any], path: Path) -> Any:
+    """An annotation's COCO ``segmentation`` (polygons [[x0, y0, x1, y1, ...], ...] or RLE {"size", "counts"}),
+    checked enough that decoding it cannot fail or mislead; None when it has none."""
+    segmentation = ann.get("segmentation")
+    where = f"{path}: annotation {ann.get('id', '?')} (image {image['file_name']})"
+    if segmentation is None or segmentation == []:
+        return None
+    if isinstance(segmentation, list):
+        for polygon in segmentation:
+            if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+                points = len(polygon) / 2 if isinstance(polygon, list) else "no"
+                raise DatasetError(
+                    f"{where} has a polygon with {points} points: a polygon is a flat list [x0, y0, x1, y1, ...] "
+                    "of at least 3 points"
+                )
+        return segmentation
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        if list(segmentation["size"]) != [image["height"], image["width"]]:
+            raise DatasetError(
+                f"{where} has an RLE mask of size {segmentation['size']} but the image is "
+                f"{image['height']}x{image['width']} (RLE sizes are [height, width])"
+            )
+        return segmentation
+    raise DatasetError(f"{where} has a 'segmentation' that is neither polygons nor RLE {{'size', 'counts'}}")
+
+
+def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, compressed or uncompressed RLE) -> (height, width) bool, via pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    if isinstance(segmentation, list):  # polygons: one RLE each, merged
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif isinstance(segmentation["counts"], list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = dict(segmentation, counts=segmentation["counts"].encode("ascii")) if isinstance(segmentation["counts"], str) else segmentation
+    return mask_utils.decode(rle).astype(bool)
 
 
 def read_image(path: Path, exif: bool = False) -> Image.Image:
@@ -272,7 +317,8 @@ class CocoDetection(Dataset):
     ``dataset[i]`` is ``(image, target)``: the image as a ``tv_tensors.Image`` (3, H, W) uint8,
     the target a dict with ``boxes`` (``tv_tensors.BoundingBoxes``, xyxy pixels), ``labels``
     (N,) int64 class ids, ``image_id`` and ``orig_size`` (height, width), all passed through
-    ``transforms`` (a ``torchvision.transforms.v2`` callable) when given.
+    ``transforms`` (a ``torchvision.transforms.v2`` callable) when given; with ``masks`` also
+    ``masks`` (``tv_tensors.Mask`` (N, H, W) bool, each box's COCO segmentation decoded by pycocotools).
 
     Class ids are the dataset's own (its categories sorted by id, from 0), or a model's when
     ``class_map`` (dataset class id -> model class id, see :func:`detr.data.labels.match_categories`)
@@ -285,6 +331,7 @@ class CocoDetection(Dataset):
         split: str = "train",
         transforms: Any = None,
         images: str | Path | None = None,
+        masks: bool = False,
     ) -> None:
         where = root if isinstance(root, CocoSplit) else find_split(root, split, images)
         data = where.read() if where.read is not None else None
@@ -295,6 +342,22 @@ class CocoDetection(Dataset):
         self.annotation_file = where.annotation_file
         self.transforms = transforms
         self.class_map: list[int] | None = None
+        self.masks = masks
+        if masks:
+            self._check_every_box_has_a_mask()
+
+    def _check_every_box_has_a_mask(self) -> None:
+        lacking = [
+            (image_id, len(segs) - sum(s is not None for s in segs))
+            for image_id, segs in self.annotations.segmentations.items()
+            if any(s is None for s in segs)
+        ]
+        if lacking:
+            count = sum(n for _, n in lacking)
+            raise DatasetError(
+                f"{self.annotation_file}: {count} annotations (in images {[i for i, _ in lacking[:5]]} ...) have no "
+                "'segmentation'; training masks needs one per object (polygons or RLE), or train boxes only"
+            )
 
     @property
     def class_names(self) -> list[str]:
@@ -370,6 +433,11 @@ class CocoDetection(Dataset):
             "image_id": info["id"],
             "orig_size": torch.tensor([info["height"], info["width"]]),
         }
+        if self.masks:
+            segmentations = self.annotations.segmentations.get(info["id"], [])
+            masks = [decode_segmentation(seg, info["height"], info["width"]) for seg in segmentations]
+            stacked = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, info["height"], info["width"], dtype=torch.bool)
+            target["masks"] = tv_tensors.Mask(stacked)  # (N, H, W) bool, resized and cropped with the image
         return image, target
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:

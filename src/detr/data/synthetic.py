@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from pycocotools import mask as mask_utils
+
 from ..fileio import atomic_write_text
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
@@ -33,6 +35,7 @@ class SynthConfig:
     max_aspect: float = 1.6  # width / height drawn in [1/max_aspect, max_aspect]
     max_overlap: float = 0.3  # largest IoU allowed between two objects
     classes: tuple[str, ...] = SHAPES
+    masks: bool = False  # also write each object's visible pixels (COCO RLE "segmentation"), exact: they are drawn
 
 
 def _iou(a: list[float], b: list[float]) -> float:
@@ -98,10 +101,20 @@ def _contrasting_colour(rng: random.Random, background: Image.Image, box: list[f
 
 def make_image(rng: random.Random, config: SynthConfig) -> tuple[Image.Image, list[tuple[list[float], int]]]:
     """One image and its objects as (xyxy pixel box, class index)."""
+    image, objects, _ = make_image_with_masks(rng, config)
+    return image, objects
+
+
+def make_image_with_masks(
+    rng: random.Random, config: SynthConfig
+) -> tuple[Image.Image, list[tuple[list[float], int]], list[np.ndarray]]:
+    """:func:`make_image` and each object's visible pixels, (H, W) bool: the shape as drawn, less what
+    later shapes cover. The random stream is the one :func:`make_image` draws, so images do not change."""
     size = config.image_size
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
     objects: list[tuple[list[float], int]] = []
+    masks: list[np.ndarray] = []
     wanted = rng.randint(config.min_objects, config.max_objects)
     for _ in range(wanted * 20):
         if len(objects) == wanted:
@@ -117,10 +130,17 @@ def make_image(rng: random.Random, config: SynthConfig) -> tuple[Image.Image, li
         if any(_iou(box, other) > config.max_overlap for other, _ in objects):
             continue
         cls = rng.randrange(len(config.classes))
-        _draw_shape(draw, config.classes[cls], box, _contrasting_colour(rng, image, box), rng)
+        colour = _contrasting_colour(rng, image, box)
+        shape_draws = random.Random()
+        shape_draws.setstate(rng.getstate())  # the mask is drawn with the random draws the shape gets
+        _draw_shape(draw, config.classes[cls], box, colour, rng)
+        silhouette = Image.new("L", (size, size), 0)
+        _draw_shape(ImageDraw.Draw(silhouette), config.classes[cls], box, 255, shape_draws)  # type: ignore[arg-type]
+        drawn = np.asarray(silhouette) > 0
+        masks = [m & ~drawn for m in masks] + [drawn]  # a later shape hides what it covers
         # PIL fills up to and including x1/y1: the object covers [x0, x1 + 1) in pixels
         objects.append(([float(box[0]), float(box[1]), float(box[2] + 1), float(box[3] + 1)], cls))
-    return image, objects
+    return image, objects, masks
 
 
 def write_split(out: Path, split: str, count: int, seed: int, config: SynthConfig) -> Path:
@@ -130,22 +150,25 @@ def write_split(out: Path, split: str, count: int, seed: int, config: SynthConfi
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(count):
-        image, objects = make_image(rng, config)
+        image, objects, masks = make_image_with_masks(rng, config)
         name = f"{split}_{i:05d}.jpg"
         image.save(image_dir / name, quality=92)  # JPEG: 10x faster to write than PNG for noisy images
         images.append({"id": i + 1, "file_name": name, "width": image.width, "height": image.height})
-        for box, cls in objects:
+        for (box, cls), visible in zip(objects, masks, strict=True):
             w, h = box[2] - box[0], box[3] - box[1]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": i + 1,
-                    "category_id": cls + 1,
-                    "bbox": [box[0], box[1], w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
+            annotation = {
+                "id": len(annotations) + 1,
+                "image_id": i + 1,
+                "category_id": cls + 1,
+                "bbox": [box[0], box[1], w, h],
+                "area": w * h,
+                "iscrowd": 0,
+            }
+            if config.masks:  # COCO's compressed RLE; the area is then the mask's, as COCO counts it
+                rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
+                annotation["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+                annotation["area"] = float(visible.sum())
+            annotations.append(annotation)
     categories = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(config.classes)]
     data = {
         "info": {"description": f"detr synthetic shapes, seed {seed}"},

@@ -35,6 +35,8 @@ class RandomResize(nn.Module):
         short = self.sizes[int(torch.randint(len(self.sizes), ()))] if len(self.sizes) > 1 else self.sizes[0]
         size = list(resized_size(*TF.get_size(image), short, self.max_size))
         target = dict(target, boxes=TF.resize(target["boxes"], size))
+        if "masks" in target:  # tv_tensors.Mask: nearest, so they stay binary
+            target["masks"] = TF.resize(target["masks"], size)
         return TF.resize(image, size, antialias=True), target
 
 
@@ -57,11 +59,14 @@ class RandomSizeCrop(nn.Module):
 def _crop_target(target: dict[str, Any], top: int, left: int, h: int, w: int) -> dict[str, Any]:
     target = dict(target)
     target["boxes"] = TF.clamp_bounding_boxes(TF.crop(target["boxes"], top, left, h, w))
+    if "masks" in target:
+        target["masks"] = TF.crop(target["masks"], top, left, h, w)
     return target
 
 
 class ToDETRTarget(nn.Module):
-    """Boxes (xyxy pixels) -> ``box`` normalized cxcywh; labels -> ``class_id``; keeps ids and sizes."""
+    """Boxes (xyxy pixels) -> ``box`` normalized cxcywh; labels -> ``class_id``; keeps ids, sizes and
+    masks (``masks`` (N, H, W) bool, when the dataset gives them)."""
 
     def forward(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         height, width = TF.get_size(image)
@@ -74,6 +79,8 @@ class ToDETRTarget(nn.Module):
             "orig_size": target["orig_size"],
             "size": torch.tensor([height, width]),
         }
+        if "masks" in target:
+            out["masks"] = target["masks"].as_subclass(torch.Tensor).bool()  # (N, H, W) in the image's pixels
         return image.as_subclass(torch.Tensor), out
 
 

@@ -57,6 +57,9 @@ class TrainConfig:
     num_queries: int = _field(100, "object queries: the most detections per image")
     aux_loss: bool = _field(True, "losses on every decoder layer (the reference)")
     model_kwargs: dict[str, Any] = _field({}, "more factory arguments as a JSON object, e.g. '{\"d_model\": 128}'")
+    masks: bool = _field(
+        False, "train the paper's mask head too (instance masks): every object needs a COCO segmentation (polygons, RLE)"
+    )
     # optimisation
     epochs: int = _field(300, "passes over the training split")
     batch_size: int = _field(2, "images per step and process")

@@ -1,4 +1,4 @@
-"""COCO box evaluation (pycocotools) of a DETR on a dataset."""
+"""COCO box and mask evaluation (pycocotools) of a DETR on a dataset."""
 
 from __future__ import annotations
 
@@ -87,10 +87,60 @@ def coco_detections(
     return results
 
 
+@torch.no_grad()
+def predict_masks(
+    model: torch.nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor, list[dict[str, Any]]]],
+    category_of: Sequence[int | None],
+    device: torch.device | str = "cpu",
+    max_detections: int = 100,
+) -> list[dict[str, Any]]:
+    """A mask model's COCO segmentation results over a loader: ``{"image_id", "category_id",
+    "segmentation": compressed RLE (counts as str), "score"}``, each query's best class, the
+    ``max_detections`` best per image, masks by the reference's rule in the original image's pixels
+    (:func:`detr.processing.mask_postprocess.query_masks`)."""
+    from pycocotools import mask as mask_utils
+
+    from ..processing.mask_postprocess import query_masks
+
+    model.eval()
+    device = torch.device(device)
+    results = []
+    for images, mask, targets in loader:
+        images, mask = images.to(device), mask.to(device)
+        logits, boxes, masks = model.decode_with_masks(images, mask)  # (B, Q, K+1), (B, Q, 4), (B, Q, h, w)
+        sizes = torch.stack([t["orig_size"] for t in targets])
+        for target, found, image_masks in zip(targets, postprocess(logits, boxes, sizes), masks):
+            size = tuple(int(v) for v in target["orig_size"])
+            resized = tuple(int(v) for v in target["size"])
+            kept = [
+                (q, s, c) for q, s, c in zip(found["queries"].tolist(), found["scores"].tolist(), found["labels"].tolist())
+                if category_of[c] is not None
+            ][:max_detections]  # fmt: skip
+            if not kept:
+                continue
+            binary = query_masks(image_masks[[q for q, _, _ in kept]], size, resized, tuple(images.shape[-2:]))
+            encoded = mask_utils.encode(np.asfortranarray(binary.cpu().numpy().transpose(1, 2, 0).astype(np.uint8)))
+            for (_, score, label), rle in zip(kept, encoded):
+                rle = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+                results.append(
+                    {
+                        "image_id": int(target["image_id"]),
+                        "category_id": category_of[label],
+                        "segmentation": rle,
+                        "score": score,
+                    }
+                )
+    return results
+
+
 def coco_evaluate(
-    ground_truth: dict[str, Any] | str | Path, results: list[dict[str, Any]], per_class: bool = False
+    ground_truth: dict[str, Any] | str | Path,
+    results: list[dict[str, Any]],
+    per_class: bool = False,
+    iou_type: str = "bbox",
 ) -> dict[str, Any]:
-    """COCO box metrics of ``results`` against a COCO ground-truth dict or file.
+    """COCO box metrics (``iou_type="segm"``: mask metrics) of ``results`` against a COCO ground-truth dict or file.
 
     Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", ..., "ARl"}`` (fractions in
     [0, 1], None for what the split cannot measure, e.g. APl without large objects) and with
@@ -113,8 +163,12 @@ def coco_evaluate(
         gt.createIndex()
         if not results:
             return {name: 0.0 for name in METRIC_NAMES} | ({"per_class_AP": {}} if per_class else {})
-        dt = gt.loadRes(copy.deepcopy(results))
-        evaluator = COCOeval(gt, dt, iouType="bbox")
+        found = copy.deepcopy(results)
+        for result in found:  # pycocotools decodes compressed RLE counts from bytes (JSON holds them as str)
+            if isinstance(result.get("segmentation", {}).get("counts"), str):
+                result["segmentation"]["counts"] = result["segmentation"]["counts"].encode("ascii")
+        dt = gt.loadRes(found)
+        evaluator = COCOeval(gt, dt, iouType=iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

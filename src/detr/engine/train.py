@@ -84,8 +84,9 @@ class LossModule(nn.Module):
 
 def param_groups(model: DETR, config: TrainConfig) -> list[dict[str, Any]]:
     """Backbone parameters at ``lr_backbone``, the rest at ``lr`` (the reference's two groups)."""
-    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.") and p.requires_grad]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.") and p.requires_grad]
+    in_backbone = ("backbone.", "detr.backbone.")  # a mask model holds its detector under detr.
+    backbone = [p for n, p in model.named_parameters() if n.startswith(in_backbone) and p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if not n.startswith(in_backbone) and p.requires_grad]
     groups = [{"params": rest, "lr": config.lr, "name": "transformer"}]
     if backbone:
         groups.append({"params": backbone, "lr": config.lr_backbone, "name": "backbone"})
@@ -201,13 +202,13 @@ class Trainer:
         crop = config.crop_resize_scales if config.crop else None
         train_tf = train_transforms(config.train_scales, config.max_size, crop, tuple(config.crop_size))
         train_split, val_split = dataset_splits(config)
-        self.train_set = CocoDetection(train_split, transforms=train_tf)
+        self.train_set = CocoDetection(train_split, transforms=train_tf, masks=config.masks)
         if len(self.train_set) == 0:
             raise ValueError(
                 f"the {config.train_split!r} split has no images: {self.train_set.annotation_file} lists none"
             )
         self.val_set = (
-            CocoDetection(val_split, transforms=eval_transforms(config.eval_size, config.max_size))
+            CocoDetection(val_split, transforms=eval_transforms(config.eval_size, config.max_size), masks=config.masks)
             if val_split is not None
             else None
         )
@@ -229,6 +230,7 @@ class Trainer:
             aux_loss=config.aux_loss,
             pretrained_backbone=config.pretrained_backbone and config.weights is None,
             weights=config.weights,
+            **({"masks": True} if config.masks else {}),
             **config.model_kwargs,
         ).to(self.device)
         self.category_match = self.train_set.match_model(self.model)  # targets in the model's class ids

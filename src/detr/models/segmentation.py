@@ -168,6 +168,11 @@ class DETRSegmentation(nn.Module):
         return self.detr.aux_loss
 
     @property
+    def options(self) -> tuple:
+        """The detector's training options: none (the mask head sits on the paper's DETR)."""
+        return self.detr.options
+
+    @property
     def class_names(self) -> list[str] | None:
         return self.detr.class_names
 
@@ -218,6 +223,15 @@ class DETRSegmentation(nn.Module):
         bbox_mask = self.bbox_attention(hs[-1], memory, feat_mask)  # (B, Q, heads, h, w)
         masks = self.mask_head(src, bbox_mask, [levels[2], levels[1], levels[0]])  # (B*Q, 1, H/4, W/4)
         return logits, boxes, masks.view(x.shape[0], hs.shape[2], *masks.shape[-2:])  # (B, Q, H/4, W/4)
+
+    def decode(self, x: Tensor, mask: Tensor | None = None, all_layers: bool | None = None) -> tuple[Tensor, Tensor]:
+        """The detector's :meth:`~detr.models.detr.DETR.decode` (boxes only: evaluation of boxes)."""
+        return self.detr.decode(x, mask, all_layers)
+
+    def decode_with_masks(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The last layer's logits (B, Q, K+1), boxes (B, Q, 4) and mask logits (B, Q, H/4, W/4)."""
+        logits, boxes, masks = self._decode(x, padding_or_none(check_images(x, mask)))
+        return logits[-1], boxes[-1], masks
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Any:
         logits, boxes, masks = self._decode(x, padding_or_none(check_images(x, mask)))

@@ -35,10 +35,25 @@ def coco_results(
     for d in detections:
         x0, y0, x1, y1 = d["box"]
         category = category_ids[d["class_id"]] if category_ids is not None else d["class_id"]
-        results.append(
-            {"image_id": image_id, "category_id": category, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": d["score"]}
-        )
+        result = {
+            "image_id": image_id,
+            "category_id": category,
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "score": d["score"],
+        }
+        if "segmentation" in d:  # a mask model's detection, its mask as COCO RLE (see mask_to_rle)
+            result["segmentation"] = d["segmentation"]
+        results.append(result)
     return results
+
+
+def mask_to_rle(mask: Any) -> dict[str, Any]:
+    """A (H, W) bool mask -> COCO compressed RLE ``{"size": [H, W], "counts": str}`` (JSON-ready), via pycocotools."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
 
 
 def yolo_lines(detections: Sequence[dict[str, Any]], width: int, height: int) -> str:

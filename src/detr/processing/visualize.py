@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2 import functional as TF
-from torchvision.utils import draw_bounding_boxes
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"]
 
@@ -25,7 +25,9 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _place(box: list[float], size: tuple[int, int], placed: list[tuple[int, int, int, int]], w: int, h: int) -> tuple[int, int]:
+def _place(
+    box: list[float], size: tuple[int, int], placed: list[tuple[int, int, int, int]], w: int, h: int
+) -> tuple[int, int]:
     """Top-left corner of a w x h label for ``box``: above its top-left corner, else inside it, kept
     inside the image and moved down past the labels already placed."""
     width, height = size
@@ -47,7 +49,8 @@ def draw_detections(
     min_side: int = 0,
     legend: bool = False,
 ) -> Image.Image:
-    """``image`` with boxes drawn: detections ({"box": xyxy pixels, "score", "class_id", "class_name"?})
+    """``image`` with boxes drawn: detections ({"box": xyxy pixels, "score", "class_id", "class_name"?,
+    "mask"?: (H, W) bool, tinted in the class colour})
     in one colour per class, labelled "name score" inside the image and off each other; ground truth
     ({"box", "class_name"?}) in white. An image whose longer side is under ``min_side`` is scaled up
     first (boxes with it), so that a 64 px image stays legible; ``legend`` adds a strip naming the
@@ -59,6 +62,13 @@ def draw_detections(
         detections = [dict(d, box=[v * scale for v in d["box"]]) for d in detections]
         ground_truth = [dict(g, box=[v * scale for v in g["box"]]) for g in ground_truth]
     canvas = TF.pil_to_tensor(image)  # (3, H, W) uint8
+    masks = [d["mask"] for d in detections if d.get("mask") is not None]
+    if masks and len(masks) == len(detections):  # a mask model's detections: their pixels tinted
+        stacked = torch.stack([torch.as_tensor(m, dtype=torch.bool) for m in masks])  # (N, H, W)
+        if scale > 1:
+            stacked = stacked.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+        colours = [colour_of(d["class_id"]) for d in detections]
+        canvas = draw_segmentation_masks(canvas, stacked, alpha=0.45, colors=colours)
     if ground_truth:
         boxes = torch.tensor([g["box"] for g in ground_truth], dtype=torch.float32).reshape(-1, 4)
         canvas = draw_bounding_boxes(canvas, boxes, colors="white", width=1)

@@ -1,0 +1,202 @@
+"""Masks as data: exact synthetic masks, COCO polygons and RLE, through the augmentation, and training with them."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import detr
+from detr.data import CocoDetection, train_transforms
+from detr.data.coco import DatasetError
+from detr.data.synthetic import SynthConfig, make_dataset, make_image, make_image_with_masks
+
+from .conftest import tiny_train_config
+
+SHAPES = SynthConfig(image_size=64, max_objects=3, min_size=0.25, max_size=0.6, masks=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("masks") / "d", train=16, val=8, seed=0, config=SHAPES)
+
+
+def test_synthetic_masks_are_exact_and_leave_the_images_unchanged():
+    plain, boxes = make_image(random.Random(3), SHAPES)
+    image, objects, masks = make_image_with_masks(random.Random(3), SHAPES)
+    assert np.array_equal(np.asarray(plain), np.asarray(image)) and boxes == objects  # same random stream
+    assert len(masks) == len(objects) >= 1
+    drawn = np.zeros((64, 64), dtype=int)
+    for (box, _), mask in zip(objects, masks):
+        ys, xs = np.nonzero(mask)
+        if len(ys):  # every visible pixel lies in the object's box
+            assert xs.min() >= box[0] and xs.max() < box[2] and ys.min() >= box[1] and ys.max() < box[3]
+        drawn += mask
+    assert drawn.max() == 1  # visible parts never overlap: a later shape hides what it covers
+    squares = random.Random(0)
+    config = SynthConfig(image_size=48, min_objects=1, max_objects=1, classes=("square",), masks=True)
+    _, [(box, _)], [mask] = make_image_with_masks(squares, config)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    expected = np.zeros((48, 48), dtype=bool)
+    expected[y0:y1, x0:x1] = True  # a lone square covers its box exactly
+    assert np.array_equal(mask, expected)
+
+
+def test_coco_masks_follow_their_boxes_through_the_augmentation(data):
+    annotations = json.loads((data / "annotations" / "instances_train.json").read_text())
+    first = annotations["annotations"][0]
+    assert isinstance(first["segmentation"]["counts"], str) and first["area"] < first["bbox"][2] * first["bbox"][3] + 1
+    torch.manual_seed(0)
+    dataset = CocoDetection(data, "train", train_transforms([48, 64], 96, [40, 56], (32, 60)), masks=True)
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        masks, boxes = target["masks"], target["box"]
+        assert masks.dtype == torch.bool and masks.shape == (len(boxes), *image.shape[-2:])
+        height, width = image.shape[-2:]
+        for mask, (cx, cy, w, h) in zip(masks, boxes.tolist()):
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            if len(ys) == 0:
+                continue
+            # resize (nearest) and crop move masks with their boxes: the mask stays inside its box
+            assert xs.min() >= (cx - w / 2) * width - 1.5 and xs.max() <= (cx + w / 2) * width + 1.5
+            assert ys.min() >= (cy - h / 2) * height - 1.5 and ys.max() <= (cy + h / 2) * height + 1.5
+
+
+def _coco(tmp_path: Path, segmentation, name: str = "bad.json") -> Path:
+    from PIL import Image
+
+    (tmp_path / "images").mkdir(exist_ok=True)
+    Image.new("RGB", (40, 30)).save(tmp_path / "images" / "a.png")
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": 7, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 10], "segmentation": segmentation}
+        ],
+    }
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_polygons_and_rle_decode_and_bad_ones_are_refused_by_name(tmp_path):
+    square = [[10, 5, 30, 5, 30, 15, 10, 15]]
+    dataset = CocoDetection(_coco(tmp_path, square, "poly.json"), images=tmp_path / "images", masks=True)
+    mask = dataset[0][1]["masks"][0]
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    assert 10 <= xs.min() <= 11 and 29 <= xs.max() <= 30 and 5 <= ys.min() <= 6 and 14 <= ys.max() <= 15
+    # uncompressed RLE, column-major runs: 30 rows of column 0 off, then 30 on (column 1), the rest off
+    rle = {"size": [30, 40], "counts": [30, 30, 30 * 38]}
+    dataset = CocoDetection(_coco(tmp_path, rle, "rle.json"), images=tmp_path / "images", masks=True)
+    expected = torch.zeros(30, 40, dtype=torch.bool)
+    expected[:, 1] = True
+    assert torch.equal(dataset[0][1]["masks"][0], expected)
+    with pytest.raises(DatasetError, match=r"bad.json: annotation 7 \(image a.png\) has a polygon with 2.0 points"):
+        CocoDetection(_coco(tmp_path, [[1, 2, 3, 4]]), images=tmp_path / "images", masks=True)
+    with pytest.raises(DatasetError, match=r"annotation 7 .* RLE mask of size \[40, 30\] but the image is 30x40"):
+        CocoDetection(_coco(tmp_path, {"size": [40, 30], "counts": "abc"}), images=tmp_path / "images", masks=True)
+    with pytest.raises(DatasetError, match="1 annotations .* have no 'segmentation'; training masks needs one"):
+        CocoDetection(_coco(tmp_path, None), images=tmp_path / "images", masks=True)
+    CocoDetection(_coco(tmp_path, None), images=tmp_path / "images")  # boxes only: no mask needed
+
+
+def test_training_with_masks_saves_a_mask_model(data, tmp_path):
+    from detr.engine import Trainer
+
+    masks_model = dict(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=32)
+    config = tiny_train_config(
+        data, tmp_path / "run", size=64, masks=True, max_steps=3, log_every=1, model_kwargs=masks_model
+    )
+    summary = Trainer(config).fit()
+    assert summary["steps"] == 3
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    terms = [r for r in log if "loss_mask" in r]
+    assert terms and all(r["loss_mask"] > 0 and r["loss_dice"] > 0 for r in terms)
+    model = detr.from_pretrained(tmp_path / "run" / "final")
+    assert isinstance(model, detr.DETRSegmentation) and model.class_names == [
+        "circle",
+        "square",
+        "triangle",
+        "cross",
+        "ring",
+    ]
+    from PIL import Image
+
+    found = model.predict(Image.open(next((data / "val").iterdir())), k=2)[0]
+    assert found[0]["mask"].shape == (64, 64)
+    from detr.cli import main
+
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                str(data),
+                "--weights",
+                str(tmp_path / "run" / "final"),
+                "--out",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((tmp_path / "e.json").read_text())["metrics"]
+    assert 0 <= metrics["masks"]["AP"] <= 1 and "AP50" in metrics["masks"]  # mask AP beside the box AP
+    out = tmp_path / "pred"
+    assert main(["predict", str(data / "val"), "--weights", str(tmp_path / "run" / "final"), "--out", str(out),
+                 "--threshold", "0", "--k", "2", "--no-progress"]) == 0  # fmt: skip
+    first = next(iter(json.loads((out / "detections.json").read_text()).values()))[0]
+    from pycocotools import mask as mask_utils
+
+    rle = dict(first["segmentation"], counts=first["segmentation"]["counts"].encode())
+    assert mask_utils.decode(rle).shape == (64, 64)  # each detection's mask, as COCO RLE
+    assert "segmentation" in json.loads((out / "results.coco.json").read_text())[0]
+    assert len(list(out.glob("*_detections.png"))) == 8
+
+
+class _Oracle(torch.nn.Module):
+    """A stand-in mask model that outputs the ground truth of each image (as the loader gives it), its
+    masks at full input resolution, optionally shifted right by ``shift`` pixels."""
+
+    def __init__(self, shift: int = 0) -> None:
+        super().__init__()
+        self.shift = shift
+        self.targets: list = []
+
+    def decode_with_masks(self, images, mask):
+        batch, _, height, width = images.shape
+        queries, classes = 6, 5
+        logits = torch.full((batch, queries, classes + 1), -10.0)
+        logits[:, :, -1] = 10.0  # unused queries: "no object"
+        boxes = torch.full((batch, queries, 4), 0.5)
+        masks = torch.full((batch, queries, height, width), -10.0)
+        for b, target in enumerate(self.targets[:batch]):
+            for q, (label, box, gt) in enumerate(zip(target["class_id"], target["box"], target["masks"])):
+                logits[b, q, label], logits[b, q, -1] = 10.0, -10.0
+                boxes[b, q] = box
+                h, w = gt.shape
+                masks[b, q, :h, :w] = torch.where(gt.roll(self.shift, dims=1), 10.0, -10.0)
+        self.targets = self.targets[batch:]
+        return logits, boxes, masks
+
+
+def test_mask_ap_is_pycocotools_segm_on_the_masks_in_original_pixels(data):
+    from torch.utils.data import DataLoader
+
+    from detr.data import collate, eval_transforms
+    from detr.engine.evaluate import coco_evaluate, predict_masks
+
+    dataset = CocoDetection(data, "val", eval_transforms(64, 96), masks=True)
+    results = {}
+    for shift in (0, 3):
+        oracle = _Oracle(shift)
+        oracle.targets = [dataset[i][1] for i in range(len(dataset))]
+        loader = DataLoader(dataset, batch_size=3, collate_fn=collate)
+        found = predict_masks(oracle, loader, dataset.category_ids)
+        results[shift] = coco_evaluate(dataset.annotations.raw, found, iou_type="segm")
+    assert results[0]["AP"] == pytest.approx(1.0)  # the ground truth itself, back in the original pixels
+    assert results[3]["AP"] < 0.9  # masks 3 px off: pycocotools measures it
