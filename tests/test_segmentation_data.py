@@ -200,3 +200,37 @@ def test_mask_ap_is_pycocotools_segm_on_the_masks_in_original_pixels(data):
         results[shift] = coco_evaluate(dataset.annotations.raw, found, iou_type="segm")
     assert results[0]["AP"] == pytest.approx(1.0)  # the ground truth itself, back in the original pixels
     assert results[3]["AP"] < 0.9  # masks 3 px off: pycocotools measures it
+
+
+def test_panoptic_synth_and_its_coco_panoptic_files(tmp_path):
+    from PIL import Image
+
+    from detr.data.panoptic import find_panoptic, read_panoptic
+
+    config = SynthConfig(image_size=48, max_objects=3, masks=True, stuff=("sky", "ground"))
+    make_dataset(tmp_path / "p", train=2, val=3, seed=1, config=config)
+    found = find_panoptic(tmp_path / "p", "val")
+    assert found == (
+        tmp_path / "p" / "annotations" / "panoptic_val.json",
+        tmp_path / "p" / "annotations" / "panoptic_val",
+    )
+    annotations = read_panoptic(*found)
+    assert annotations.things == {1, 2, 3, 4, 5} and annotations.stuffs == {6, 7}
+    instances = json.loads((tmp_path / "p" / "annotations" / "instances_val.json").read_text())
+    for image in instances["images"]:
+        ids, segments = annotations.segment_map(image["file_name"])
+        assert ids.shape == (48, 48) and ids.min() >= 1  # every pixel is a thing or one of the two stuffs
+        for segment in segments:  # areas as the PNG has them
+            assert (ids == segment["id"]).sum() == segment["area"]
+        things = [s for s in segments if s["category_id"] <= 5]
+        masks = [a for a in instances["annotations"] if a["image_id"] == image["id"] and a["area"] > 0]
+        assert sorted(s["area"] for s in things) == sorted(int(a["area"]) for a in masks)  # the instance masks
+    # a PNG whose ids the JSON does not list: the error names the PNG
+    png = found[1] / "val_00000.png"
+    pixels = np.asarray(Image.open(png)).copy()
+    pixels[0, 0] = (77, 0, 0)
+    Image.fromarray(pixels).save(png)
+    with pytest.raises(
+        DatasetError, match=r"val_00000.png holds segment ids \[77\] that panoptic_val.json does not list"
+    ):
+        annotations.segment_map("val_00000.jpg")

@@ -419,7 +419,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .data.synthetic import SynthConfig, make_dataset
 
     start = time.perf_counter()
-    config = SynthConfig(image_size=args.size, max_objects=args.max_objects, masks=args.masks)
+    stuff = ("sky", "ground") if args.panoptic else ()
+    config = SynthConfig(
+        image_size=args.size, max_objects=args.max_objects, masks=args.masks or args.panoptic, stuff=stuff
+    )
     make_dataset(args.out, train=args.train, val=args.val, seed=args.seed, config=config)
     print(
         f"wrote {args.train} train and {args.val} val images ({args.size}px, classes {', '.join(config.classes)}) to {args.out} in {time.perf_counter() - start:.1f}s"
@@ -630,6 +633,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--max-objects", type=int, default=4, help="most objects in an image")
     p.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same files)")
     p.add_argument("--masks", action="store_true", help="also write each object's mask (COCO RLE), exact")
+    p.add_argument(
+        "--panoptic", action="store_true",
+        help="two stuff regions (sky, ground) behind the shapes, and COCO panoptic PNGs + JSON (implies --masks)",
+    )  # fmt: skip
 
     p = command("demo", "train a detector from scratch on generated shapes, on the CPU, in minutes", cmd_demo)
     p.add_argument("--out", default="runs/demo", help="folder for the data, the run and the metrics")

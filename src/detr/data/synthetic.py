@@ -36,6 +36,9 @@ class SynthConfig:
     max_overlap: float = 0.3  # largest IoU allowed between two objects
     classes: tuple[str, ...] = SHAPES
     masks: bool = False  # also write each object's visible pixels (COCO RLE "segmentation"), exact: they are drawn
+    # panoptic: the background in two textured regions, these "stuff" classes (above, below a random row),
+    # and COCO panoptic annotations (PNG + JSON) besides the instance ones
+    stuff: tuple[str, ...] = ()
 
 
 def _iou(a: list[float], b: list[float]) -> float:
@@ -106,12 +109,16 @@ def make_image(rng: random.Random, config: SynthConfig) -> tuple[Image.Image, li
 
 
 def make_image_with_masks(
-    rng: random.Random, config: SynthConfig
+    rng: random.Random, config: SynthConfig, lower: tuple[int, Image.Image] | None = None
 ) -> tuple[Image.Image, list[tuple[list[float], int]], list[np.ndarray]]:
     """:func:`make_image` and each object's visible pixels, (H, W) bool: the shape as drawn, less what
-    later shapes cover. The random stream is the one :func:`make_image` draws, so images do not change."""
+    later shapes cover. The random stream is the one :func:`make_image` draws, so images do not change.
+    ``lower``: (row, background) pasted over the background from that row down (panoptic stuff)."""
     size = config.image_size
     image = _background(rng, size)
+    if lower is not None:
+        row, below = lower
+        image.paste(below.crop((0, row, size, size)), (0, row))
     draw = ImageDraw.Draw(image)
     objects: list[tuple[list[float], int]] = []
     masks: list[np.ndarray] = []
@@ -143,17 +150,67 @@ def make_image_with_masks(
     return image, objects, masks
 
 
+def make_panoptic_image(
+    rng: random.Random, config: SynthConfig
+) -> tuple[Image.Image, list[tuple[list[float], int]], list[np.ndarray], list[tuple[int, np.ndarray]]]:
+    """:func:`make_image_with_masks` on a background of two stuff regions (``config.stuff[0]`` above a
+    random row, ``config.stuff[1]`` below, each its own texture); also returns the stuff segments,
+    (stuff index, (H, W) bool: its region less the objects' visible pixels), the non-empty ones."""
+    if len(config.stuff) != 2:
+        raise ValueError(f"panoptic images have two stuff regions: give two stuff classes, got {config.stuff}")
+    size = config.image_size
+    row = rng.randint(int(0.3 * size), int(0.7 * size))
+    image, objects, masks = make_image_with_masks(rng, config, lower=(row, _background(rng, size)))
+    things = np.any(masks, axis=0) if masks else np.zeros((size, size), dtype=bool)
+    above = np.zeros((size, size), dtype=bool)
+    above[:row] = True
+    stuff = [(k, region & ~things) for k, region in enumerate((above, ~above))]
+    return image, objects, masks, [(k, m) for k, m in stuff if m.any()]
+
+
+def _segment_bbox(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
 def write_split(out: Path, split: str, count: int, seed: int, config: SynthConfig) -> Path:
     """Write ``count`` images of ``split`` and their COCO annotation file; returns the file's path."""
     rng = random.Random(f"{seed}-{split}")
     image_dir = out / split
     image_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images, annotations, panoptic = [], [], []
+    panoptic_dir = out / "annotations" / f"panoptic_{split}"
     for i in range(count):
-        image, objects, masks = make_image_with_masks(rng, config)
+        if config.stuff:
+            image, objects, masks, stuff = make_panoptic_image(rng, config)
+        else:
+            image, objects, masks = make_image_with_masks(rng, config)
         name = f"{split}_{i:05d}.jpg"
         image.save(image_dir / name, quality=92)  # JPEG: 10x faster to write than PNG for noisy images
         images.append({"id": i + 1, "file_name": name, "width": image.width, "height": image.height})
+        if config.stuff:  # segment ids 1..n: objects (visible), then stuff; 0 is unlabeled (none here)
+            things = [(cls + 1, m) for (_, cls), m in zip(objects, masks, strict=True) if m.any()]
+            stuff_segments = [(len(config.classes) + k + 1, m) for k, m in stuff]
+            ids = np.zeros(masks[0].shape if masks else (config.image_size,) * 2, dtype=np.uint32)
+            segments_info = []
+            for segment_id, (category, mask) in enumerate([*things, *stuff_segments], start=1):
+                ids[mask] = segment_id
+                segments_info.append(
+                    {
+                        "id": segment_id,
+                        "category_id": category,
+                        "area": int(mask.sum()),
+                        "bbox": _segment_bbox(mask),
+                        "iscrowd": 0,
+                    }
+                )
+            png = name.rsplit(".", 1)[0] + ".png"
+            panoptic_dir.mkdir(parents=True, exist_ok=True)
+            rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(
+                np.uint8
+            )  # COCO: id = R + 256 G + 256^2 B
+            Image.fromarray(rgb).save(panoptic_dir / png)
+            panoptic.append({"image_id": i + 1, "file_name": png, "segments_info": segments_info})
         for (box, cls), visible in zip(objects, masks, strict=True):
             w, h = box[2] - box[0], box[3] - box[1]
             annotation = {
@@ -178,6 +235,14 @@ def write_split(out: Path, split: str, count: int, seed: int, config: SynthConfi
     }
     path = out / "annotations" / f"instances_{split}.json"
     atomic_write_text(path, json.dumps(data))
+    if config.stuff:
+        stuff_categories = [
+            {"id": len(config.classes) + k + 1, "name": name, "supercategory": "background", "isthing": 0}
+            for k, name in enumerate(config.stuff)
+        ]
+        things = [dict(c, isthing=1) for c in categories]
+        panoptic_data = {"images": images, "annotations": panoptic, "categories": things + stuff_categories}
+        atomic_write_text(out / "annotations" / f"panoptic_{split}.json", json.dumps(panoptic_data))
     return path
 
 
