@@ -234,3 +234,71 @@ def test_panoptic_synth_and_its_coco_panoptic_files(tmp_path):
         DatasetError, match=r"val_00000.png holds segment ids \[77\] that panoptic_val.json does not list"
     ):
         annotations.segment_map("val_00000.jpg")
+
+
+def test_training_on_panoptic_annotations_takes_every_segment_as_an_object(tmp_path):
+    from detr.engine import Trainer
+    from detr.engine.train import dataset_splits
+
+    config_data = SynthConfig(
+        image_size=64, max_objects=3, min_size=0.25, max_size=0.6, masks=True, stuff=("sky", "ground")
+    )
+    data = make_dataset(tmp_path / "p", train=8, val=4, seed=2, config=config_data)
+    tiny = {"d_model": 32, "nhead": 4, "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 32}
+    config = tiny_train_config(
+        data, tmp_path / "run", size=64, panoptic=True, max_steps=2, log_every=1, model_kwargs=tiny
+    )
+    train, _ = dataset_splits(config)
+    dataset = CocoDetection(train, masks=True)
+    assert dataset.class_names == ["circle", "square", "triangle", "cross", "ring", "sky", "ground"]
+    for i in range(len(dataset)):
+        _, target = dataset[i]
+        masks = target["masks"]
+        assert masks.sum(0).eq(1).all()  # things and stuff tile the image: each pixel in exactly one segment
+        labels = target["labels"].tolist()
+        assert 5 in labels or 6 in labels  # the stuff regions are objects too
+    summary = Trainer(config).fit()
+    assert summary["steps"] == 2
+    model = detr.from_pretrained(tmp_path / "run" / "final")
+    assert model.class_names[-2:] == ["sky", "ground"] and isinstance(model, detr.DETRSegmentation)
+    from detr.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--data", str(data), "--weights", str(tmp_path / "run" / "final"), "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics["panoptic"]) >= {"PQ", "SQ", "RQ", "PQ_th", "PQ_st"} and "masks" in metrics
+    missing = tiny_train_config(tmp_path / "nothing", tmp_path / "r2", panoptic=True)
+    with pytest.raises(FileNotFoundError):
+        dataset_splits(missing)
+
+
+class _PanopticOracle:
+    """Returns each image's ground-truth panoptic segmentation (by its size, in order), in model class ids."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def panoptic(self, image, is_thing, threshold, preprocessor):
+        ids, segments = self.answers.pop(0)
+        return [{"segmentation": torch.from_numpy(ids), "segments_info": segments}]
+
+
+def test_panoptic_evaluation_maps_classes_to_categories(tmp_path):
+    from detr.data.panoptic import find_panoptic, read_panoptic
+    from detr.engine.panoptic_eval import evaluate_panoptic
+
+    config = SynthConfig(image_size=48, max_objects=3, masks=True, stuff=("sky", "ground"))
+    data = make_dataset(tmp_path / "p", train=1, val=3, seed=4, config=config)
+    annotations = read_panoptic(*find_panoptic(data, "val"))
+    dataset = CocoDetection(data, "val")
+    # the model's class k is category k + 1: the oracle answers in class ids
+    answers = []
+    for info in dataset.images:
+        ids, segments = annotations.segment_map(info["file_name"])
+        answers.append((ids, [{"id": s["id"], "label_id": s["category_id"] - 1, "score": 1.0} for s in segments]))
+    category_of = [1, 2, 3, 4, 5, 6, 7]
+    perfect = evaluate_panoptic(_PanopticOracle(answers), annotations, dataset.images, dataset.image_dir, category_of)
+    assert perfect["PQ"] == pytest.approx(1.0) and perfect["PQ_st"] == pytest.approx(1.0)
+    swapped = [1, 2, 3, 4, 5, 7, 6]  # sky and ground exchanged: stuff all wrong
+    wrong = evaluate_panoptic(_PanopticOracle(answers), annotations, dataset.images, dataset.image_dir, swapped)
+    assert wrong["PQ_st"] == 0.0 and wrong["PQ_th"] == pytest.approx(1.0)

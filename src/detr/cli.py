@@ -147,6 +147,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
         mask_results = predict_masks(model, loader, match.category_of, device, max_detections=args.max_detections)
         metrics["masks"] = coco_evaluate(dataset.annotations.raw, mask_results, iou_type="segm")
         print("masks: " + format_metrics(metrics["masks"], ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+    from .data.panoptic import find_panoptic, read_panoptic
+
+    found = find_panoptic(args.data, args.split) if Path(args.data).is_dir() else None
+    if hasattr(model, "panoptic") and found is not None:  # and panoptic annotations: PQ too
+        from .engine.panoptic_eval import evaluate_panoptic
+
+        from .data.labels import match_categories
+
+        annotations = read_panoptic(*found)
+        categories = sorted((int(c["id"]), str(c["name"])) for c in annotations.categories)
+        try:  # things and stuff: the panoptic file's categories, which a model of things alone lacks
+            panoptic_match = match_categories(
+                model.num_classes, model.class_names, model.category_ids, categories, source=str(found[0])
+            )
+        except ValueError as err:
+            print(f"panoptic: no PQ ({err})")
+        else:
+            metrics["panoptic"] = evaluate_panoptic(
+                model, annotations, dataset.images, dataset.image_dir, panoptic_match.category_of, reading,
+                args.panoptic_threshold,
+            )  # fmt: skip
+            print("panoptic: " + format_metrics(metrics["panoptic"], ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")))
     if args.per_class:
         for name, ap in metrics["per_class_AP"].items():
             print(f"  {name:<20} AP {ap:.3f}")
@@ -537,6 +559,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument(
         "--report-threshold", type=float, default=0.5, help="score from which a detection counts in the confusion"
+    )
+    p.add_argument(
+        "--panoptic-threshold", type=float, default=0.85, help="mask models: least score of a panoptic segment (PQ)"
     )
 
     def image_command(name: str, help: str, func, out: str, what: str) -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ raises an error naming the file.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -270,6 +271,8 @@ def _checked_segmentation(ann: dict[str, Any], image: dict[str, Any], path: Path
                     "of at least 3 points"
                 )
         return segmentation
+    if isinstance(segmentation, dict) and "panoptic_png" in segmentation:  # a segment of a panoptic PNG
+        return segmentation
     if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         if list(segmentation["size"]) != [image["height"], image["width"]]:
             raise DatasetError(
@@ -280,16 +283,38 @@ def _checked_segmentation(ann: dict[str, Any], image: dict[str, Any], path: Path
     raise DatasetError(f"{where} has a 'segmentation' that is neither polygons nor RLE {{'size', 'counts'}}")
 
 
+@functools.lru_cache(maxsize=8)  # an image's segments come from one PNG, read once
+def _panoptic_ids(png: str) -> np.ndarray:
+    """(H, W) segment ids of a COCO panoptic PNG (``id = R + 256 G + 256^2 B``)."""
+    try:
+        with Image.open(png) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
+    except FileNotFoundError:
+        raise DatasetError(f"panoptic PNG not found: {png}") from None
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
     """A COCO ``segmentation`` (polygons, compressed or uncompressed RLE) -> (height, width) bool, via pycocotools."""
     from pycocotools import mask as mask_utils
 
+    if isinstance(segmentation, dict) and "panoptic_png" in segmentation:
+        ids = _panoptic_ids(segmentation["panoptic_png"])
+        if ids.shape != (height, width):
+            raise DatasetError(
+                f"{segmentation['panoptic_png']} is {ids.shape[1]}x{ids.shape[0]}, its image {width}x{height}"
+            )
+        return ids == segmentation["id"]
     if isinstance(segmentation, list):  # polygons: one RLE each, merged
         rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     elif isinstance(segmentation["counts"], list):  # uncompressed RLE
         rle = mask_utils.frPyObjects(segmentation, height, width)
     else:
-        rle = dict(segmentation, counts=segmentation["counts"].encode("ascii")) if isinstance(segmentation["counts"], str) else segmentation
+        rle = (
+            dict(segmentation, counts=segmentation["counts"].encode("ascii"))
+            if isinstance(segmentation["counts"], str)
+            else segmentation
+        )
     return mask_utils.decode(rle).astype(bool)
 
 
@@ -436,7 +461,11 @@ class CocoDetection(Dataset):
         if self.masks:
             segmentations = self.annotations.segmentations.get(info["id"], [])
             masks = [decode_segmentation(seg, info["height"], info["width"]) for seg in segmentations]
-            stacked = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, info["height"], info["width"], dtype=torch.bool)
+            stacked = (
+                torch.from_numpy(np.stack(masks))
+                if masks
+                else torch.zeros(0, info["height"], info["width"], dtype=torch.bool)
+            )
             target["masks"] = tv_tensors.Mask(stacked)  # (N, H, W) bool, resized and cropped with the image
         return image, target
 

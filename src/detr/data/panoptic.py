@@ -91,3 +91,29 @@ def read_panoptic(path: str | Path, png_dir: str | Path) -> PanopticAnnotations:
                 )
         segments[files[image_id]] = (png_dir / str(ann["file_name"]), infos)
     return PanopticAnnotations(path, png_dir, list(categories.values()), segments)
+
+
+def panoptic_as_coco(annotations: PanopticAnnotations, images: list[dict[str, Any]]) -> dict[str, Any]:
+    """The panoptic segments as a COCO detection dictionary: one object per segment, thing or stuff (as
+    panoptic DETR trains), with its box and a ``segmentation`` that points into its PNG (decoded when
+    the image is loaded, :func:`detr.data.coco.decode_segmentation`). ``images``: the COCO image entries."""
+    objects = []
+    for image in images:
+        if image["file_name"] not in annotations.segments:
+            continue
+        png, segments = annotations.segments[image["file_name"]]
+        for segment in segments:
+            if segment.get("iscrowd", 0):
+                continue  # crowd regions are no objects to detect (panopticapi leaves them out of PQ too)
+            objects.append(
+                {
+                    "id": len(objects) + 1,
+                    "image_id": image["id"],
+                    "category_id": int(segment["category_id"]),
+                    "bbox": [float(v) for v in segment["bbox"]],
+                    "area": float(segment.get("area", 0)),
+                    "iscrowd": 0,
+                    "segmentation": {"panoptic_png": str(png), "id": int(segment["id"])},
+                }
+            )
+    return {"images": images, "annotations": objects, "categories": annotations.categories}

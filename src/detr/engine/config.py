@@ -60,6 +60,11 @@ class TrainConfig:
     masks: bool = _field(
         False, "train the paper's mask head too (instance masks): every object needs a COCO segmentation (polygons, RLE)"
     )
+    panoptic: bool = _field(
+        False,
+        "train on the COCO panoptic annotations (panoptic_<split>.json + PNGs): every segment, thing or stuff, "
+        "an object with its mask (implies --masks)",
+    )
     # optimisation
     epochs: int = _field(300, "passes over the training split")
     batch_size: int = _field(2, "images per step and process")

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+
 def category_instance_map(segmentation: Tensor, segments_info: Sequence[dict[str, Any]], void: int) -> Tensor:
     """A segment-id map (H, W) and its segments (``{"id", "label_id"}``) -> (H, W, 2) int64 (class id,
     segment id); pixels of no listed segment get the category ``void``."""
@@ -73,3 +74,40 @@ def panoptic_quality(
         for row, name in enumerate(("PQ", "SQ", "RQ")):
             out[name + suffix] = float(per_class[columns, row].mean()) if columns else None
     return out
+
+
+def evaluate_panoptic(
+    model: Any,
+    panoptic: Any,
+    images: Sequence[dict[str, Any]],
+    image_dir: Any,
+    category_of: Sequence[int | None],
+    preprocessor: Any = None,
+    threshold: float = 0.85,
+) -> dict[str, float | None]:
+    """PQ of a mask model (its ``panoptic(image, is_thing=..., threshold=...)``) on the images of a split
+    with COCO panoptic annotations (:class:`detr.data.panoptic.PanopticAnnotations`); ``category_of`` maps
+    the model's class ids to the dataset's category ids (None: a class the dataset lacks, not counted)."""
+    from ..data.coco import read_image
+
+    is_thing = [c is not None and c in panoptic.things for c in category_of]
+    predictions, targets = [], []
+    for info in images:
+        if info["file_name"] not in panoptic.segments:
+            continue
+        found = model.panoptic(read_image(image_dir / info["file_name"]), is_thing=is_thing, threshold=threshold,
+                               preprocessor=preprocessor)[0]  # fmt: skip
+        segments = [
+            {"id": s["id"], "label_id": category_of[s["label_id"]]}
+            for s in found["segments_info"]
+            if category_of[s["label_id"]] is not None
+        ]
+        ids, truth = panoptic.segment_map(info["file_name"])
+        predictions.append((found["segmentation"], segments))
+        targets.append(
+            (
+                torch.from_numpy(ids),
+                [{"id": s["id"], "label_id": s["category_id"]} for s in truth if not s.get("iscrowd", 0)],
+            )
+        )
+    return panoptic_quality(predictions, targets, panoptic.things, panoptic.stuffs)

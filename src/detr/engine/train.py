@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data.coco import CocoDetection, CocoSplit, annotation_file_split, find_split
+from ..data.coco import CocoDetection, CocoSplit, annotation_file_split, find_split, load_coco_annotations
 from ..data.transforms import collate, eval_transforms, train_transforms
 from ..device import resolve_device
 from ..distributed import (
@@ -127,7 +127,34 @@ def label_space(dataset: CocoDetection, config: TrainConfig) -> tuple[list[str],
 
 def dataset_splits(config: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]:
     """The training split and the validation split (None without one) that ``config`` names: annotation
-    files given as such, or splits found in ``data`` (a folder, or one annotation file to train on)."""
+    files given as such, or splits found in ``data`` (a folder, or one annotation file to train on);
+    with ``panoptic``, their COCO panoptic annotations instead."""
+    train, val = _detection_splits(config)
+    if not config.panoptic:
+        return train, val
+    return _panoptic_split(train, config.data, config.train_split), (
+        None if val is None else _panoptic_split(val, config.data, config.val_split)
+    )
+
+
+def _panoptic_split(split: CocoSplit, root: str, name: str) -> CocoSplit:
+    """``split``'s images with the panoptic annotations of ``root`` (every segment an object)."""
+    from ..data.panoptic import find_panoptic, panoptic_as_coco, read_panoptic
+
+    found = find_panoptic(root, name)
+    if found is None:
+        raise FileNotFoundError(
+            f"no panoptic annotations for the {name!r} split in {root}: expected annotations/panoptic_{name}.json "
+            f"and its PNG folder annotations/panoptic_{name}/ (or both at the root)"
+        )
+    images = load_coco_annotations(split.annotation_file, split.read() if split.read else None).images
+    panoptic = read_panoptic(*found)
+    return CocoSplit(
+        found[0], split.image_dirs, read=lambda: panoptic_as_coco(panoptic, images), format="coco-panoptic"
+    )
+
+
+def _detection_splits(config: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]:
     images = config.images or None
     if config.train_annotations:
         train = annotation_file_split(config.train_annotations, images)
@@ -202,13 +229,14 @@ class Trainer:
         crop = config.crop_resize_scales if config.crop else None
         train_tf = train_transforms(config.train_scales, config.max_size, crop, tuple(config.crop_size))
         train_split, val_split = dataset_splits(config)
-        self.train_set = CocoDetection(train_split, transforms=train_tf, masks=config.masks)
+        masks = config.masks or config.panoptic
+        self.train_set = CocoDetection(train_split, transforms=train_tf, masks=masks)
         if len(self.train_set) == 0:
             raise ValueError(
                 f"the {config.train_split!r} split has no images: {self.train_set.annotation_file} lists none"
             )
         self.val_set = (
-            CocoDetection(val_split, transforms=eval_transforms(config.eval_size, config.max_size), masks=config.masks)
+            CocoDetection(val_split, transforms=eval_transforms(config.eval_size, config.max_size), masks=masks)
             if val_split is not None
             else None
         )
@@ -230,7 +258,7 @@ class Trainer:
             aux_loss=config.aux_loss,
             pretrained_backbone=config.pretrained_backbone and config.weights is None,
             weights=config.weights,
-            **({"masks": True} if config.masks else {}),
+            **({"masks": True} if masks else {}),
             **config.model_kwargs,
         ).to(self.device)
         self.category_match = self.train_set.match_model(self.model)  # targets in the model's class ids
