@@ -64,10 +64,27 @@ def test_the_layouts_round_trip(hf_segmentation, our_segmentation):
     assert layout == "reference" and converted.keys() == ours.keys()
 
 
-def test_the_mask_head_needs_layer1_to_layer3():
-    small = detr.detr_r18(num_classes=2, backbone_layers=2, d_model=32, nhead=4, dim_feedforward=32)
-    with pytest.raises(ValueError, match="num_layers=4"):
-        DETRSegmentation(small)
+def test_the_mask_head_on_a_shorter_backbone_with_the_training_options():
+    torch.manual_seed(0)
+    model = detr.detr_r18(num_classes=3, num_queries=5, backbone_layers=2, d_model=32, nhead=4, num_encoder_layers=1,
+                          num_decoder_layers=2, dim_feedforward=32, denoising_groups=2, box_refinement=True,
+                          dense_aux_loss=True, two_stage=True, masks=True)  # fmt: skip
+    assert model.mask_head.stages == 1 and not hasattr(model.mask_head, "lay4")  # layer1 alone under layer2
+    x = torch.randn(2, 3, 64, 96)
+    targets = _targets_with_masks(((64, 96), (64, 96)), counts=(2, 1), num_classes=3)
+    terms = model.get_loss_dict(x, targets)
+    assert {"loss_mask", "loss_dice", "loss_ce"} <= set(terms) and any(k.startswith("loss_dn") for k in terms)
+    terms["loss"].backward()
+    assert model.mask_head.adapter1.weight.grad.abs().sum() > 0 and model.detr.dense_head is not None
+    model.eval()
+    *_, (logits, boxes, masks) = model(x)
+    assert logits.shape == (2, 5, 4) and masks.shape == (2, 5, 16, 24)  # the model's queries only
+    found = model.predict(x, k=3)
+    assert len(found[0]) == 3 and found[0][0]["mask"].shape == (64, 96)
+    own_backbone = torch.nn.Conv2d(3, 8, 32, stride=32)  # a backbone of one's own, without stages
+    own_backbone.num_channels = 8
+    with pytest.raises(ValueError, match="num_layers >= 2"):
+        DETRSegmentation(detr.DETR(detr.DETRConfig(own_backbone, detr.Transformer(d_model=32, nhead=4), 2)))
 
 
 def _targets_with_masks(sizes, counts=(3, 2), num_classes=250, seed=0):

@@ -254,6 +254,13 @@ class DETR(nn.Module):
         mask = padding_or_none(check_images(x, mask))
         check_targets(targets, x.shape[0], self.num_classes, x.device)
         logits, boxes, state = self._decode(x, mask, all_layers=None, targets=targets)  # (L, B, Q', K+1), (L, B, Q', 4)
+        return self.loss_terms(logits, boxes, state, targets)
+
+    def loss_terms(
+        self, logits: Tensor, boxes: Tensor, state: OptionState | None, targets: Sequence[Target]
+    ) -> dict[str, Tensor]:
+        """The set criterion on the model's queries of every layer given (L, B, Q', ...) plus each option's
+        terms (from the pass's ``state``), and their weighted total ``"loss"``."""
         queries = slice(0, self.num_queries)
         terms = self.criterion(list(zip(logits[:, :, queries].unbind(0), boxes[:, :, queries].unbind(0))), targets)
         total = terms["loss"]

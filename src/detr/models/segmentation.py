@@ -35,6 +35,7 @@ from ..processing.checks import Target, check_images, check_targets, padding_or_
 from ..processing.postprocess import class_ids, postprocess, valid_sizes
 from ..processing.preprocess import prediction_inputs
 from ..processing.mask_postprocess import panoptic_segmentation, query_masks
+from ..options.base import OptionState, decode_with_options
 from .detr import DETR
 
 
@@ -82,7 +83,8 @@ class MaskHeadSmallConv(nn.Module):
 
     Args:
         dim: input channels, d_model + heads (the projected features with each query's attention maps).
-        fpn_dims: channels of the backbone features added on the way up: ``layer3``, ``layer2``, ``layer1``.
+        fpn_dims: channels of the backbone features added on the way up: ``layer3``, ``layer2``, ``layer1``
+            in the reference; a backbone that stops earlier gives fewer (``layer1`` alone after ``layer2``).
         context_dim: d_model; the widths are context_dim / 2, / 4, / 8, / 16.
 
     ``forward(x (B, d, h, w), bbox_mask (B, Q, heads, h, w), fpns [(B, C, H/16, W/16), (B, C', H/8, W/8),
@@ -91,16 +93,17 @@ class MaskHeadSmallConv(nn.Module):
 
     def __init__(self, dim: int, fpn_dims: list[int], context_dim: int):
         super().__init__()
-        widths = [dim, context_dim // 2, context_dim // 4, context_dim // 8, context_dim // 16]
+        if not 1 <= len(fpn_dims) <= 3:
+            raise ValueError(f"the mask head adds 1 to 3 backbone levels on the way up, got {len(fpn_dims)}")
+        self.stages = len(fpn_dims)  # 3 in the reference (layer3, layer2, layer1); fewer on a shorter backbone
+        widths = [dim, context_dim // 2, context_dim // 4, context_dim // 8, context_dim // 16][: self.stages + 2]
         self.lay1, self.gn1 = nn.Conv2d(dim, dim, 3, padding=1), _group_norm(dim)
         self.lay2, self.gn2 = nn.Conv2d(dim, widths[1], 3, padding=1), _group_norm(widths[1])
-        self.lay3, self.gn3 = nn.Conv2d(widths[1], widths[2], 3, padding=1), _group_norm(widths[2])
-        self.lay4, self.gn4 = nn.Conv2d(widths[2], widths[3], 3, padding=1), _group_norm(widths[3])
-        self.lay5, self.gn5 = nn.Conv2d(widths[3], widths[4], 3, padding=1), _group_norm(widths[4])
-        self.out_lay = nn.Conv2d(widths[4], 1, 3, padding=1)
-        self.adapter1 = nn.Conv2d(fpn_dims[0], widths[1], 1)
-        self.adapter2 = nn.Conv2d(fpn_dims[1], widths[2], 1)
-        self.adapter3 = nn.Conv2d(fpn_dims[2], widths[3], 1)
+        for k in range(self.stages):  # lay3-5 / gn3-5 and adapter1-3, the reference's names
+            setattr(self, f"lay{k + 3}", nn.Conv2d(widths[k + 1], widths[k + 2], 3, padding=1))
+            setattr(self, f"gn{k + 3}", _group_norm(widths[k + 2]))
+            setattr(self, f"adapter{k + 1}", nn.Conv2d(fpn_dims[k], widths[k + 1], 1))
+        self.out_lay = nn.Conv2d(widths[-1], 1, 3, padding=1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
@@ -112,11 +115,10 @@ class MaskHeadSmallConv(nn.Module):
         x = torch.cat([x.repeat_interleave(queries, dim=0), bbox_mask.flatten(0, 1)], 1)  # (B*Q, d + heads, h, w)
         x = F.relu(self.gn1(self.lay1(x)))
         x = F.relu(self.gn2(self.lay2(x)))
-        for adapter, lay, gn, fpn in (
-            (self.adapter1, self.lay3, self.gn3, fpns[0]),
-            (self.adapter2, self.lay4, self.gn4, fpns[1]),
-            (self.adapter3, self.lay5, self.gn5, fpns[2]),
-        ):
+        for k, fpn in enumerate(fpns[: self.stages]):
+            adapter, lay, gn = (
+                getattr(self, f"{name}{n}") for name, n in (("adapter", k + 1), ("lay", k + 3), ("gn", k + 3))
+            )
             cur = adapter(fpn).repeat_interleave(queries, dim=0)  # adapted once per image, then (B*Q, C, H', W')
             x = cur + F.interpolate(x, size=cur.shape[-2:], mode="nearest")
             x = F.relu(gn(lay(x)))
@@ -137,19 +139,18 @@ class DETRSegmentation(nn.Module):
 
     def __init__(self, detr: DETR, freeze_detr: bool = False) -> None:
         super().__init__()
-        if detr.options:
-            names = ", ".join(type(o).__name__ for o in detr.options)
-            raise ValueError(f"the mask head sits on the paper's DETR; this model has training options ({names})")
         levels = getattr(detr.backbone, "level_channels", None)
-        if levels is None or len(levels) < 4:
+        if levels is None or len(levels) < 2:
             raise ValueError(
-                "the mask head reads the backbone's layer1-layer3 under layer4: it needs a ResNetBackbone "
-                f"with num_layers=4 (this backbone has {levels or 'no'} levels)"
+                "the mask head reads the backbone's earlier stages (layer1 at stride 4 at least): it needs a "
+                f"ResNetBackbone with num_layers >= 2 (this backbone has {levels or 'no'} levels)"
             )
         self.detr = detr
         hidden, heads = detr.transformer.d_model, detr.transformer.nhead
         self.bbox_attention = MHAttentionMap(hidden, hidden, heads, dropout=0.0)
-        self.mask_head = MaskHeadSmallConv(hidden + heads, [levels[2], levels[1], levels[0]], hidden)
+        # the stages under the last, deepest first, at most three (the reference: layer3, layer2, layer1)
+        self.fpn_levels = list(range(len(levels) - 2, -1, -1))[:3]
+        self.mask_head = MaskHeadSmallConv(hidden + heads, [levels[i] for i in self.fpn_levels], hidden)
         self.freeze_detr = freeze_detr
         if freeze_detr:
             detr.requires_grad_(False)
@@ -169,7 +170,7 @@ class DETRSegmentation(nn.Module):
 
     @property
     def options(self) -> tuple:
-        """The detector's training options: none (the mask head sits on the paper's DETR)."""
+        """The detector's training options (the mask head reads the embeddings of its own queries)."""
         return self.detr.options
 
     @property
@@ -212,17 +213,25 @@ class DETRSegmentation(nn.Module):
         """Write this model in the layout of transformers' ``DetrForSegmentation.from_pretrained``."""
         return serialization.export_hf(self, directory)
 
-    def _decode(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, 3, H, W), mask (B, H, W) or None (nothing padded) -> logits (L, B, Q, K+1),
-        boxes (L, B, Q, 4), mask logits (B, Q, H/4, W/4) of the last layer."""
+    def _decode(
+        self, x: Tensor, mask: Tensor | None, targets: Sequence[Target] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, OptionState | None]:
+        """x (B, 3, H, W), mask (B, H, W) or None (nothing padded) -> logits (L, B, Q', K+1), boxes
+        (L, B, Q', 4), mask logits (B, Q', H/4, W/4) of the last layer, and the options' state (None
+        without options). ``targets`` reach the options that use them (denoising queries)."""
         detr = self.detr
-        levels = detr.backbone.levels(x)  # layer1 (stride 4) ... layer4
+        levels = detr.backbone.levels(x)  # layer1 (stride 4) ... the last
         src, feat_mask, pos = detr._features(x, mask, levels[-1])  # (B, d, h, w), (B, h, w) | None, (B, d, h, w)
-        hs, memory = detr.transformer(src, feat_mask, detr.query_embed.weight, pos)  # (L, B, Q, d), (B, d, h, w)
-        logits, boxes = detr.heads(hs)
-        bbox_mask = self.bbox_attention(hs[-1], memory, feat_mask)  # (B, Q, heads, h, w)
-        masks = self.mask_head(src, bbox_mask, [levels[2], levels[1], levels[0]])  # (B*Q, 1, H/4, W/4)
-        return logits, boxes, masks.view(x.shape[0], hs.shape[2], *masks.shape[-2:])  # (B, Q, H/4, W/4)
+        if detr.options:  # the options compose the pass; their state keeps the embeddings and the memory
+            logits, boxes, state = decode_with_options(detr, src, feat_mask, pos, False, targets)
+            hidden = state.hidden[-1][:, state.span_slice("matching")]  # (B, Q', d)
+            memory = state.memory.transpose(1, 2).reshape(src.shape)  # (B, HW, d) -> (B, d, h, w)
+        else:
+            hs, memory = detr.transformer(src, feat_mask, detr.query_embed.weight, pos)  # (L, B, Q, d), (B, d, h, w)
+            (logits, boxes), hidden, state = detr.heads(hs), hs[-1], None
+        bbox_mask = self.bbox_attention(hidden, memory, feat_mask)  # (B, Q', heads, h, w)
+        masks = self.mask_head(src, bbox_mask, [levels[i] for i in self.fpn_levels])  # (B*Q', 1, H/4, W/4)
+        return logits, boxes, masks.view(x.shape[0], hidden.shape[1], *masks.shape[-2:]), state
 
     def decode(self, x: Tensor, mask: Tensor | None = None, all_layers: bool | None = None) -> tuple[Tensor, Tensor]:
         """The detector's :meth:`~detr.models.detr.DETR.decode` (boxes only: evaluation of boxes)."""
@@ -230,11 +239,14 @@ class DETRSegmentation(nn.Module):
 
     def decode_with_masks(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The last layer's logits (B, Q, K+1), boxes (B, Q, 4) and mask logits (B, Q, H/4, W/4)."""
-        logits, boxes, masks = self._decode(x, padding_or_none(check_images(x, mask)))
-        return logits[-1], boxes[-1], masks
+        logits, boxes, masks, _ = self._decode(x, padding_or_none(check_images(x, mask)))
+        queries = slice(0, self.num_queries)
+        return logits[-1, :, queries], boxes[-1, :, queries], masks[:, queries]
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Any:
-        logits, boxes, masks = self._decode(x, padding_or_none(check_images(x, mask)))
+        logits, boxes, masks, _ = self._decode(x, padding_or_none(check_images(x, mask)))
+        queries = slice(0, self.num_queries)  # the model's own: options may decode more of them in training
+        logits, boxes, masks = logits[:, :, queries], boxes[:, :, queries], masks[:, queries]
         if self.aux_loss:
             layers: list[tuple[Tensor, ...]] = list(zip(logits[:-1].unbind(0), boxes[:-1].unbind(0)))
             return [*layers, (logits[-1], boxes[-1], masks)]
@@ -251,11 +263,13 @@ class DETRSegmentation(nn.Module):
         mask = padding_or_none(check_images(x, mask))
         check_targets(targets, x.shape[0], self.num_classes, x.device)
         detr = self.detr
-        logits, boxes, masks = self._decode(x, mask)  # (L, B, Q, K+1), (L, B, Q, 4), (B, Q, H/4, W/4)
+        logits, boxes, masks, state = self._decode(x, mask, targets)  # (L, B, Q', K+1), (L, B, Q', 4), (B, Q', ..)
         layers = logits.shape[0] if self.aux_loss else 1
-        outputs = list(zip(logits[-layers:].unbind(0), boxes[-layers:].unbind(0)))
-        terms = detr.criterion(outputs, targets)
-        indices = detr.criterion.matcher(outputs[-1], targets)  # the last layer's pairs, as the criterion's
+        terms = detr.loss_terms(logits[-layers:], boxes[-layers:], state, targets)
+        queries = slice(0, self.num_queries)
+        last = (logits[-1, :, queries], boxes[-1, :, queries])
+        indices = detr.criterion.matcher(last, targets)  # the last layer's pairs, as the criterion's
+        masks = masks[:, queries]
         num_boxes = num_boxes_across_processes(targets, x.device)
         # targets are padded like the input (to its padded size), so that both grids cover the same region
         terms.update(mask_loss_terms(masks, targets, indices, num_boxes, pad_to=tuple(x.shape[-2:])))
@@ -276,10 +290,18 @@ class DETRSegmentation(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            logits, boxes, masks = self._decode(x, padding_or_none(mask))
+            logits, boxes, masks, _ = self._decode(x, padding_or_none(mask))
         finally:
             self.train(was_training)
-        return logits[-1], boxes[-1], masks, sizes, valid_sizes(mask), tuple(x.shape[-2:])
+        queries = slice(0, self.num_queries)
+        return (
+            logits[-1, :, queries],
+            boxes[-1, :, queries],
+            masks[:, queries],
+            sizes,
+            valid_sizes(mask),
+            tuple(x.shape[-2:]),
+        )
 
     @torch.no_grad()
     def predict(

@@ -74,7 +74,8 @@ class OptionState:
     spans: the queries by name, ``"matching"`` (the model's, matched to the targets) first.
     proposals: the dense head's per-token outputs (see :mod:`detr.options.dense`), when made.
     extras: anything else an option keeps for its loss (its name as key).
-    logits, boxes: after decoding, the predictions of every query, (L, B, N, K+1) and (L, B, N, 4).
+    logits, boxes: after decoding, the predictions of every query, (L, B, N, K+1) and (L, B, N, 4);
+    hidden: the decoder embeddings they come from, (L, B, N, d).
     """
 
     memory: Tensor
@@ -88,6 +89,7 @@ class OptionState:
     extras: dict[str, Any] = field(default_factory=dict)
     logits: Tensor | None = None
     boxes: Tensor | None = None
+    hidden: Tensor | None = None  # the decoder's embeddings (L, B, N, d), for heads beyond boxes (masks)
 
     def span_slice(self, name: str) -> slice:
         """Where span ``name`` lies along the query axis of the assembled queries and outputs."""
@@ -255,5 +257,5 @@ def decode_with_options(
         if last_only:
             hs = hs[-1:]
         logits, boxes = model.heads(hs)
-    state.logits, state.boxes = logits, boxes
+    state.logits, state.boxes, state.hidden = logits, boxes, hs
     return *state.outputs("matching"), state
