@@ -21,7 +21,9 @@ def test_short_demo_writes_every_artefact(tmp_path):
     assert metrics == json.loads(json.dumps(result))
     assert set(metrics["metrics"]) >= {"AP", "AP50", "AP75"}
     assert metrics["steps"] == 12
-    evaluations = [r for r in map(json.loads, (out / "run" / "log.jsonl").read_text().splitlines()) if r.get("type") == "eval"]
+    evaluations = [
+        r for r in map(json.loads, (out / "run" / "log.jsonl").read_text().splitlines()) if r.get("type") == "eval"
+    ]
     assert len(evaluations) >= 3  # a validation curve, not one dot
     with Image.open(metrics["paths"]["curves"]) as png:
         assert png.format == "PNG" and png.size == (1100, 400)
@@ -40,3 +42,16 @@ def test_short_demo_writes_every_artefact(tmp_path):
         assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"])
         torch.testing.assert_close(torch.tensor(a["bbox"]), torch.tensor(b["bbox"]), atol=1e-3, rtol=0)
         assert abs(a["score"] - b["score"]) < 1e-4
+
+
+def test_short_segmentation_demo_writes_every_artefact(tmp_path):
+    out = tmp_path / "demo"
+    result = run_demo(out, minutes=2, steps=6, train_images=32, val_images=8, task="segmentation")
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert {"AP", "mask_AP", "mask_AP50", "PQ", "SQ", "RQ", "PQ_th", "PQ_st"} <= set(metrics)
+    assert all(metrics[k] is None or 0 <= metrics[k] <= 1 for k in ("mask_AP", "PQ"))
+    with Image.open(result["paths"]["masks"]) as png:  # 6 images: prediction and truth side by side, 4 tiles a row
+        assert png.format == "PNG" and png.size == (4 * 256, 3 * 256)
+    assert (out / "data" / "annotations" / "panoptic_val.json").is_file()
+    model = DETR.from_pretrained(result["paths"]["model"])
+    assert model.class_names == ["circle", "square", "triangle", "sky", "ground"] and hasattr(model, "mask_head")

@@ -10,6 +10,7 @@ whichever runs out first. See the README for what each buys.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -23,6 +24,9 @@ from .fileio import atomic_write, atomic_write_text, free_folder, holds_any
 DEMO_DATA = SynthConfig(
     image_size=64, max_objects=3, min_size=0.25, max_size=0.6, classes=("circle", "square", "triangle")
 )
+
+# the segmentation demo: the same shapes with exact masks, on two textured stuff regions (sky, ground)
+SEGMENTATION_DATA = dataclasses.replace(DEMO_DATA, masks=True, stuff=("sky", "ground"))
 
 DEMO_MODEL = {
     "d_model": 128,
@@ -95,6 +99,47 @@ def validation_grid(
     return path
 
 
+def segmentation_metrics(run: Path, data: Path, threshold: float = 0.85) -> dict[str, Any]:
+    """The segmentation demo's model on its validation split: mask AP (the shapes' instance masks) and PQ
+    (shapes and stuff, the panoptic annotations)."""
+    from torch.utils.data import DataLoader
+
+    from .data.coco import CocoDetection
+    from .data.labels import match_categories
+    from .data.panoptic import find_panoptic, read_panoptic
+    from .data.transforms import collate, eval_transforms
+    from .engine.evaluate import coco_evaluate, predict_masks
+    from .engine.panoptic_eval import evaluate_panoptic
+    from .models.factories import load_model
+
+    model = load_model(run / "final").eval()
+    reading = model.preprocessing
+    dataset = CocoDetection(data, "val", eval_transforms(reading.short_side, reading.max_size))
+    match = dataset.match_model(model)
+    loader = DataLoader(dataset, batch_size=16, collate_fn=collate)
+    masks = coco_evaluate(dataset.annotations.raw, predict_masks(model, loader, match.category_of), iou_type="segm")
+    panoptic = read_panoptic(*find_panoptic(data, "val"))
+    categories = sorted((int(c["id"]), str(c["name"])) for c in panoptic.categories)
+    panoptic_match = match_categories(model.num_classes, model.class_names, model.category_ids, categories)
+    quality = evaluate_panoptic(
+        model, panoptic, dataset.images, dataset.image_dir, panoptic_match.category_of, reading, threshold
+    )
+    return {"mask_AP": masks["AP"], "mask_AP50": masks["AP50"], "mask_AP75": masks["AP75"], **quality}
+
+
+def mask_pictures(run: Path, data: Path, count: int = 6, scale: int = 4) -> Path:
+    """PNG of validation images: predicted masks next to the ground truth's."""
+    from .data.coco import CocoDetection
+    from .engine.plots import mask_grid
+    from .models.factories import load_model
+
+    model = load_model(run / "final").eval()
+    grid = mask_grid(model, CocoDetection(data, "val", masks=True), count, side=DEMO_DATA.image_size * scale)
+    path = run / "validation_masks.png"
+    atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
+    return path
+
+
 def run_demo(
     out: str | Path = "runs/demo",
     minutes: float = 8.0,
@@ -102,23 +147,40 @@ def run_demo(
     train_images: int = 3000,
     val_images: int = 300,
     seed: int = 0,
+    task: str = "detection",
 ) -> dict[str, Any]:
     """Generate the data, train, evaluate, draw; returns the metrics and the paths written. A folder
-    holding an earlier demo is left as it is: the demo then writes to ``out-2`` (``-3`` ...)."""
+    holding an earlier demo is left as it is: the demo then writes to ``out-2`` (``-3`` ...).
+
+    ``task="segmentation"``: the same recipe with the paper's mask head, trained on the panoptic
+    annotations (shapes and two stuff regions, exact masks); ``metrics`` then also holds mask AP and PQ."""
     from .engine.train import train
 
+    if task not in ("detection", "segmentation"):
+        raise ValueError(f"task must be detection or segmentation, got {task!r}")
+    segmentation = task == "segmentation"
     requested = Path(out)
     out = free_folder(requested, lambda p: holds_any(p, ("metrics.json", "run", "data")))
     if out != requested:
         print(f"{requested} holds an earlier demo, left as it is: this one writes to {out}")
     start = time.perf_counter()
     data = out / "data"
-    make_dataset(data, train=train_images, val=val_images, seed=seed, config=DEMO_DATA)
-    print(f"generated {train_images} train / {val_images} val images of {', '.join(DEMO_DATA.classes)} in {data}")
+    synth = SEGMENTATION_DATA if segmentation else DEMO_DATA
+    make_dataset(data, train=train_images, val=val_images, seed=seed, config=synth)
+    print(
+        f"generated {train_images} train / {val_images} val images of {', '.join(synth.classes + synth.stuff)} in {data}"
+    )
     run = out / "run"
-    summary = train(demo_config(data, run, minutes, steps, seed, train_images))
+    config = demo_config(data, run, minutes, steps, seed, train_images)
+    if segmentation:
+        config = dataclasses.replace(config, panoptic=True)
+    summary = train(config)
     grid = validation_grid(run, data)
     metrics = {k: v for k, v in summary.get("metrics", {}).items() if k != "per_class_AP"}
+    extra_paths = {}
+    if segmentation:
+        metrics.update(segmentation_metrics(run, data))
+        extra_paths["masks"] = str(mask_pictures(run, data))
     result = {
         "metrics": metrics,
         "steps": summary["steps"],
@@ -131,6 +193,7 @@ def run_demo(
             "predictions": str(grid),
             "model": str(run / "final"),
             "log": str(run / "log.jsonl"),
+            **extra_paths,
         },
     }
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))

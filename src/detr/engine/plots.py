@@ -68,9 +68,28 @@ def prediction_grid(
     for info in dataset.images[:count]:
         image = read_image(dataset.image_dir / info["file_name"])
         (dets,) = model.predict([image], k=10, score_threshold=threshold)  # at the size it was trained at
-        scale = max(1, round(side / max(image.size)))
-        big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-        scaled = [dict(d, box=[v * scale for v in d["box"]]) for d in dets]
-        truth = [{"box": [v * scale for v in box]} for box, _ in dataset.annotations.boxes[info["id"]]]
-        tiles.append(draw_detections(big, scaled, truth))
+        truth = [{"box": box} for box, _ in dataset.annotations.boxes[info["id"]]]
+        tiles.append(draw_detections(image, dets, truth, min_side=side))  # scaled up with boxes and masks
+    return image_grid(tiles, columns)
+
+
+def mask_grid(
+    model: Any, dataset: Any, count: int = 6, columns: int = 4, side: int = 256, threshold: float = 0.5
+) -> Image.Image:
+    """A mask model's detections with their masks (left) next to the ground truth's masks (right) for the
+    first ``count`` images of ``dataset`` (a :class:`~detr.data.coco.CocoDetection` with ``masks``)."""
+    from ..data.coco import read_image
+    from ..processing.visualize import draw_detections, image_grid
+
+    tiles = []
+    for index, info in enumerate(dataset.images[:count]):
+        image = read_image(dataset.image_dir / info["file_name"])
+        (dets,) = model.predict([image], k=10, score_threshold=threshold)
+        _, target = dataset.load(index)
+        names = dataset.class_names
+        truth = [
+            {"box": box.tolist(), "score": 1.0, "class_id": int(label), "class_name": names[int(label)], "mask": mask}
+            for box, label, mask in zip(target["boxes"], target["labels"], target["masks"])
+        ]
+        tiles += [draw_detections(image, dets, min_side=side), draw_detections(image, truth, min_side=side)]
     return image_grid(tiles, columns)
