@@ -248,3 +248,28 @@ def test_predict_gives_each_detection_its_mask_in_original_pixels(our_segmentati
     assert panoptic[0]["segmentation"].shape == (200, 300) and panoptic[1]["segmentation"].shape == (250, 150)
     ids = {s["id"] for s in panoptic[0]["segments_info"]}
     assert ids and set(panoptic[0]["segmentation"].unique().tolist()) - {0} <= ids
+
+
+def test_a_mask_model_exports_to_onnx_with_masks_as_a_third_output(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from detr.deploy.export import check_onnx, check_onnx_masks, export_onnx
+
+    torch.manual_seed(0)
+    model = detr.detr_r18(num_classes=3, num_queries=5, backbone_layers=2, d_model=32, nhead=4, num_encoder_layers=1,
+                          num_decoder_layers=2, dim_feedforward=32, denoising_groups=2, box_refinement=True,
+                          dense_aux_loss=True, two_stage=True, masks=True, backbone_norm="bn").eval()  # fmt: skip
+    path = export_onnx(model, tmp_path / "masks.onnx", height=64, width=96)
+    import onnx
+
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["logits", "boxes", "masks"]
+    gen = torch.Generator().manual_seed(1)
+    for batch, height, width in ((1, 64, 96), (2, 96, 64)):  # other sizes and batch than traced, one image padded
+        x = torch.randn(batch, 3, height, width, generator=gen)
+        mask = torch.zeros(batch, height, width, dtype=torch.bool)
+        mask[-1, :, width // 2 :] = batch > 1
+        logits, boxes = check_onnx(path, model, x, mask)
+        assert logits < 1e-4 and boxes < 1e-4
+        assert check_onnx_masks(path, model, x, mask) < 1e-4
+    exported = detr.load(path)
+    assert exported.class_names is None and exported.num_queries == 5  # the metadata of the mask model

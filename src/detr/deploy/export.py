@@ -2,7 +2,8 @@
 
 The exported graph takes ``pixel_values`` (B, 3, H, W) float32 normalized images and
 ``pixel_mask`` (B, H, W) bool, True on padding (all False for unpadded images), and returns
-``logits`` (B, Q, K+1) and ``boxes`` (B, Q, 4) normalized cxcywh of the last decoder layer.
+``logits`` (B, Q, K+1) and ``boxes`` (B, Q, 4) normalized cxcywh of the last decoder layer (a mask
+model also ``masks`` (B, Q, H/4, W/4), mask logits).
 Batch norms are folded into the convolutions first (:func:`detr.deploy.inference.inference_copy`).
 The file carries the model's class names and preprocessing (:mod:`.metadata`), so that
 :func:`detr.deploy.runtime.load_exported` runs it like the model.
@@ -13,6 +14,7 @@ and written only when the accuracy gate (:mod:`.gate`) passes.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -57,6 +59,19 @@ class _ExportWrapper(nn.Module):
         return logits[0], boxes[0]
 
 
+class _MaskExportWrapper(nn.Module):
+    """A mask model's (pixel_values, pixel_mask) -> (logits, boxes, masks (B, Q, H/4, W/4) logits)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: Tensor, pixel_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, boxes, masks, _ = self.model._decode(pixel_values, pixel_mask)  # (L, B, Q', K+1), ..., (B, Q', h, w)
+        queries = self.model.num_queries
+        return logits[-1, :, :queries], boxes[-1, :, :queries], masks[:, :queries]
+
+
 def export_onnx(
     model: DETR,
     path: str | Path,
@@ -87,11 +102,21 @@ def export_onnx(
         import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError as err:
         raise ImportError('ONNX export needs onnx and onnxscript: pip install "detr[export]"') from err
-    model = inference_copy(model)
-    if getattr(model.backbone, "channels_last", False):  # a memory layout means nothing to ONNX, and its
-        model.backbone.channels_last = False  # stride checks would pin the dynamic sizes
-        model.backbone.to(memory_format=torch.contiguous_format)
-    wrapper = _ExportWrapper(model).eval()
+    masks = hasattr(model, "mask_head")  # a mask model: its masks are a third output
+    if masks:
+        mask_model = copy.deepcopy(model).eval()
+        mask_model.detr = inference_copy(model.detr)
+        for param in mask_model.parameters():
+            param.requires_grad_(False)
+        detector = mask_model.detr
+    else:
+        detector = model = inference_copy(model)
+    if getattr(detector.backbone, "channels_last", False):  # a memory layout means nothing to ONNX, and its
+        detector.backbone.channels_last = False  # stride checks would pin the dynamic sizes
+        detector.backbone.to(memory_format=torch.contiguous_format)
+    wrapper = (_MaskExportWrapper(mask_model) if masks else _ExportWrapper(model)).eval()
+    if masks:  # traced at batch 1, the mask head's per-query reshapes would pin the batch size
+        batch_size = max(batch_size, 2)
     pixel_values = torch.randn(batch_size, 3, height, width)
     pixel_mask = torch.zeros(batch_size, height, width, dtype=torch.bool)
     batch = torch.export.Dim("batch", min=1, max=1024)
@@ -105,16 +130,27 @@ def export_onnx(
             (pixel_values, pixel_mask),
             dynamo=True,
             input_names=INPUT_NAMES,
-            output_names=OUTPUT_NAMES,
+            output_names=OUTPUT_NAMES + (["masks"] if masks else []),
             dynamic_shapes=dynamic_shapes,
             opset_version=opset_version,
             verbose=False,
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    program.model.metadata_props.update(ExportMetadata.of(model).to_props())  # what predict needs travels inside
+    program.model.metadata_props.update(ExportMetadata.of(mask_model if masks else model).to_props())  # for predict
     atomic_write(path, lambda tmp: program.save(str(tmp)))
     return path
+
+
+def check_onnx_masks(path: str | Path, model: nn.Module, pixel_values: Tensor, pixel_mask: Tensor) -> float:
+    """A mask model's export: the largest absolute difference of the mask logits, onnxruntime vs PyTorch."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (masks,) = session.run(["masks"], {"pixel_values": pixel_values.numpy(), "pixel_mask": pixel_mask.numpy()})
+    with torch.no_grad():
+        _, _, reference = model.eval().decode_with_masks(pixel_values, pixel_mask)
+    return float((torch.from_numpy(masks) - reference).abs().max())
 
 
 def check_onnx(
