@@ -273,3 +273,19 @@ def test_a_mask_model_exports_to_onnx_with_masks_as_a_third_output(tmp_path):
         assert check_onnx_masks(path, model, x, mask) < 1e-4
     exported = detr.load(path)
     assert exported.class_names is None and exported.num_queries == 5  # the metadata of the mask model
+
+
+def test_training_computes_the_masks_of_matched_queries_only_and_the_same_loss(our_segmentation):
+    from detr.losses.mask_loss import mask_loss_terms
+
+    model = our_segmentation
+    sizes = ((96, 128), (64, 128))
+    x, mask = padded_pair(sizes=sizes)
+    targets = _targets_with_masks(sizes, counts=(3, 2))
+    with torch.no_grad():
+        fast = model.get_loss_dict(x, targets, mask)
+        logits, boxes, masks, _ = model._decode(x, mask)  # every query's mask, as inference computes them
+        indices = model.detr.criterion.matcher((logits[-1], boxes[-1]), targets)
+        full = mask_loss_terms(masks, targets, indices, 5.0, pad_to=tuple(x.shape[-2:]))
+    for name in ("loss_mask", "loss_dice"):
+        torch.testing.assert_close(fast[name], full[name], atol=1e-6, rtol=1e-5)

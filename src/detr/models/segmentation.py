@@ -213,12 +213,13 @@ class DETRSegmentation(nn.Module):
         """Write this model in the layout of transformers' ``DetrForSegmentation.from_pretrained``."""
         return serialization.export_hf(self, directory)
 
-    def _decode(
+    def _detect(
         self, x: Tensor, mask: Tensor | None, targets: Sequence[Target] | None = None
-    ) -> tuple[Tensor, Tensor, Tensor, OptionState | None]:
-        """x (B, 3, H, W), mask (B, H, W) or None (nothing padded) -> logits (L, B, Q', K+1), boxes
-        (L, B, Q', 4), mask logits (B, Q', H/4, W/4) of the last layer, and the options' state (None
-        without options). ``targets`` reach the options that use them (denoising queries)."""
+    ) -> tuple[Tensor, Tensor, OptionState | None, tuple]:
+        """The detector's pass: logits (L, B, Q', K+1), boxes (L, B, Q', 4), the options' state (None
+        without options) and what the mask head reads: the last layer's embeddings (B, Q', d), the
+        encoder memory (B, d, h, w), the feature mask (B, h, w) or None, the projected features
+        (B, d, h, w) and the backbone stages it adds (deepest first)."""
         detr = self.detr
         levels = detr.backbone.levels(x)  # layer1 (stride 4) ... the last
         src, feat_mask, pos = detr._features(x, mask, levels[-1])  # (B, d, h, w), (B, h, w) | None, (B, d, h, w)
@@ -229,9 +230,28 @@ class DETRSegmentation(nn.Module):
         else:
             hs, memory = detr.transformer(src, feat_mask, detr.query_embed.weight, pos)  # (L, B, Q, d), (B, d, h, w)
             (logits, boxes), hidden, state = detr.heads(hs), hs[-1], None
-        bbox_mask = self.bbox_attention(hidden, memory, feat_mask)  # (B, Q', heads, h, w)
-        masks = self.mask_head(src, bbox_mask, [levels[i] for i in self.fpn_levels])  # (B*Q', 1, H/4, W/4)
-        return logits, boxes, masks.view(x.shape[0], hidden.shape[1], *masks.shape[-2:]), state
+        return logits, boxes, state, (hidden, memory, feat_mask, src, [levels[i] for i in self.fpn_levels])
+
+    def _masks(self, context: tuple, images: Tensor | None = None, queries: Tensor | None = None) -> Tensor:
+        """Mask logits of every query, (B, Q', H/4, W/4), or of the (image, query) pairs given, (M, H/4, W/4):
+        each map depends on its own query and image only, so training computes the matched ones alone."""
+        hidden, memory, feat_mask, src, fpns = context
+        if images is None:
+            bbox_mask = self.bbox_attention(hidden, memory, feat_mask)  # (B, Q', heads, h, w)
+            masks = self.mask_head(src, bbox_mask, fpns)  # (B*Q', 1, H/4, W/4)
+            return masks.view(src.shape[0], hidden.shape[1], *masks.shape[-2:])  # (B, Q', H/4, W/4)
+        feat_mask = None if feat_mask is None else feat_mask[images]
+        bbox_mask = self.bbox_attention(hidden[images, queries][:, None], memory[images], feat_mask)  # (M, 1, n, h, w)
+        return self.mask_head(src[images], bbox_mask, [f[images] for f in fpns])[:, 0]  # (M, H/4, W/4)
+
+    def _decode(
+        self, x: Tensor, mask: Tensor | None, targets: Sequence[Target] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, OptionState | None]:
+        """x (B, 3, H, W), mask (B, H, W) or None (nothing padded) -> logits (L, B, Q', K+1), boxes
+        (L, B, Q', 4), mask logits (B, Q', H/4, W/4) of the last layer, and the options' state (None
+        without options). ``targets`` reach the options that use them (denoising queries)."""
+        logits, boxes, state, context = self._detect(x, mask, targets)
+        return logits, boxes, self._masks(context), state
 
     def decode(self, x: Tensor, mask: Tensor | None = None, all_layers: bool | None = None) -> tuple[Tensor, Tensor]:
         """The detector's :meth:`~detr.models.detr.DETR.decode` (boxes only: evaluation of boxes)."""
@@ -263,13 +283,18 @@ class DETRSegmentation(nn.Module):
         mask = padding_or_none(check_images(x, mask))
         check_targets(targets, x.shape[0], self.num_classes, x.device)
         detr = self.detr
-        logits, boxes, masks, state = self._decode(x, mask, targets)  # (L, B, Q', K+1), (L, B, Q', 4), (B, Q', ..)
+        logits, boxes, state, context = self._detect(x, mask, targets)  # (L, B, Q', K+1), (L, B, Q', 4)
         layers = logits.shape[0] if self.aux_loss else 1
         terms = detr.loss_terms(logits[-layers:], boxes[-layers:], state, targets)
         queries = slice(0, self.num_queries)
         last = (logits[-1, :, queries], boxes[-1, :, queries])
         indices = detr.criterion.matcher(last, targets)  # the last layer's pairs, as the criterion's
-        masks = masks[:, queries]
+        images = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)]).to(x.device)
+        matched = torch.cat([q for q, _ in indices]).to(x.device)
+        size = context[4][-1].shape[-2:]  # the mask head's output: layer1's grid, H/4 x W/4
+        masks = logits.new_zeros(x.shape[0], self.num_queries, *size)  # (B, Q, H/4, W/4), unmatched never read
+        if len(matched):  # the mask head on the matched queries alone: the loss reads no other
+            masks = masks.index_put((images, matched), self._masks(context, images, matched))
         num_boxes = num_boxes_across_processes(targets, x.device)
         # targets are padded like the input (to its padded size), so that both grids cover the same region
         terms.update(mask_loss_terms(masks, targets, indices, num_boxes, pad_to=tuple(x.shape[-2:])))
