@@ -283,15 +283,19 @@ def _checked_segmentation(ann: dict[str, Any], image: dict[str, Any], path: Path
     raise DatasetError(f"{where} has a 'segmentation' that is neither polygons nor RLE {{'size', 'counts'}}")
 
 
-@functools.lru_cache(maxsize=8)  # an image's segments come from one PNG, read once
-def _panoptic_ids(png: str) -> np.ndarray:
-    """(H, W) segment ids of a COCO panoptic PNG (``id = R + 256 G + 256^2 B``)."""
+def read_panoptic_ids(png: str) -> np.ndarray:
+    """(H, W) int64 segment ids of a COCO panoptic PNG (``id = R + 256 G + 256^2 B``, 0 unlabeled)."""
+    from ..processing.mask_postprocess import rgb_to_id
+
     try:
         with Image.open(png) as image:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
+            return rgb_to_id(image.convert("RGB"))
     except FileNotFoundError:
         raise DatasetError(f"panoptic PNG not found: {png}") from None
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+# loading an image decodes each of its segments from one PNG: read it once for all of them
+_panoptic_ids_of_image = functools.lru_cache(maxsize=8)(read_panoptic_ids)
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
@@ -299,7 +303,7 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     from pycocotools import mask as mask_utils
 
     if isinstance(segmentation, dict) and "panoptic_png" in segmentation:
-        ids = _panoptic_ids(segmentation["panoptic_png"])
+        ids = _panoptic_ids_of_image(segmentation["panoptic_png"])
         if ids.shape != (height, width):
             raise DatasetError(
                 f"{segmentation['panoptic_png']} is {ids.shape[1]}x{ids.shape[0]}, its image {width}x{height}"

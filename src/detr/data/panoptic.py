@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from .coco import DatasetError
+from .coco import DatasetError, read_panoptic_ids
 
 
 @dataclass
@@ -26,6 +25,7 @@ class PanopticAnnotations:
     png_dir: Path
     categories: list[dict[str, Any]]  # {"id", "name", "isthing"}
     segments: dict[str, tuple[Path, list[dict[str, Any]]]]  # image file name -> (PNG, segments_info)
+    images: list[dict[str, Any]]  # the file's COCO image entries ({"id", "file_name", "width", "height"})
 
     @property
     def things(self) -> set[int]:
@@ -40,11 +40,9 @@ class PanopticAnnotations:
         the JSON (an id the JSON does not list raises :class:`DatasetError` naming the PNG)."""
         png, segments = self.segments[file_name]
         try:
-            with Image.open(png) as image:
-                rgb = np.asarray(image.convert("RGB"), dtype=np.int64)
-        except FileNotFoundError:
+            ids = read_panoptic_ids(str(png))
+        except DatasetError:
             raise DatasetError(f"{png} not found: {self.path.name} lists it for {file_name}") from None
-        ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]  # COCO's rgb2id
         unknown = sorted(set(np.unique(ids).tolist()) - {0} - {s["id"] for s in segments})
         if unknown:
             raise DatasetError(
@@ -90,13 +88,14 @@ def read_panoptic(path: str | Path, png_dir: str | Path) -> PanopticAnnotations:
                     f"{info.get('category_id')}, which is not in 'categories'"
                 )
         segments[files[image_id]] = (png_dir / str(ann["file_name"]), infos)
-    return PanopticAnnotations(path, png_dir, list(categories.values()), segments)
+    return PanopticAnnotations(path, png_dir, list(categories.values()), segments, list(data["images"]))
 
 
-def panoptic_as_coco(annotations: PanopticAnnotations, images: list[dict[str, Any]]) -> dict[str, Any]:
+def panoptic_as_coco(annotations: PanopticAnnotations) -> dict[str, Any]:
     """The panoptic segments as a COCO detection dictionary: one object per segment, thing or stuff (as
     panoptic DETR trains), with its box and a ``segmentation`` that points into its PNG (decoded when
-    the image is loaded, :func:`detr.data.coco.decode_segmentation`). ``images``: the COCO image entries."""
+    the image is loaded, :func:`detr.data.coco.decode_segmentation`)."""
+    images = annotations.images
     objects = []
     for image in images:
         if image["file_name"] not in annotations.segments:

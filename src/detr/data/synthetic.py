@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from pycocotools import mask as mask_utils
-
 from ..fileio import atomic_write_text
+from ..processing.interop import mask_to_rle
+from ..processing.mask_postprocess import panoptic_png
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 
@@ -206,10 +206,7 @@ def write_split(out: Path, split: str, count: int, seed: int, config: SynthConfi
                 )
             png = name.rsplit(".", 1)[0] + ".png"
             panoptic_dir.mkdir(parents=True, exist_ok=True)
-            rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(
-                np.uint8
-            )  # COCO: id = R + 256 G + 256^2 B
-            Image.fromarray(rgb).save(panoptic_dir / png)
+            panoptic_png(ids).save(panoptic_dir / png)  # COCO: id = R + 256 G + 256^2 B
             panoptic.append({"image_id": i + 1, "file_name": png, "segments_info": segments_info})
         for (box, cls), visible in zip(objects, masks, strict=True):
             w, h = box[2] - box[0], box[3] - box[1]
@@ -222,8 +219,7 @@ def write_split(out: Path, split: str, count: int, seed: int, config: SynthConfi
                 "iscrowd": 0,
             }
             if config.masks:  # COCO's compressed RLE; the area is then the mask's, as COCO counts it
-                rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
-                annotation["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+                annotation["segmentation"] = mask_to_rle(visible)
                 annotation["area"] = float(visible.sum())
             annotations.append(annotation)
     categories = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(config.classes)]

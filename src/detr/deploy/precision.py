@@ -83,9 +83,6 @@ class _Reader:
     def get_next(self) -> Inputs | None:
         return next(self.inputs, None)
 
-    def rewind(self) -> None:  # pragma: no cover - onnxruntime does not rewind a static-quantisation reader
-        raise NotImplementedError
-
 
 def output_error(
     reference: Sequence[tuple[np.ndarray, np.ndarray]], other: Sequence[tuple[np.ndarray, np.ndarray]]

@@ -99,8 +99,7 @@ def predict_masks(
     "segmentation": compressed RLE (counts as str), "score"}``, each query's best class, the
     ``max_detections`` best per image, masks by the reference's rule in the original image's pixels
     (:func:`detr.processing.mask_postprocess.query_masks`)."""
-    from pycocotools import mask as mask_utils
-
+    from ..processing.interop import mask_to_rle
     from ..processing.mask_postprocess import query_masks
 
     model.eval()
@@ -120,9 +119,8 @@ def predict_masks(
             if not kept:
                 continue
             binary = query_masks(image_masks[[q for q, _, _ in kept]], size, resized, tuple(images.shape[-2:]))
-            encoded = mask_utils.encode(np.asfortranarray(binary.cpu().numpy().transpose(1, 2, 0).astype(np.uint8)))
-            for (_, score, label), rle in zip(kept, encoded):
-                rle = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+            for (_, score, label), mask in zip(kept, binary.cpu().numpy()):
+                rle = mask_to_rle(mask)
                 results.append(
                     {
                         "image_id": int(target["image_id"]),

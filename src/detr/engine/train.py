@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data.coco import CocoDetection, CocoSplit, annotation_file_split, find_split, load_coco_annotations
+from ..data.coco import CocoDetection, CocoSplit, annotation_file_split, find_split
 from ..data.transforms import collate, eval_transforms, train_transforms
 from ..device import resolve_device
 from ..distributed import (
@@ -147,11 +147,8 @@ def _panoptic_split(split: CocoSplit, root: str, name: str) -> CocoSplit:
             f"no panoptic annotations for the {name!r} split in {root}: expected annotations/panoptic_{name}.json "
             f"and its PNG folder annotations/panoptic_{name}/ (or both at the root)"
         )
-    images = load_coco_annotations(split.annotation_file, split.read() if split.read else None).images
-    panoptic = read_panoptic(*found)
-    return CocoSplit(
-        found[0], split.image_dirs, read=lambda: panoptic_as_coco(panoptic, images), format="coco-panoptic"
-    )
+    panoptic = read_panoptic(*found)  # its own image list: the detection annotations are not read again
+    return CocoSplit(found[0], split.image_dirs, read=lambda: panoptic_as_coco(panoptic), format="coco-panoptic")
 
 
 def _detection_splits(config: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]:

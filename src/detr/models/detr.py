@@ -293,8 +293,9 @@ class DETR(nn.Module):
         (plus ``"class_name"`` when the model knows its class names).
 
         ``x`` is a preprocessed (B, 3, H, W) float batch (with its ``mask``), a
-        :class:`~detr.processing.preprocess.Batch`, or raw images (a PIL image, numpy array or (3, H, W) tensor, or a list of them), which are
-        resized, normalized and padded by ``preprocessor`` (the model's ``preprocessing`` by default).
+        :class:`~detr.processing.preprocess.Batch`, or raw images (a PIL image, numpy array or (3, H, W)
+        tensor, or a list of them), which are resized, normalized and padded by ``preprocessor`` (the
+        model's ``preprocessing`` by default).
         Boxes are in the pixels of the original images when their size is known (raw images,
         or ``image_sizes`` (B, 2) as (height, width)), else of the unpadded region of ``x``.
         ``nms``: an IoU above which a lower-scored box of the same class is dropped (off by default).
