@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from detr.cli import main
 from detr.data import CocoDetection, DatasetError
@@ -88,6 +89,9 @@ def test_a_yolo_dataset_trains_and_evaluates(shapes, tmp_path):
     yolo = tmp_path / "yolo"
     convert(shapes, yolo, to="yolo")
     assert (yolo / "data.yaml").is_file() and len(list((yolo / "labels" / "train").glob("*.txt"))) == 8
+    # Ultralytics resolves a relative "path:" against its working directory, not the file's folder: none is
+    # written, so that it reads the splits beside data.yaml from wherever it runs
+    assert "path" not in yaml.safe_load((yolo / "data.yaml").read_text())
     summary = fit(yolo, tmp_path / "run")
     assert summary["steps"] == 2 and "AP" in summary["metrics"]
     ds = CocoDetection(yolo, "val")

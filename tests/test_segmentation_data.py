@@ -238,7 +238,7 @@ def test_panoptic_synth_and_its_coco_panoptic_files(tmp_path):
 
 def test_training_on_panoptic_annotations_takes_every_segment_as_an_object(tmp_path):
     from detr.engine import Trainer
-    from detr.engine.train import dataset_splits
+    from detr.engine.splits import dataset_splits
 
     config_data = SynthConfig(
         image_size=64, max_objects=3, min_size=0.25, max_size=0.6, masks=True, stuff=("sky", "ground")

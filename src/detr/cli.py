@@ -74,8 +74,16 @@ def _train_config(args: argparse.Namespace):
 
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    return TrainConfig.from_dict(values)
+    values.update({k: v for k, v in vars(args).items() if k in names or k == "recipe" and v is not None})
+    config = TrainConfig.from_dict(values)
+    if values.get("recipe", "reference") != "reference":
+        layers = config.model_kwargs.get("backbone_layers", 4)
+        print(
+            f"recipe {values['recipe']}: {config.model}, backbone to layer{layers} (stride {2 ** (layers + 1)}), "
+            f"{config.num_queries} queries, train {config.train_scales} / eval {config.eval_size} px (max "
+            f"{config.max_size}), batch {config.batch_size}, lr {config.lr:g}; flags given override it"
+        )
+    return config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -536,6 +544,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = command("train", "train on a COCO-format dataset (flags override --config)", cmd_train)
     p.add_argument("--config", help="YAML or JSON file of training settings (any flag below)")
+    p.add_argument(
+        "--recipe",
+        choices=("reference", "scratch"),
+        default=None,
+        help="preset of the settings not given: reference (the DETR paper's, the defaults below) or scratch "
+        "(fast training from nothing on a CPU, adapted to --data's image size and crowding; see the README)",
+    )
     _add_config_flags(p)
 
     p = command("eval", "COCO box AP of a model on a dataset split", cmd_eval)

@@ -28,56 +28,22 @@ DEMO_DATA = SynthConfig(
 # the segmentation demo: the same shapes with exact masks, on two textured stuff regions (sky, ground)
 SEGMENTATION_DATA = dataclasses.replace(DEMO_DATA, masks=True, stuff=("sky", "ground"))
 
-DEMO_MODEL = {
-    "d_model": 128,
-    "nhead": 8,
-    "num_encoder_layers": 3,
-    "num_decoder_layers": 3,
-    "dim_feedforward": 512,
-    "dropout": 0.0,
-    "backbone_norm": "bn",
-    "freeze_stem": False,
-    "backbone_layers": 2,
-    "denoising_groups": 4,
-    "denoising_box_noise": 1.0,  # 0.4 (DN-DETR's) gave AP50 0.16 at 800 steps, 1.0 gave 0.22
-    "dense_aux_loss": True,  # every encoder token supervised: AP 0.085 -> 0.157 at 800 steps
-    "box_refinement": True,  # with two_stage: anchors from the dense head's proposals, AP -> 0.430
-    "two_stage": True,
-}
-
 
 def demo_config(
     data: Path, out: Path, minutes: float, steps: int, seed: int = 0, train_images: int = 3000
 ) -> TrainConfig:
-    """The demo's training settings: ``steps`` optimizer steps or ``minutes`` of training, whichever comes
-    first, evaluated about five times on the way (so that curves.png shows a validation curve)."""
-    size = DEMO_DATA.image_size
-    batch_size = 16
-    epochs = math.ceil(steps / math.ceil(train_images / batch_size))
-    return TrainConfig(
+    """The demo's training settings: the ``scratch`` recipe (:mod:`detr.engine.recipes`) for its data,
+    ``steps`` optimizer steps or ``minutes`` of training, whichever comes first, evaluated about five times
+    on the way (so that curves.png shows a validation curve)."""
+    epochs = math.ceil(steps / math.ceil(train_images / 16))  # 16: the recipe's batch size
+    return TrainConfig.from_recipe(
+        "scratch",
         data=str(data),
         output_dir=str(out),
-        model="detr_r18",
-        pretrained_backbone=False,
-        num_queries=10,
-        aux_loss=True,
-        model_kwargs=dict(DEMO_MODEL),
-        train_scales=[size],
-        max_size=size * 3 // 2,
-        crop=False,
-        eval_size=size,
         epochs=1000,  # bounded by steps / minutes
-        batch_size=batch_size,
-        lr=7e-4,  # from scratch: 2e-4 reached AP50 0.40, 5e-4 0.65, 1e-3 diverged (README)
-        lr_backbone=7e-4,
-        lr_schedule="cosine",
-        warmup_steps=200,
         max_steps=steps,
         max_minutes=minutes,
-        anneal_by_time=minutes > 0,  # on a slower machine fewer steps, but still a finished schedule
         eval_every=max(1, epochs // 5),  # 300 val images take ~2 s to evaluate; and the end
-        eval_all_classes=True,  # every query-class pair scored: AP50 0.626 -> 0.637 on the demo model
-        workers=0,  # 2 cores: a loader process would take CPU from the two compute threads (slower steps)
         seed=seed,
         log_every=20,
     )

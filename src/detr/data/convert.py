@@ -70,7 +70,9 @@ def convert(source: str | Path, out: str | Path, to: str = "coco") -> dict[str, 
         summary[name] = {"images": len(dataset), "boxes": len(raw["annotations"])}
     if to == "yolo":
         names = {i: n for i, (_, n) in enumerate(categories)}
-        lines = ["path: .", *(f"{s}: images/{s}" for s in splits), "names:", *(f"  {i}: {n}" for i, n in names.items())]
+        # no "path:" key: Ultralytics resolves a relative one against the working directory, not this file's
+        # folder; without it, it (and detr) read the splits relative to the folder of data.yaml
+        lines = [*(f"{s}: images/{s}" for s in splits), "names:", *(f"  {i}: {n}" for i, n in names.items())]
         atomic_write_text(out / "data.yaml", "\n".join(lines) + "\n")
     return summary
 

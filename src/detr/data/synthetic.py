@@ -23,6 +23,9 @@ from ..processing.interop import mask_to_rle
 from ..processing.mask_postprocess import panoptic_png
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
+# five more, for tasks with many classes (``SynthConfig(classes=ALL_SHAPES)``)
+MORE_SHAPES = ("diamond", "hexagon", "star", "half_disc", "frame")
+ALL_SHAPES = SHAPES + MORE_SHAPES
 
 
 @dataclass
@@ -88,6 +91,37 @@ def _draw_shape(
     elif shape == "ring":
         thick = max(2.0, min(w, h) * 0.22)
         draw.ellipse(box, outline=colour, width=int(round(thick)))
+    elif shape == "diamond":
+        draw.polygon([(x0 + w / 2, y0), (x1, y0 + h / 2), (x0 + w / 2, y1), (x0, y0 + h / 2)], fill=colour)
+    elif shape == "hexagon":  # flat top and bottom, corners on the box's sides
+        draw.polygon(
+            [
+                (x0 + w / 4, y0),
+                (x1 - w / 4, y0),
+                (x1, y0 + h / 2),
+                (x1 - w / 4, y1),
+                (x0 + w / 4, y1),
+                (x0, y0 + h / 2),
+            ],
+            fill=colour,
+        )
+    elif shape == "star":  # five points, stretched so that they touch the box's four sides
+        unit = [
+            ((1.0 if k % 2 == 0 else 0.45) * math.cos(a), (1.0 if k % 2 == 0 else 0.45) * math.sin(a))
+            for k, a in ((k, -math.pi / 2 + k * math.pi / 5) for k in range(10))
+        ]
+        (ux0, uy0), (ux1, uy1) = [min(c) for c in zip(*unit)], [max(c) for c in zip(*unit)]
+        draw.polygon(
+            [(x0 + (u - ux0) / (ux1 - ux0) * w, y0 + (v - uy0) / (uy1 - uy0) * h) for u, v in unit], fill=colour
+        )
+    elif shape == "half_disc":  # the flat side down or up: the disc's centre on the box's edge
+        if rng.random() < 0.5:
+            draw.pieslice([x0, y0, x1, y1 + h], 180, 360, fill=colour)
+        else:
+            draw.pieslice([x0, y0 - h, x1, y1], 0, 180, fill=colour)
+    elif shape == "frame":
+        thick = max(2.0, min(w, h) * 0.2)
+        draw.rectangle(box, outline=colour, width=int(round(thick)))
     else:
         raise ValueError(f"unknown shape {shape!r}")
 

@@ -12,6 +12,8 @@ from typing import Any
 TRAIN_SCALES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
 CROP_RESIZE_SCALES = (400, 500, 600)
 CROP_SIZE = (384, 600)
+# the fields that say where the training data is (what a recipe reads to adapt to it)
+DATA_KEYS = ("data", "train_split", "train_annotations", "images", "panoptic")
 # the COCO metrics an evaluation reports (as detr.engine.evaluate.METRIC_NAMES)
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -58,7 +60,8 @@ class TrainConfig:
     aux_loss: bool = _field(True, "losses on every decoder layer (the reference)")
     model_kwargs: dict[str, Any] = _field({}, "more factory arguments as a JSON object, e.g. '{\"d_model\": 128}'")
     masks: bool = _field(
-        False, "train the paper's mask head too (instance masks): every object needs a COCO segmentation (polygons, RLE)"
+        False,
+        "train the paper's mask head too (instance masks): every object needs a COCO segmentation (polygons, RLE)",
     )
     panoptic: bool = _field(
         False,
@@ -143,11 +146,27 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config of these values; a ``recipe`` key (see :mod:`detr.engine.recipes`) fills in the
+        values not given from that preset, adapted to the data named."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known - {"recipe"})
         if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; known keys: {sorted(known)}")
+            raise ValueError(f"unknown training config keys {unknown}; known keys: {sorted(known | {'recipe'})}")
+        if "recipe" in values:
+            from .recipes import resolve_recipe
+
+            values = dict(values)
+            name = values.pop("recipe")
+            # where the data is, to adapt the recipe to (the reference defaults for the rest)
+            located = cls(**{k: values[k] for k in DATA_KEYS if k in values})
+            values = resolve_recipe(name, located, values)
         return cls(**values)
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **values: Any) -> TrainConfig:
+        """``recipe``'s values for the data in ``values`` (``data=...``), overridden by the other ``values``:
+        ``TrainConfig.from_recipe("scratch", data="my_data", max_minutes=10)``."""
+        return cls.from_dict({**values, "recipe": recipe})
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..data.coco import CocoDetection, CocoSplit, annotation_file_split, find_split
+from ..data.coco import CocoDetection
 from ..data.transforms import collate, eval_transforms, train_transforms
 from ..device import resolve_device
 from ..distributed import (
@@ -39,6 +39,7 @@ from .evaluate import coco_evaluate, predict_dataset
 from .loggers import JsonLinesLogger, RunLogger, TensorBoardLogger
 from .plots import plot_curves, prediction_grid
 from .report import evaluation_report
+from .splits import dataset_splits
 
 log = logging.getLogger(__name__)
 
@@ -123,48 +124,6 @@ def label_space(dataset: CocoDetection, config: TrainConfig) -> tuple[list[str],
         raise ValueError("extend_classes adds the dataset's categories to the classes of --weights, which name none")
     lower = {name.strip().casefold() for name in known}
     return list(known) + [n for n in dataset.class_names if n.strip().casefold() not in lower], None
-
-
-def dataset_splits(config: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]:
-    """The training split and the validation split (None without one) that ``config`` names: annotation
-    files given as such, or splits found in ``data`` (a folder, or one annotation file to train on);
-    with ``panoptic``, their COCO panoptic annotations instead."""
-    train, val = _detection_splits(config)
-    if not config.panoptic:
-        return train, val
-    return _panoptic_split(train, config.data, config.train_split), (
-        None if val is None else _panoptic_split(val, config.data, config.val_split)
-    )
-
-
-def _panoptic_split(split: CocoSplit, root: str, name: str) -> CocoSplit:
-    """``split``'s images with the panoptic annotations of ``root`` (every segment an object)."""
-    from ..data.panoptic import find_panoptic, panoptic_as_coco, read_panoptic
-
-    found = find_panoptic(root, name)
-    if found is None:
-        raise FileNotFoundError(
-            f"no panoptic annotations for the {name!r} split in {root}: expected annotations/panoptic_{name}.json "
-            f"and its PNG folder annotations/panoptic_{name}/ (or both at the root)"
-        )
-    panoptic = read_panoptic(*found)  # its own image list: the detection annotations are not read again
-    return CocoSplit(found[0], split.image_dirs, read=lambda: panoptic_as_coco(panoptic), format="coco-panoptic")
-
-
-def _detection_splits(config: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]:
-    images = config.images or None
-    if config.train_annotations:
-        train = annotation_file_split(config.train_annotations, images)
-    else:
-        train = find_split(config.data, config.train_split, images)
-    if config.val_annotations:
-        return train, annotation_file_split(config.val_annotations, images)
-    if not config.val_split:
-        return train, None
-    if Path(config.data).is_file():
-        log.warning("--data is one annotation file: no validation (give --val-annotations FILE to evaluate)")
-        return train, None
-    return train, find_split(config.data, config.val_split, images)
 
 
 def run_folder(config: TrainConfig, info: DistInfo) -> Path:

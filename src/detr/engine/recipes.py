@@ -1,0 +1,141 @@
+"""Training presets (``detr train --recipe NAME``): named sets of :class:`TrainConfig` values.
+
+- ``reference``: the DETR paper's recipe, :class:`TrainConfig`'s own defaults (ImageNet backbone,
+  lr 1e-4 / 1e-5, multi-scale 480-800 with crops, 300 epochs).
+- ``scratch``: the library's fastest recipe for training from nothing (no pretrained weights) on a
+  CPU, the one ``detr demo`` runs: a ResNet-18 with trainable batch norm cut where the objects still
+  span a few feature cells, a small transformer, denoising queries, a dense auxiliary head whose best
+  proposals place the decoder's anchor boxes (two-stage), large learning rates with warm-up and a
+  cosine schedule that ends when the clock (``max_minutes``) or ``max_steps`` does. It adapts to the
+  data what must adapt (image size, feature stride, number of queries) and nothing else.
+
+A recipe gives defaults only: every value the user gives (flag, config file key, keyword) wins. The
+resolved values are what the run records in its ``config.json``, so a run can be repeated without the
+recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+# the scratch recipe's transformer and options (each measured on the demo: see the README's table)
+SCRATCH_MODEL: dict[str, Any] = {
+    "d_model": 128,
+    "nhead": 8,
+    "num_encoder_layers": 3,
+    "num_decoder_layers": 3,
+    "dim_feedforward": 512,
+    "dropout": 0.0,
+    "backbone_norm": "bn",  # no pretrained statistics to freeze: batch norm trains
+    "freeze_stem": False,
+    "denoising_groups": 4,
+    "denoising_box_noise": 1.0,  # 0.4 (DN-DETR's) gave AP50 0.16 at 800 steps, 1.0 gave 0.22
+    "dense_aux_loss": True,  # every encoder token supervised: AP 0.085 -> 0.157 at 800 steps
+    "box_refinement": True,  # with two_stage: anchors from the dense head's proposals, AP -> 0.430
+    "two_stage": True,
+}
+# the most encoder tokens the scratch recipe lets a typical image make: the backbone is cut at the first
+# stage (stride 8, 16, 32) whose feature map stays under it (64 px demo images: stride 8, 8 x 8 tokens)
+SCRATCH_MAX_TOKENS = 400
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """What a recipe may adapt to: the training split's typical image and crowding."""
+
+    short_side: int  # median shorter side of the training images, pixels
+    long_side: int  # median longer side
+    max_objects: int  # the most objects in one training image
+    num_classes: int
+    num_images: int
+
+
+def data_stats(annotations: Any) -> DataStats:
+    """:class:`DataStats` of a :class:`detr.data.coco.CocoAnnotations`."""
+    images = annotations.images
+    if not images:
+        raise ValueError(f"{annotations.path} lists no images: a recipe has nothing to adapt to")
+    short = statistics.median(min(i["width"], i["height"]) for i in images)
+    long = statistics.median(max(i["width"], i["height"]) for i in images)
+    crowd = max((len(boxes) for boxes in annotations.boxes.values()), default=0)
+    return DataStats(int(short), int(long), crowd, len(annotations.category_names), len(images))
+
+
+def reference_values(stats: DataStats, given: dict[str, Any]) -> dict[str, Any]:
+    """The paper's recipe: TrainConfig's defaults, nothing to set."""
+    return {}
+
+
+def scratch_values(stats: DataStats, given: dict[str, Any]) -> dict[str, Any]:
+    """The from-scratch recipe for data like ``stats``; ``given`` are the user's own values (they win, and
+    some defaults follow them: the clock-annealed schedule needs ``max_minutes``)."""
+    side = min(stats.short_side, 640)  # trained and evaluated at the data's own size, up to 640 px
+    long = max(side * 3 // 2, math.ceil(stats.long_side * side / stats.short_side))
+    short_side = given.get("eval_size", side)
+    # backbone depth: layer2 (stride 8), layer3 (16) or layer4 (32), the first keeping the tokens few
+    layers = next((n for n, stride in ((2, 8), (3, 16)) if (short_side / stride) ** 2 <= SCRATCH_MAX_TOKENS), 4)
+    minutes = given.get("max_minutes", 0.0)
+    schedule = given.get("lr_schedule", "cosine")
+    return {
+        "model": "detr_r18",
+        "pretrained_backbone": False,
+        "num_queries": max(10, 2 * stats.max_objects),  # room for every object, and for the matching to choose
+        "aux_loss": True,
+        "model_kwargs": {**SCRATCH_MODEL, "backbone_layers": layers},
+        "train_scales": [side],
+        "max_size": long,
+        "crop": False,
+        "eval_size": side,
+        "epochs": 100,  # bounded by max_steps / max_minutes when given
+        "batch_size": 16,
+        "lr": 7e-4,  # from scratch: 2e-4 reached AP50 0.40, 5e-4 0.65, 1e-3 diverged (demo, README)
+        "lr_backbone": 7e-4,
+        "lr_schedule": "cosine",
+        "warmup_steps": 200,
+        "anneal_by_time": minutes > 0 and schedule == "cosine",
+        "eval_all_classes": True,  # every query-class pair scored: AP50 0.626 -> 0.637 on the demo model
+        "workers": 0,  # on 2 cores a loader process takes CPU from the compute threads (slower steps)
+    }
+
+
+RECIPES: dict[str, Callable[[DataStats, dict[str, Any]], dict[str, Any]]] = {
+    "reference": reference_values,
+    "scratch": scratch_values,
+}
+
+
+def recipe_values(name: str, stats: DataStats, given: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig values of recipe ``name`` for data like ``stats``, with ``given`` on top."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+    values = RECIPES[name](stats, given)
+    model_kwargs = {**values.get("model_kwargs", {}), **given.get("model_kwargs", {})}  # merged, the user's win
+    return {**values, **given, **({"model_kwargs": model_kwargs} if model_kwargs else {})}
+
+
+def resolve_recipe(name: str, located: TrainConfig, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (TrainConfig keys) with recipe ``name``'s defaults filled in, adapted to the training data
+    that ``located`` names (``reference``: ``values`` as they are)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+    if name == "reference":
+        return dict(values)
+    if not located.data and not located.train_annotations:
+        raise ValueError(f"the {name!r} recipe adapts to the data: give data (or train_annotations) with it")
+    return recipe_values(name, training_data_stats(located), values)
+
+
+def training_data_stats(config: TrainConfig) -> DataStats:
+    """:class:`DataStats` of the training split ``config`` names."""
+    from ..data.coco import load_coco_annotations
+    from .splits import dataset_splits
+
+    split, _ = dataset_splits(dataclasses.replace(config, val_split=""))
+    return data_stats(load_coco_annotations(split.annotation_file, split.read() if split.read else None))

@@ -1,0 +1,130 @@
+"""Training presets (detr.engine.recipes): what they resolve to, that the user's values win, and that the
+scratch recipe gives a valid, trainable config for data of any character."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detr.cli import main
+from detr.data.synthetic import SynthConfig, make_dataset
+from detr.engine.config import TrainConfig
+from detr.engine.recipes import SCRATCH_MODEL, DataStats, scratch_values
+
+from .conftest import COCO128
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory) -> Path:
+    """64 px images with 1-3 objects: the demo's character."""
+    root = tmp_path_factory.mktemp("shapes")
+    make_dataset(root, train=12, val=4, seed=0, config=SynthConfig(image_size=64, max_objects=3))
+    return root
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory) -> Path:
+    """256 px images with up to 14 objects."""
+    root = tmp_path_factory.mktemp("crowded")
+    make_dataset(
+        root, train=12, val=4, seed=1, config=SynthConfig(image_size=256, min_objects=10, max_objects=14, max_size=0.2)
+    )
+    return root
+
+
+def test_reference_is_the_defaults(small_shapes):
+    assert TrainConfig.from_recipe("reference", data=str(small_shapes)) == TrainConfig(data=str(small_shapes))
+
+
+def test_scratch_adapts_to_small_images(small_shapes):
+    config = TrainConfig.from_recipe("scratch", data=str(small_shapes), max_minutes=5)
+    assert config.model == "detr_r18" and not config.pretrained_backbone
+    assert config.train_scales == [64] and config.eval_size == 64 and config.max_size == 96
+    assert config.model_kwargs["backbone_layers"] == 2  # stride 8: 8 x 8 tokens
+    assert config.num_queries == 10
+    assert config.anneal_by_time and config.lr_schedule == "cosine"
+
+
+def test_scratch_adapts_to_large_crowded_images(crowded):
+    counts = [len(a) for a in _objects_per_image(crowded)]
+    config = TrainConfig.from_recipe("scratch", data=str(crowded))
+    assert config.num_queries == 2 * max(counts) > 10
+    assert config.train_scales == [256]
+    assert config.model_kwargs["backbone_layers"] == 3  # stride 8 would make 1024 tokens, 16 makes 256
+    assert not config.anneal_by_time  # no clock to anneal by
+
+
+def _objects_per_image(root: Path) -> list[list[dict]]:
+    data = json.loads((root / "annotations" / "instances_train.json").read_text())
+    by_image: dict[int, list[dict]] = {i["id"]: [] for i in data["images"]}
+    for a in data["annotations"]:
+        by_image[a["image_id"]].append(a)
+    return list(by_image.values())
+
+
+def test_given_values_win(small_shapes):
+    config = TrainConfig.from_recipe(
+        "scratch", data=str(small_shapes), lr=3e-4, train_scales=[48], model_kwargs={"d_model": 64}
+    )
+    assert config.lr == 3e-4 and config.lr_backbone == 7e-4
+    assert config.train_scales == [48]
+    # the user's model arguments merge into the recipe's: theirs win, the rest stay
+    assert config.model_kwargs["d_model"] == 64 and config.model_kwargs["two_stage"] is True
+    # an eval size given moves the backbone cut with it
+    assert (
+        TrainConfig.from_recipe("scratch", data=str(small_shapes), eval_size=320).model_kwargs["backbone_layers"] == 3
+    )
+
+
+def test_stride_choice_follows_the_token_budget():
+    def layers(side: int) -> int:
+        return scratch_values(DataStats(side, side, 3, 3, 10), {})["model_kwargs"]["backbone_layers"]
+
+    assert [layers(s) for s in (64, 160, 161, 320, 321, 640)] == [2, 2, 3, 3, 4, 4]
+
+
+@pytest.mark.parametrize("layout", ["coco", "yolo"])
+def test_scratch_on_real_data_is_valid(layout, tmp_path):
+    from .test_formats import coco128_as_ultralytics
+
+    data = COCO128 if layout == "coco" else coco128_as_ultralytics(tmp_path) / "data.yaml"
+    config = TrainConfig.from_recipe(
+        "scratch", data=str(data), train_split="train2017" if layout == "coco" else "train"
+    )
+    assert config.num_queries == 2 * 42  # coco128: at most 42 boxes in one training image
+    side = config.train_scales[0]
+    assert 320 <= side <= 640 and config.max_size >= side
+    assert config.model_kwargs["backbone_layers"] == 4
+
+
+def test_errors_name_the_problem(small_shapes, tmp_path):
+    with pytest.raises(ValueError, match="unknown recipe 'fast'.*reference, scratch"):
+        TrainConfig.from_recipe("fast", data=str(small_shapes))
+    with pytest.raises(ValueError, match="adapts to the data: give data"):
+        TrainConfig.from_recipe("scratch")
+    with pytest.raises(FileNotFoundError, match="dataset folder not found"):
+        TrainConfig.from_recipe("scratch", data=str(tmp_path / "missing"))
+    with pytest.raises(TypeError):  # a config records values, not presets: the recipe is resolved before
+        TrainConfig(recipe="scratch")  # type: ignore[call-arg]
+
+
+def test_cli_and_config_file_apply_it(small_shapes, tmp_path):
+    """``detr train --recipe scratch`` trains with the recipe's values, the flags given on top; a config
+    file's ``recipe:`` key does the same. The run's config.json holds the resolved values."""
+    out = tmp_path / "run"
+    args = ["train", "--recipe", "scratch", "--data", str(small_shapes), "--output-dir", str(out)]
+    args += ["--max-steps", "2", "--no-progress", "--batch-size", "4", "--val-split", ""]
+    assert main(args) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"] == "detr_r18" and saved["batch_size"] == 4 and saved["max_steps"] == 2
+    assert saved["model_kwargs"] == {**SCRATCH_MODEL, "backbone_layers": 2}
+    config_file = tmp_path / "scratch.yaml"
+    config_file.write_text(yaml.safe_dump({"recipe": "scratch", "data": str(small_shapes), "lr": 2e-4}))
+    from detr.cli import _train_config, build_parser
+
+    parsed = build_parser()[0].parse_args(["train", "--config", str(config_file), "--max-steps", "3"])
+    config = _train_config(parsed)
+    assert config.model == "detr_r18" and config.lr == 2e-4 and config.max_steps == 3
