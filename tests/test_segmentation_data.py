@@ -13,7 +13,7 @@ import torch
 import detr
 from detr.data import CocoDetection, train_transforms
 from detr.data.coco import DatasetError
-from detr.data.synthetic import SynthConfig, make_dataset, make_image, make_image_with_masks
+from detr.data.synthetic import ALL_SHAPES, SynthConfig, make_dataset, make_image, make_image_with_masks
 
 from .conftest import tiny_train_config
 
@@ -44,6 +44,17 @@ def test_synthetic_masks_are_exact_and_leave_the_images_unchanged():
     expected = np.zeros((48, 48), dtype=bool)
     expected[y0:y1, x0:x1] = True  # a lone square covers its box exactly
     assert np.array_equal(mask, expected)
+
+
+@pytest.mark.parametrize("shape", ALL_SHAPES)
+def test_every_shape_touches_the_four_sides_of_its_box(shape):
+    """A lone object's box is the tight box of its drawn pixels, for every shape (the box annotation is
+    the box it was drawn in: a shape that fell short of a side would be boxed too loosely)."""
+    config = SynthConfig(image_size=64, min_objects=1, max_objects=1, classes=(shape,), masks=True)
+    for seed in range(4):
+        _, [(box, _)], [mask] = make_image_with_masks(random.Random(seed), config)
+        ys, xs = np.nonzero(mask)
+        assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == [int(v) for v in box], (shape, seed)
 
 
 def test_coco_masks_follow_their_boxes_through_the_augmentation(data):
