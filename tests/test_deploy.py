@@ -131,8 +131,13 @@ def test_folding_refuses_batch_norm_in_training_mode():
 
 @pytest.mark.parametrize(
     "options",
-    [{}, dict(box_refinement=True, dense_aux_loss=True, two_stage=True)],
-    ids=["reference", "two_stage"],
+    [
+        {},
+        dict(box_refinement=True, dense_aux_loss=True, two_stage=True),
+        # neighbouring tokens' initial proposals overlap by IoU 1/3: at 0.3 the distinct choice demotes some
+        dict(box_refinement=True, dense_aux_loss=True, two_stage=True, two_stage_distinct_iou=0.3),
+    ],
+    ids=["reference", "two_stage", "two_stage_distinct"],
 )
 def test_onnx_export_has_dynamic_batch_height_width_and_mask(tmp_path, options):
     pytest.importorskip("onnxruntime")

@@ -291,3 +291,45 @@ def test_two_stage_falls_back_on_learned_anchors_when_tokens_run_out():
     learned = model.refinement.initial_anchors(5)
     torch.testing.assert_close(boxes[0, 0, 4:], learned[:1])  # the fifth query gets the first learned anchor
     assert not torch.allclose(boxes[0, 0, :4], learned[:4])  # the others are the 4 tokens' proposals
+
+
+def test_distinct_anchors_demote_proposals_that_repeat_a_better_one(tmp_path):
+    """Hand-made proposals: two near-copies of a large box (IoU 0.9) and two small boxes. Plain two-stage
+    takes both copies; the distinct choice takes the large box once, then the small ones."""
+    from detr.options.two_stage import demote_duplicates, select_anchors
+
+    boxes = torch.tensor([[[0.5, 0.25, 1.0, 0.5], [0.5, 0.26, 1.0, 0.48], [0.2, 0.7, 0.1, 0.1], [0.7, 0.8, 0.2, 0.2]]])
+    logits = torch.tensor([[[5.0, 0.0], [4.0, 0.0], [1.0, 0.0], [0.5, 0.0]]])  # best class score 5, 4, 1, 0.5
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    proposals = (logits, boxes, boxes, valid)
+    learned = torch.full((1, 3, 4), 0.5)
+    plain = select_anchors(proposals, learned, 3, 1)
+    torch.testing.assert_close(plain, boxes[:, :3])
+    distinct = select_anchors(proposals, learned, 3, 1, distinct_iou=0.7)
+    torch.testing.assert_close(distinct, boxes[:, [0, 2, 3]])
+    # the demoted copy stays ahead of the learned anchors, padding stays last
+    score = demote_duplicates(torch.tensor([[5.0, 4.0, -math.inf, 0.5]]), boxes, 0.7, candidates=4)
+    assert score[0, 1] < score[0, 3] and score[0, 1] > -1e6 and score[0, 2] == -math.inf
+    # with four queries the copy is taken last, before any learned anchor
+    torch.testing.assert_close(select_anchors(proposals, torch.full((1, 4, 4), 0.5), 4, 1, 0.7), boxes[:, [0, 2, 3, 1]])
+
+
+def test_distinct_anchors_train_save_and_load(tmp_path):
+    with pytest.raises(ValueError, match="set two_stage=True with it"):
+        small(two_stage_distinct_iou=0.7)
+    with pytest.raises(ValueError, match="distinct_iou must be in"):
+        small(box_refinement=True, dense_aux_loss=True, two_stage=True, two_stage_distinct_iou=1.5)
+    model = small(
+        box_refinement=True, dense_aux_loss=True, two_stage=True, two_stage_distinct_iou=0.3, backbone_layers=2
+    )
+    x = torch.randn(2, 3, 64, 64)
+    model.get_loss(x, random_targets(2, 4, counts=(2, 1))).backward()
+    model.eval()
+    model.save_pretrained(tmp_path / "m")
+    again = detr.DETR.from_pretrained(tmp_path / "m").eval()
+    assert again.two_stage.distinct_iou == 0.3
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[-1], model(x)[-1])
+        plain = small(box_refinement=True, dense_aux_loss=True, two_stage=True, backbone_layers=2).eval()
+        plain.load_state_dict(model.state_dict())
+        assert not torch.allclose(plain.decode(x)[1], model.decode(x)[1])  # the choice changed some anchors

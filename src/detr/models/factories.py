@@ -62,6 +62,7 @@ def build_detr(
     box_refinement: bool = False,
     dense_aux_loss: bool = False,
     two_stage: bool = False,
+    two_stage_distinct_iou: float | None = None,
     freeze_stem: bool = True,
     backbone_layers: int = 4,
     masks: bool = False,
@@ -110,6 +111,7 @@ def build_detr(
         box_refinement=box_refinement,
         dense_aux_loss=dense_aux_loss,
         two_stage=two_stage,
+        two_stage_distinct_iou=two_stage_distinct_iou,
     )
     model = DETR(
         config,

@@ -36,6 +36,7 @@ def from_switches(
     box_refinement: bool = False,
     dense_aux_loss: bool = False,
     two_stage: bool = False,
+    two_stage_distinct_iou: float | None = None,
 ) -> list[DETROption]:
     """The options the factories' keyword switches turn on (all off: the paper's model)."""
     options: list[DETROption] = []
@@ -48,7 +49,9 @@ def from_switches(
     if dense_aux_loss:
         options.append(DenseHead())
     if two_stage:
-        options.append(TwoStageAnchors())
+        options.append(TwoStageAnchors(two_stage_distinct_iou))
+    elif two_stage_distinct_iou is not None:
+        raise ValueError("two_stage_distinct_iou chooses among the two-stage anchors: set two_stage=True with it")
     return options
 
 
