@@ -684,7 +684,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p = command("demo", "train a detector from scratch on generated shapes, on the CPU, in minutes", cmd_demo)
     p.add_argument("--out", default="runs/demo", help="folder for the data, the run and the metrics")
     p.add_argument(
-        "--minutes", type=float, default=8.0, help="training time budget (the schedule anneals by it when it binds)"
+        "--minutes",
+        type=float,
+        default=None,
+        help="training time budget (the schedule anneals by it when it binds); default 8, 9 with --task segmentation",
     )
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps (the cosine schedule spans them)")
     p.add_argument("--train-images", type=int, default=3000, help="training images generated")
