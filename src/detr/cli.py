@@ -542,11 +542,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     device_help = "auto (a GPU if there is one), cpu, cuda or cuda:N"
     command("models", "list the available models and their published weights", cmd_models)
 
+    from .engine.recipes import RECIPES  # the standard library only: start-up stays light
+
     p = command("train", "train on a COCO-format dataset (flags override --config)", cmd_train)
     p.add_argument("--config", help="YAML or JSON file of training settings (any flag below)")
     p.add_argument(
         "--recipe",
-        choices=("reference", "scratch"),
+        choices=tuple(RECIPES),
         default=None,
         help="preset of the settings not given: reference (the DETR paper's, the defaults below) or scratch "
         "(fast training from nothing on a CPU, adapted to --data's image size and crowding; see the README)",
