@@ -130,13 +130,13 @@ def test_cli_and_config_file_apply_it(small_shapes, tmp_path):
     assert config.model == "detr_r18" and config.lr == 2e-4 and config.max_steps == 3
 
 
-def test_scratch_on_panoptic_data_counts_stuff_and_picks_distinct_anchors(tmp_path):
-    """Panoptic training takes every segment as an object: the stuff regions count towards the crowding, and
-    distinct two-stage anchors keep them from taking the objects' anchors."""
+def test_scratch_on_panoptic_data_counts_stuff(tmp_path):
+    """Panoptic training takes every segment as an object: the stuff regions count towards the crowding (and
+    distinct two-stage anchors keep them from taking the objects' anchors)."""
     config = SynthConfig(image_size=64, min_objects=4, max_objects=4, masks=True, stuff=("sky", "ground"))
     make_dataset(tmp_path, train=6, val=2, seed=0, config=config)
     panoptic = TrainConfig.from_recipe("scratch", data=str(tmp_path), panoptic=True)
     assert panoptic.num_queries == 2 * (4 + 2)
     assert panoptic.model_kwargs["two_stage_distinct_iou"] == 0.7
     boxes_only = TrainConfig.from_recipe("scratch", data=str(tmp_path))
-    assert boxes_only.num_queries == 10 and "two_stage_distinct_iou" not in boxes_only.model_kwargs
+    assert boxes_only.num_queries == 10 and boxes_only.model_kwargs["two_stage_distinct_iou"] == 0.7
