@@ -81,7 +81,7 @@ def main() -> None:
     steps = 0 if args.minutes else args.steps
     config = replace(demo_config(data, out, minutes=args.minutes, steps=steps), progress=False)
     if args.minutes:
-        config = replace(config, max_steps=0, eval_every=10_000)  # the clock decides; evaluated at the end only
+        config = replace(config, eval_every=10_000)  # the clock decides (steps=0: no cap); evaluated at the end only
     model_kwargs = dict(config.model_kwargs)
     rows = []
     for number, (name, train_changes, model_changes) in enumerate(VARIANTS, 1):
