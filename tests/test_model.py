@@ -257,3 +257,34 @@ def test_attention_dropout_drops_and_rescales():
     kept = out[0, 0, :, 0] * 0.7 * 2000
     assert ((kept > 1300) & (kept < 1500)).all(), kept
     torch.testing.assert_close(out.mean(), torch.tensor(1.0), atol=0.05, rtol=0)
+
+
+def test_iou_class_targets_put_each_matched_querys_iou_on_its_class():
+    from detr.losses.criterion import SetCriterion
+
+    class InOrder(torch.nn.Module):  # query i <-> target i
+        def forward(self, outputs, targets):
+            return [(torch.arange(len(t["class_id"])), torch.arange(len(t["class_id"]))) for t in targets]
+
+    eos = 0.1
+    target = {"class_id": torch.tensor([0, 2]), "box": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.2, 0.2]])}
+    # query 0 on target 0 exactly (IoU 1); query 1 shifted by half a width from target 1 (IoU 1/3); query 2 unmatched
+    boxes = torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.2, 0.2], [0.5, 0.5, 0.1, 0.1]]])
+    logits = torch.randn(1, 3, 4)  # 3 classes + "no object"
+    criterion = SetCriterion(3, InOrder(), eos_coef=eos, iou_class_targets=True)
+    loss_ce = criterion.layer_losses(logits, boxes, [target], num_boxes=2.0)[0]["loss_ce"]
+    logp = logits[0].log_softmax(-1)
+    expected = -(logp[0, 0] + logp[1, 2] / 3 + eos * (2 / 3) * logp[1, 3] + eos * logp[2, 3]) / (1 + 1 + eos)
+    torch.testing.assert_close(loss_ce, expected)
+    hard = SetCriterion(3, InOrder(), eos_coef=eos).layer_losses(logits, boxes, [target], num_boxes=2.0)[0]
+    assert not torch.allclose(hard["loss_ce"], loss_ce)  # the soft target is not the one-hot one
+
+    config = dict(num_classes=3, num_queries=4, iou_class_targets="yes")
+    with pytest.raises(TypeError, match="iou_class_targets must be a bool"):
+        DETRConfig(ResNetBackbone("resnet18"), Transformer(d_model=32, nhead=4, dim_feedforward=64), **config)
+
+
+def test_iou_class_targets_survive_save_and_load(tmp_path):
+    model = detr.detr_r18(num_classes=3, num_queries=5, d_model=32, nhead=4, dim_feedforward=64, iou_class_targets=True)
+    model.save_pretrained(tmp_path / "m")
+    assert DETR.from_pretrained(tmp_path / "m").criterion.iou_class_targets

@@ -51,6 +51,7 @@ CONFIG_FIELDS = (
     "bbox_loss_coef",
     "giou_loss_coef",
     "eos_coef",
+    "iou_class_targets",
 )
 
 

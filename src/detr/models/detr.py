@@ -65,6 +65,9 @@ class DETRConfig:
     matcher: replaces the default :class:`HungarianMatcher` (reference costs class 1, L1 5, GIoU 2).
     class_loss_coef, bbox_loss_coef, giou_loss_coef: weights of the loss terms.
     eos_coef: class weight of "no object" in the cross-entropy.
+    iou_class_targets: a matched query's class target is its box's IoU with the target (the rest on
+        "no object"), not 1: scores that rank detections by how well they fit (see :class:`SetCriterion`).
+        Not in the paper; off by default.
     """
 
     backbone: nn.Module
@@ -77,6 +80,7 @@ class DETRConfig:
     bbox_loss_coef: float = 5.0
     giou_loss_coef: float = 2.0
     eos_coef: float = 0.1
+    iou_class_targets: bool = False
 
     def __post_init__(self) -> None:
         for name, part, attr in (
@@ -97,6 +101,8 @@ class DETRConfig:
             raise ValueError(f"num_queries must be an int >= 1, got {self.num_queries!r}")
         if not isinstance(self.aux_loss, bool):
             raise TypeError(f"aux_loss must be a bool, got {self.aux_loss!r}")
+        if not isinstance(self.iou_class_targets, bool):
+            raise TypeError(f"iou_class_targets must be a bool, got {self.iou_class_targets!r}")
         if self.matcher is not None and not callable(self.matcher):
             raise TypeError("matcher must be callable as matcher((pred_logits, pred_boxes), targets), or None")
         for name in ("class_loss_coef", "bbox_loss_coef", "giou_loss_coef", "eos_coef"):
@@ -162,6 +168,7 @@ class DETR(nn.Module):
             bbox_loss_coef=config.bbox_loss_coef,
             giou_loss_coef=config.giou_loss_coef,
             eos_coef=config.eos_coef,
+            iou_class_targets=config.iou_class_targets,
         )
         for option in options:
             if not isinstance(option, DETROption):

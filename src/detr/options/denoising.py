@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from ..models.layers import box_sine_embedding
 from ..processing.checks import Target
@@ -150,11 +150,11 @@ class DenoisingQueries(DETROption):
         layer: dict[str, Tensor] = {}
         for layer_logits, layer_boxes in zip(logits, boxes):
             pred_box = layer_boxes[dn.valid].float()  # (M, 4)
-            giou = torch.diag(generalized_box_iou(box_convert(pred_box, "cxcywh", "xyxy"), target_xyxy))
             layer = {
                 "loss_dn_ce": F.cross_entropy(layer_logits[dn.valid].float(), target_class),
                 "loss_dn_bbox": F.l1_loss(pred_box, target_box, reduction="none").sum(1).mean(),
-                "loss_dn_giou": (1 - giou).mean(),
+                # pair by pair (a matrix of every pair would grow with the square of the queries)
+                "loss_dn_giou": generalized_box_iou_loss(box_convert(pred_box, "cxcywh", "xyxy"), target_xyxy, "mean"),
             }
             total = total + sum(weights[name.replace("_dn", "")] * value for name, value in layer.items())
         return {**layer, "loss": total}  # the terms logged are the final layer's
