@@ -33,6 +33,7 @@ VARIANTS = [
             two_stage=False,
             two_stage_distinct_iou=None,
             num_encoder_layers=3,
+            iou_class_targets=False,
         ),
     ),
     (
@@ -63,7 +64,12 @@ VARIANTS = [
         {},
         dict(two_stage_distinct_iou=0.7),
     ),
-    ("+ one encoder layer instead of three (the scratch recipe)", {}, dict(num_encoder_layers=1)),
+    ("+ one encoder layer instead of three", {}, dict(num_encoder_layers=1)),
+    (
+        "+ IoU-aware class targets (the scratch recipe)",
+        {},
+        dict(iou_class_targets=True),
+    ),
 ]
 
 

@@ -46,6 +46,8 @@ SCRATCH_MODEL: dict[str, Any] = {
     # (128 px data, 4 minutes: AP 0.155 -> 0.220; segmentation demo data, where stuff regions propose the same
     # box from every token, 600 steps: objects' box AP 0.016 -> 0.184, mask AP 0.030 -> 0.098)
     "two_stage_distinct_iou": 0.7,
+    # IoU-aware class targets: at equal steps AP 0.439 -> 0.454 (demo, 600 steps), 0.181 -> 0.193 (10 classes, 500)
+    "iou_class_targets": True,
 }
 # the most encoder tokens the scratch recipe lets a typical image make: the backbone is cut at the first
 # stage (stride 8, 16, 32) whose feature map stays under it (64 px demo images: stride 8, 8 x 8 tokens)
