@@ -288,3 +288,22 @@ def test_iou_class_targets_survive_save_and_load(tmp_path):
     model = detr.detr_r18(num_classes=3, num_queries=5, d_model=32, nhead=4, dim_feedforward=64, iou_class_targets=True)
     model.save_pretrained(tmp_path / "m")
     assert DETR.from_pretrained(tmp_path / "m").criterion.iou_class_targets
+    # a model built from parts is saved by its config fields, not by a factory's arguments
+    transformer = Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64)
+    parts = DETR(DETRConfig(ResNetBackbone("resnet18"), transformer, 3, num_queries=4, iou_class_targets=True))
+    parts.save_pretrained(tmp_path / "parts")
+    assert DETR.from_pretrained(tmp_path / "parts").criterion.iou_class_targets
+
+
+def test_broadcast_box_iou_equals_torchvision_box_iou():
+    from torchvision.ops import box_iou
+
+    from detr.models.layers import broadcast_box_iou
+
+    torch.manual_seed(0)
+    corners = torch.rand(2, 6, 2, 2).sort(dim=2).values  # (B, k, 2 corners, xy): x0 < x1, y0 < y1
+    xyxy = corners.transpose(2, 3).reshape(2, 6, 4)[..., [0, 2, 1, 3]]  # (B, k, 4) x0, y0, x1, y1
+    every_pair = broadcast_box_iou(xyxy[:, :, None], xyxy[:, None])  # (B, k, k)
+    for b in range(2):
+        torch.testing.assert_close(every_pair[b], box_iou(xyxy[b], xyxy[b]))
+    torch.testing.assert_close(broadcast_box_iou(xyxy[0], xyxy[1]), box_iou(xyxy[0], xyxy[1]).diag())

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from ..distributed import mean_count_across_processes
+from ..models.layers import broadcast_box_iou
 from ..processing.checks import Target
 
 Matcher = Callable[[tuple[Tensor, Tensor], Sequence[Target]], list[tuple[Tensor, Tensor]]]
@@ -18,14 +19,6 @@ Matcher = Callable[[tuple[Tensor, Tensor], Sequence[Target]], list[tuple[Tensor,
 def num_boxes_across_processes(targets: Sequence[Target], device: torch.device) -> float:
     """Average number of target boxes per process (all-reduced under DDP), at least 1."""
     return mean_count_across_processes(torch.tensor(float(sum(len(t["class_id"]) for t in targets)), device=device))
-
-
-def paired_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """IoU of each pair ``boxes1[i]``, ``boxes2[i]`` (M, 4) xyxy -> (M,) (torchvision's box_iou: every pair)."""
-    inter = (torch.minimum(boxes1[:, 2:], boxes2[:, 2:]) - torch.maximum(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
-    inter_area = inter.prod(-1)  # (M,)
-    area1, area2 = (boxes1[:, 2:] - boxes1[:, :2]).prod(-1), (boxes2[:, 2:] - boxes2[:, :2]).prod(-1)
-    return inter_area / (area1 + area2 - inter_area).clamp(min=1e-9)
 
 
 class SetCriterion(nn.Module):
@@ -97,7 +90,7 @@ class SetCriterion(nn.Module):
 
         weight = self.empty_weight.to(device)
         if self.iou_class_targets:
-            iou = paired_iou(src_xyxy.detach(), tgt_xyxy)  # (M,), no gradient through the target
+            iou = broadcast_box_iou(src_xyxy.detach(), tgt_xyxy)  # (M,), no gradient through the target
             soft = F.one_hot(target_classes, self.num_classes + 1).float()  # (B, Q, K+1)
             soft[batch_idx, query_idx, matched_classes] = iou
             soft[batch_idx, query_idx, self.num_classes] = 1.0 - iou

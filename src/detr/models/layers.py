@@ -33,6 +33,16 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     return torch.log(x / (1 - x))
 
 
+def broadcast_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of (..., 4) and (..., 4) xyxy boxes broadcast against each other -> (...): pair by pair for two
+    (M, 4), every pair for (B, k, 1, 4) and (B, 1, k, 4) (torchvision's box_iou: every pair of two (N, 4))."""
+    inter = torch.minimum(boxes1[..., 2:], boxes2[..., 2:]) - torch.maximum(boxes1[..., :2], boxes2[..., :2])
+    inter_area = inter.clamp(min=0).prod(-1)
+    area1 = (boxes1[..., 2:] - boxes1[..., :2]).clamp(min=0).prod(-1)
+    area2 = (boxes2[..., 2:] - boxes2[..., :2]).clamp(min=0).prod(-1)
+    return inter_area / (area1 + area2 - inter_area).clamp(min=1e-9)
+
+
 def box_sine_embedding(box: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
     """(..., 4) normalized cxcywh -> (..., 4 * num_feats) sine/cosine features per coordinate.
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..models.layers import broadcast_box_iou
 from .base import DETROption, OptionState
 from .dense import Proposals
 
@@ -66,11 +67,7 @@ def demote_duplicates(score: Tensor, boxes: Tensor, iou_threshold: float, candid
     k = min(candidates, score.shape[1])
     top, index = score.topk(k, dim=1)  # (B, k), best first
     xyxy = box_convert(boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4)), "cxcywh", "xyxy")  # (B, k, 4)
-    lo = torch.maximum(xyxy[:, :, None, :2], xyxy[:, None, :, :2])  # (B, k, k, 2) intersection corners
-    hi = torch.minimum(xyxy[:, :, None, 2:], xyxy[:, None, :, 2:])
-    inter = (hi - lo).clamp(min=0).prod(-1)  # (B, k, k)
-    area = (xyxy[..., 2:] - xyxy[..., :2]).clamp(min=0).prod(-1)  # (B, k)
-    iou = inter / (area[:, :, None] + area[:, None, :] - inter).clamp(min=1e-9)
+    iou = broadcast_box_iou(xyxy[:, :, None], xyxy[:, None])  # (B, k, k)
     better = torch.ones(k, k, dtype=torch.bool, device=score.device).triu(1)  # [i, j]: i ranks above j
     duplicate = (iou.masked_fill(~better, 0).amax(1) > iou_threshold) & torch.isfinite(top)  # (B, k)
     # demoted below every real score and above the learned anchors' reserve (-1e6)
