@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torchvision
 
 import detr
 from detr.engine import TrainConfig, Trainer
@@ -119,11 +120,59 @@ def test_backbone_depth(layers, stride, channels):
     assert backbone(torch.randn(1, 3, 64, 64)).shape == (1, channels, 64 // stride, 64 // stride)
 
 
+def test_backbone_blocks_per_stage_runs_the_first_blocks_of_torchvisions_resnet(tmp_path, monkeypatch):
+    """A ResNet-18 cut to one block a stage computes stem -> layer1[0] -> layer2[0] of torchvision's own
+    network with the same weights, and its ImageNet weights are the first blocks' (loaded before the cut)."""
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None).eval()
+    # train mode makes fresh batch statistics, eval the running ones: give them values to catch a mix-up
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), weights)
+    monkeypatch.setattr("detr.models.backbone.download", lambda url, instead: weights)
+    cut = detr.ResNetBackbone("resnet18", pretrained=True, num_layers=2, blocks_per_stage=1).eval()
+    assert [len(cut.body[stage]) for stage in ("layer1", "layer2")] == [1, 1]
+    assert cut.spec()["blocks_per_stage"] == 1
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        r = reference
+        stem = r.maxpool(r.relu(r.bn1(r.conv1(x))))
+        expected = r.layer2[0](r.layer1[0](stem))  # (2, 128, 8, 8): stride 8, the second block of each skipped
+        torch.testing.assert_close(cut(x), expected, rtol=1e-4, atol=1e-4)
+    full = detr.ResNetBackbone("resnet18", num_layers=2)
+    removed = sum(p.numel() for stage in ("layer1", "layer2") for p in full.body[stage][1].parameters())
+    assert sum(p.numel() for p in cut.parameters()) == sum(p.numel() for p in full.parameters()) - removed
+    # a ResNet-50's stages have 3, 4, 6, 3 blocks: 4 keeps all of layer1 and layer4
+    r50 = detr.ResNetBackbone("resnet50", blocks_per_stage=4)
+    assert [len(r50.body[f"layer{i}"]) for i in range(1, 5)] == [3, 4, 4, 3]
+
+
+def test_backbone_blocks_survive_save_and_load_and_block_the_transformers_export(tmp_path):
+    model = small(backbone_layers=2, backbone_blocks=1).eval()
+    assert len(model.backbone.body["layer2"]) == 1
+    model.save_pretrained(tmp_path / "m")
+    loaded = detr.DETR.from_pretrained(tmp_path / "m").eval()
+    assert loaded.backbone.blocks_per_stage == 1
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(loaded(x)[-1], model(x)[-1])
+    # a checkpoint of the full network is not this model's: refused, not half loaded
+    with pytest.raises((RuntimeError, ValueError), match="layer1.1"):
+        small(backbone_layers=2, backbone_blocks=1, weights=small(backbone_layers=2).state_dict())
+    with pytest.raises(ValueError, match="all their blocks"):
+        detr.detr_r50(num_classes=2, backbone_blocks=2).export_hf(tmp_path / "hf")
+
+
 def test_backbone_option_errors():
     with pytest.raises(ValueError, match="num_layers must be 4"):
         detr.ResNetBackbone("resnet50", num_layers=1)
     with pytest.raises(ValueError, match="DC5.*num_layers=4"):
         detr.ResNetBackbone("resnet50", dilation=True, num_layers=3)
+    for blocks in (0, 1.5, True):
+        with pytest.raises(ValueError, match="blocks_per_stage must be a positive number"):
+            detr.ResNetBackbone("resnet18", blocks_per_stage=blocks)
     with pytest.raises(ValueError, match="norm must be 'frozen_bn'"):
         detr.ResNetBackbone("resnet18", norm="group")
     with pytest.raises(ValueError, match="query_groups must be an int >= 1"):

@@ -187,6 +187,10 @@ class ResNetBackbone(nn.Module):
             inside their convolutions (:class:`ConvFrozenBN2d`, same result and parameter names).
         channels_last: keep weights and feature maps in channels-last memory format, which
             oneDNN (CPU) and cuDNN convolutions run fastest in; the result is the same.
+        blocks_per_stage: keep only the first N residual blocks of every stage (all of a stage that has
+            fewer; ``None``: all, the reference: 2 per stage in a ResNet-18). Fewer blocks make a shallower,
+            cheaper network with the same strides and channels, for training from scratch on few cores;
+            the kept blocks load their ImageNet weights as usual.
     """
 
     def __init__(
@@ -199,6 +203,7 @@ class ResNetBackbone(nn.Module):
         freeze_stem: bool = True,
         num_layers: int = 4,
         channels_last: bool = True,
+        blocks_per_stage: int | None = None,
     ) -> None:
         super().__init__()
         if name not in RESNET_IMAGENET_WEIGHTS:
@@ -209,6 +214,12 @@ class ResNetBackbone(nn.Module):
             raise ValueError("dilation (DC5) changes layer4, so it needs num_layers=4")
         if dilation and name in ("resnet18", "resnet34"):
             raise ValueError(f"dilation (DC5) needs a bottleneck ResNet (resnet50, resnet101), not {name}")
+        if blocks_per_stage is not None and (
+            isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 1
+        ):
+            raise ValueError(
+                f"blocks_per_stage must be a positive number of residual blocks or None (all), got {blocks_per_stage!r}"
+            )
         resnet = getattr(torchvision.models, name)(
             weights=None,
             replace_stride_with_dilation=[False, False, dilation],
@@ -216,6 +227,11 @@ class ResNetBackbone(nn.Module):
         )
         if pretrained:
             self._load_imagenet_weights(resnet, name)
+        if blocks_per_stage is not None:
+            for stage in ("layer1", "layer2", "layer3", "layer4"):
+                # the first block of a stage changes stride and width; the later ones keep both, so any cut holds
+                setattr(resnet, stage, getattr(resnet, stage)[:blocks_per_stage])
+        self.blocks_per_stage = blocks_per_stage
         self.num_channels = (512 if name in ("resnet18", "resnet34") else 2048) // 2 ** (4 - num_layers)
         self.name = name
         self.dilation = dilation
@@ -231,7 +247,9 @@ class ResNetBackbone(nn.Module):
             trainable = train_backbone and not (freeze_stem and in_stem)
             param.requires_grad_(trainable)
         # every stage's output is returned (they are computed anyway): the mask head reads layer1-3
-        self.body = IntermediateLayerGetter(resnet, return_layers={f"layer{i}": f"layer{i}" for i in range(1, num_layers + 1)})
+        self.body = IntermediateLayerGetter(
+            resnet, return_layers={f"layer{i}": f"layer{i}" for i in range(1, num_layers + 1)}
+        )
         widths = [64, 128, 256, 512] if name in ("resnet18", "resnet34") else [256, 512, 1024, 2048]
         self.level_channels = widths[:num_layers]  # channels of layer1 ... layerN
         if norm == "frozen_bn":
@@ -250,6 +268,7 @@ class ResNetBackbone(nn.Module):
             "freeze_stem": self.freeze_stem,
             "num_layers": self.num_layers,
             "channels_last": self.channels_last,
+            "blocks_per_stage": self.blocks_per_stage,
         }
 
     @staticmethod

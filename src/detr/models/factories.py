@@ -65,6 +65,7 @@ def build_detr(
     two_stage_distinct_iou: float | None = None,
     freeze_stem: bool = True,
     backbone_layers: int = 4,
+    backbone_blocks: int | None = None,
     masks: bool = False,
     freeze_detector: bool = False,
     **loss_kwargs: Any,
@@ -89,6 +90,7 @@ def build_detr(
         norm=backbone_norm,
         freeze_stem=freeze_stem,
         num_layers=backbone_layers,
+        blocks_per_stage=backbone_blocks,
     )
     transformer = Transformer(
         d_model=d_model,
