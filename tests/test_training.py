@@ -21,6 +21,7 @@ from detr.data import CocoDetection, DatasetError
 from detr.data.synthetic import SynthConfig, make_dataset
 from detr.engine import TrainConfig, Trainer, TrainingDiverged, coco_evaluate
 from detr.engine.evaluate import METRIC_NAMES
+from detr.engine.train import SeededDataset
 from detr.hub.checkpoints import CheckpointError
 
 TINY_MODEL = {"d_model": 32, "nhead": 4, "num_encoder_layers": 1, "num_decoder_layers": 2, "dim_feedforward": 64}
@@ -402,3 +403,28 @@ def test_bf16_mixed_precision_and_gradient_accumulation_on_cpu(shapes, tmp_path)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if r["type"] == "train")
     with pytest.raises(ValueError, match="amp fp16 needs a GPU"):
         Trainer(tiny_config(shapes, tmp_path / "r2", amp="fp16", val_split=""))
+
+
+def test_seeded_samples_depend_on_seed_epoch_and_index_only():
+    """The augmentation of a sample is the same whichever order (or worker) draws it, and drawing it leaves
+    the caller's random stream where it was."""
+
+    class Draws(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return torch.rand(3)  # what a random transform draws
+
+    seeded = SeededDataset(Draws(), seed=7)
+    forward = [seeded[i] for i in range(4)]
+    torch.manual_seed(123)
+    expected_next = torch.rand(2)
+    torch.manual_seed(123)
+    backward = [seeded[i] for i in reversed(range(4))][::-1]
+    assert torch.equal(torch.rand(2), expected_next)  # the global stream did not move
+    assert all(torch.equal(a, b) for a, b in zip(forward, backward))
+    assert not torch.equal(forward[0], forward[1])
+    seeded.epoch = 1
+    assert not torch.equal(seeded[0], forward[0])  # a new epoch, new augmentations
+    assert not torch.equal(SeededDataset(Draws(), seed=8)[0], forward[0])

@@ -68,7 +68,9 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 100_003 + index) % (2**63))
+            # the CPU generator only (the one transforms draw from): torch.manual_seed also seeds every
+            # accelerator's, and queues a lazy CUDA call with its stack trace, once per sample
+            torch.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch * 100_003 + index) % (2**63))
             return self.dataset[index]
 
 
