@@ -66,10 +66,11 @@ VARIANTS = [
     ),
     ("+ one encoder layer instead of three", {}, dict(num_encoder_layers=1)),
     (
-        "+ IoU-aware class targets (the scratch recipe)",
+        "+ IoU-aware class targets",
         {},
         dict(iou_class_targets=True),
     ),
+    ("+ lr 1e-3 (the scratch recipe)", dict(lr=1e-3, lr_backbone=1e-3), {}),
 ]
 
 

@@ -69,7 +69,7 @@ def test_given_values_win(small_shapes):
     config = TrainConfig.from_recipe(
         "scratch", data=str(small_shapes), lr=3e-4, train_scales=[48], model_kwargs={"d_model": 64}
     )
-    assert config.lr == 3e-4 and config.lr_backbone == 7e-4
+    assert config.lr == 3e-4 and config.lr_backbone == 1e-3
     assert config.train_scales == [48]
     # the user's model arguments merge into the recipe's: theirs win, the rest stay
     assert config.model_kwargs["d_model"] == 64 and config.model_kwargs["two_stage"] is True
