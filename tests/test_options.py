@@ -158,6 +158,11 @@ def test_backbone_blocks_survive_save_and_load_and_block_the_transformers_export
     assert loaded.backbone.blocks_per_stage == 1
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(loaded(x)[-1], model(x)[-1])
+    # a model built from parts is saved by its backbone's spec
+    transformer = detr.Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64)
+    backbone = detr.ResNetBackbone("resnet18", num_layers=2, blocks_per_stage=1)
+    detr.DETR(detr.DETRConfig(backbone, transformer, 3, num_queries=4)).save_pretrained(tmp_path / "parts")
+    assert len(detr.DETR.from_pretrained(tmp_path / "parts").backbone.body["layer1"]) == 1
     # a checkpoint of the full network is not this model's: refused, not half loaded
     with pytest.raises((RuntimeError, ValueError), match="layer1.1"):
         small(backbone_layers=2, backbone_blocks=1, weights=small(backbone_layers=2).state_dict())
