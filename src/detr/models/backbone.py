@@ -19,6 +19,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from ..hub.checkpoints import read_state_dict
 from ..hub.download import download
 from ..hub.pretrained import RESNET_IMAGENET_WEIGHTS
+from ..processing.checks import is_positive_int
 
 
 class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
@@ -214,9 +215,7 @@ class ResNetBackbone(nn.Module):
             raise ValueError("dilation (DC5) changes layer4, so it needs num_layers=4")
         if dilation and name in ("resnet18", "resnet34"):
             raise ValueError(f"dilation (DC5) needs a bottleneck ResNet (resnet50, resnet101), not {name}")
-        if blocks_per_stage is not None and (
-            isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 1
-        ):
+        if blocks_per_stage is not None and not is_positive_int(blocks_per_stage):
             raise ValueError(
                 f"blocks_per_stage must be a positive number of residual blocks or None (all), got {blocks_per_stage!r}"
             )

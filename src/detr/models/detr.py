@@ -38,17 +38,13 @@ from ..hub import serialization
 from ..losses.criterion import SetCriterion
 from ..losses.matcher import HungarianMatcher
 from ..options.base import DETROption, OptionState, decode_with_options
-from ..processing.checks import Target, check_images, check_targets, padding_or_none
+from ..processing.checks import Target, check_images, check_targets, is_positive_int, padding_or_none
 from ..processing.postprocess import predictions
 from ..processing.preprocess import ImagePreprocessor, prediction_inputs
 from .layers import MLP
 from .position_encoding import PositionEmbeddingSine
 
 Output = tuple[Tensor, Tensor]
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 @dataclass
@@ -89,15 +85,15 @@ class DETRConfig:
         ):
             if not isinstance(part, nn.Module):
                 raise TypeError(f"{name} must be an nn.Module, got {type(part).__name__}")
-            if not _positive_int(getattr(part, attr, None)):
+            if not is_positive_int(getattr(part, attr, None)):
                 raise ValueError(
                     f"{name} must expose a positive int attribute {attr} "
                     f"({'its output channels' if attr == 'num_channels' else 'its hidden size'}), "
                     f"got {getattr(part, attr, None)!r}"
                 )
-        if not _positive_int(self.num_classes):
+        if not is_positive_int(self.num_classes):
             raise ValueError(f"num_classes must be an int >= 1 (foreground classes), got {self.num_classes!r}")
-        if not _positive_int(self.num_queries):
+        if not is_positive_int(self.num_queries):
             raise ValueError(f"num_queries must be an int >= 1, got {self.num_queries!r}")
         if not isinstance(self.aux_loss, bool):
             raise TypeError(f"aux_loss must be a bool, got {self.aux_loss!r}")

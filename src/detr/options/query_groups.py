@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..processing.checks import Target
+from ..processing.checks import Target, is_positive_int
 from .base import DETROption, OptionState
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class QueryGroups(DETROption):
 
     def __init__(self, groups: int) -> None:
         super().__init__()
-        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        if not is_positive_int(groups):
             raise ValueError(f"query_groups must be an int >= 1, got {groups!r}")
         self.groups = groups
 

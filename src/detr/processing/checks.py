@@ -16,6 +16,11 @@ Target = dict[str, Tensor]
 BOX_TOLERANCE = 0.01
 
 
+def is_positive_int(value: object) -> bool:
+    """True for an int >= 1 (not a bool, which Python counts as an int): a count such as queries or blocks."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def padding_or_none(mask: Tensor) -> Tensor | None:
     """The (B, H, W) padding mask, or None when nothing is padded: then no mask need be
     interpolated or applied at all."""
