@@ -428,3 +428,14 @@ def test_seeded_samples_depend_on_seed_epoch_and_index_only():
     seeded.epoch = 1
     assert not torch.equal(seeded[0], forward[0])  # a new epoch, new augmentations
     assert not torch.equal(SeededDataset(Draws(), seed=8)[0], forward[0])
+
+
+def test_mosaic_training_sees_more_objects_a_sample(shapes, tmp_path):
+    plain = Trainer(tiny_config(shapes, tmp_path / "plain", max_steps=2, val_split=""))
+    mosaic = Trainer(tiny_config(shapes, tmp_path / "mosaic", mosaic=1.0, max_steps=2, val_split=""))
+    counts = [[len(trainer.seeded[i][1]["class_id"]) for i in range(16)] for trainer in (plain, mosaic)]
+    assert sum(counts[1]) > sum(counts[0])  # four images a sample, each scaled by 0.5-1
+    summary = mosaic.fit()
+    assert summary["steps"] == 2
+    records = [json.loads(line) for line in (tmp_path / "mosaic" / "log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if r["type"] == "train")

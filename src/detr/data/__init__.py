@@ -1,4 +1,4 @@
-"""Datasets (:mod:`.coco`), transforms and batching (:mod:`.transforms`), label spaces (:mod:`.labels`),
+"""Datasets (:mod:`.coco`), transforms and batching (:mod:`.transforms`), mosaics (:mod:`.mosaic`), label spaces (:mod:`.labels`),
 synthetic data (:mod:`.synthetic`); names imported on first use."""
 
 from .._lazy import lazy_exports
@@ -8,6 +8,7 @@ _EXPORTS = {
     "DatasetError": "coco",
     "find_split": "coco",
     "load_coco_annotations": "coco",
+    "Mosaic": "mosaic",
     "collate": "transforms",
     "eval_transforms": "transforms",
     "train_transforms": "transforms",

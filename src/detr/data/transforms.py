@@ -53,10 +53,11 @@ class RandomSizeCrop(nn.Module):
         w = int(torch.randint(min(self.min_size, width), min(width, self.max_size) + 1, ()).item())
         top = int(torch.randint(0, height - h + 1, ()).item())
         left = int(torch.randint(0, width - w + 1, ()).item())
-        return TF.crop(image, top, left, h, w), _crop_target(target, top, left, h, w)
+        return TF.crop(image, top, left, h, w), crop_target(target, top, left, h, w)
 
 
-def _crop_target(target: dict[str, Any], top: int, left: int, h: int, w: int) -> dict[str, Any]:
+def crop_target(target: dict[str, Any], top: int, left: int, h: int, w: int) -> dict[str, Any]:
+    """``target``'s boxes (clamped to the window) and masks cropped to the window (top, left, h, w)."""
     target = dict(target)
     target["boxes"] = TF.clamp_bounding_boxes(TF.crop(target["boxes"], top, left, h, w))
     if "masks" in target:
@@ -130,4 +131,12 @@ def collate(
     return pixel_values, mask, [t for _, t in batch]
 
 
-__all__ = ["RandomResize", "RandomSizeCrop", "ToDETRTarget", "collate", "eval_transforms", "train_transforms"]
+__all__ = [
+    "RandomResize",
+    "RandomSizeCrop",
+    "ToDETRTarget",
+    "collate",
+    "crop_target",
+    "eval_transforms",
+    "train_transforms",
+]

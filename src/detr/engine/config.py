@@ -42,6 +42,9 @@ class TrainConfig:
     crop: bool = _field(True, "the reference's random crop branch of the augmentation")
     crop_resize_scales: list[int] = _field(list(CROP_RESIZE_SCALES), "short sides the crop branch resizes to first")
     crop_size: list[int] = _field(list(CROP_SIZE), "smallest and largest side of a random crop, in pixels")
+    mosaic: float = _field(
+        0.0, "chance that a training sample is a mosaic of four images, scaled down (more objects a step; 0: off)"
+    )
     eval_size: int = _field(800, "short side at evaluation (and the model's default for predict)")
     workers: int = _field(2, "data-loading processes (0: load in the training process)")
     # model
@@ -129,6 +132,7 @@ class TrainConfig:
                 "anneal_by_time needs lr_schedule cosine and max_minutes > 0",
             ),
             (len(self.crop_size) == 2, "crop_size must be [min, max]"),
+            (0.0 <= self.mosaic <= 1.0, f"mosaic must be a probability in [0, 1], got {self.mosaic!r}"),
             (self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1"),
             (self.num_queries >= 1, "num_queries must be >= 1"),
             (self.eval_max_detections >= 1, "eval_max_detections must be >= 1"),

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data.coco import CocoDetection
+from ..data.mosaic import Mosaic
 from ..data.transforms import collate, eval_transforms, train_transforms
 from ..device import resolve_device
 from ..distributed import (
@@ -250,7 +251,8 @@ class Trainer:
             raise ValueError("amp fp16 needs a GPU; on CPU use amp bf16")
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
 
-        self.seeded = SeededDataset(self.train_set, config.seed)
+        samples = Mosaic(self.train_set, config.mosaic) if config.mosaic > 0 else self.train_set
+        self.seeded = SeededDataset(samples, config.seed)
         self.ema = ModelEMA(self.model, config.ema_decay, config.ema_warmup) if config.ema else None
         self.loggers: list[RunLogger] = []
         if self.dist.is_main:  # only the main process logs
