@@ -1,5 +1,5 @@
-"""Datasets (:mod:`.coco`), transforms and batching (:mod:`.transforms`), mosaics (:mod:`.mosaic`), label spaces (:mod:`.labels`),
-synthetic data (:mod:`.synthetic`); names imported on first use."""
+"""Datasets (:mod:`.coco`), transforms and batching (:mod:`.transforms`), mosaics (:mod:`.mosaic`), label
+spaces (:mod:`.labels`), synthetic data (:mod:`.synthetic`); names imported on first use."""
 
 from .._lazy import lazy_exports
 
