@@ -689,7 +689,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--minutes",
         type=float,
         default=None,
-        help="training time budget (the schedule anneals by it when it binds); default 8, 9 with --task segmentation",
+        help="training time budget (the schedule anneals by it when it binds); default 9",
     )
     p.add_argument("--steps", type=int, default=4000, help="optimizer steps (the cosine schedule spans them)")
     p.add_argument("--train-images", type=int, default=3000, help="training images generated")
