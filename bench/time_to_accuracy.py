@@ -23,6 +23,7 @@ Tasks (``--tasks``; ``aside`` is kept out of the default: the family's held-out 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -70,11 +71,21 @@ SYSTEMS = ("detr", "yolov8n", "yolo26n")
 
 
 def task_data(out: Path, name: str) -> Path:
-    """The task's COCO-layout dataset (generated once, then reused)."""
+    """The task's COCO-layout dataset (generated once, then reused while the task's definition, written
+    beside it in ``task.json``, stays the same)."""
     config, train, val, seed = TASKS[name]
     data = out / name / "data"
-    if not (data / "annotations" / "instances_val.json").is_file():
+    definition = {"config": dataclasses.asdict(config), "train": train, "val": val, "seed": seed}
+    definition = json.loads(json.dumps(definition))  # tuples as lists, as read back
+    recorded = data / "task.json"
+    if not data.exists():
         make_dataset(data, train=train, val=val, seed=seed, config=config)
+        recorded.write_text(json.dumps(definition, indent=1))
+    elif not recorded.is_file() or json.loads(recorded.read_text()) != definition:
+        raise SystemExit(
+            f"{data} holds data of another definition of the task {name!r} (or of an unknown one: no task.json); "
+            "delete that folder to generate the task's data again, or pass another --out"
+        )
     return data
 
 
