@@ -96,8 +96,11 @@ def score(data: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
     return coco_evaluate(ground_truth, results)
 
 
-def run_detr(data: Path, out: Path, minutes: float, seed: int) -> dict[str, Any]:
-    """Our scratch recipe for ``minutes``; no evaluation on the way (the clock is for training)."""
+def run_detr(
+    data: Path, out: Path, minutes: float, seed: int, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Our scratch recipe for ``minutes`` (``overrides``: TrainConfig values that win over it, to measure a
+    candidate change against the peers in the same run); no evaluation on the way (the clock is for training)."""
     from torch.utils.data import DataLoader
 
     from detr.data.coco import CocoDetection
@@ -118,6 +121,7 @@ def run_detr(data: Path, out: Path, minutes: float, seed: int) -> dict[str, Any]
         progress=False,
         log_every=200,
         seed=seed,
+        **(overrides or {}),
     )
     start = time.perf_counter()
     summary = train(config)
@@ -225,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--out", default="runs/time_to_accuracy")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--detr-overrides",
+        type=json.loads,
+        default={},
+        help="TrainConfig values over the scratch recipe, as JSON (a candidate change, e.g. '{\"batch_size\": 8}')",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     out = Path(args.out)
@@ -237,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         for system in args.systems:
             run = out / task / f"{system}-{stamp}"
             if system == "detr":
-                measured = run_detr(data, run, args.minutes, args.seed)
+                measured = run_detr(data, run, args.minutes, args.seed, args.detr_overrides)
             else:
                 measured = run_yolo(system, data, run, args.minutes, args.seed)
             metrics = score(data, measured.pop("results"))
