@@ -24,7 +24,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from ..processing.preprocess import IMAGENET_MEAN
-from .transforms import crop_target
+from .transforms import crop_target, resize_target
 
 # the padding colour: the normalization's mean, so that empty parts of the frame read as zeros to the model
 FILL = [round(255 * m) for m in IMAGENET_MEAN]
@@ -91,10 +91,7 @@ class Mosaic(Dataset):
             h_in, w_in = TF.get_size(image)
             fit = min(height / h_in, width / w_in) * factor
             size = [max(1, round(h_in * fit)), max(1, round(w_in * fit))]
-            image = TF.resize(image, size, antialias=True)
-            target = dict(target, boxes=TF.resize(target["boxes"], size))
-            if "masks" in target:
-                target["masks"] = TF.resize(target["masks"], size)
+            image, target = TF.resize(image, size, antialias=True), resize_target(target, size)
             # the part of the image nearest the centre that fits the quadrant
             h = min(size[0], cy if above else height - cy)
             w = min(size[1], cx if left_of else width - cx)

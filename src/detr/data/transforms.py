@@ -34,10 +34,15 @@ class RandomResize(nn.Module):
         # or how often a run evaluates would change how it trains
         short = self.sizes[int(torch.randint(len(self.sizes), ()))] if len(self.sizes) > 1 else self.sizes[0]
         size = list(resized_size(*TF.get_size(image), short, self.max_size))
-        target = dict(target, boxes=TF.resize(target["boxes"], size))
-        if "masks" in target:  # tv_tensors.Mask: nearest, so they stay binary
-            target["masks"] = TF.resize(target["masks"], size)
-        return TF.resize(image, size, antialias=True), target
+        return TF.resize(image, size, antialias=True), resize_target(target, size)
+
+
+def resize_target(target: dict[str, Any], size: list[int]) -> dict[str, Any]:
+    """``target``'s boxes and masks resized with their image to ``size`` (height, width)."""
+    target = dict(target, boxes=TF.resize(target["boxes"], size))
+    if "masks" in target:  # tv_tensors.Mask: nearest, so they stay binary
+        target["masks"] = TF.resize(target["masks"], size)
+    return target
 
 
 class RandomSizeCrop(nn.Module):
@@ -138,5 +143,6 @@ __all__ = [
     "collate",
     "crop_target",
     "eval_transforms",
+    "resize_target",
     "train_transforms",
 ]
