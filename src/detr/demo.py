@@ -37,19 +37,20 @@ def demo_config(
     """The demo's training settings: the ``scratch`` recipe (:mod:`detr.engine.recipes`) for its data,
     ``steps`` optimizer steps or ``minutes`` of training, whichever comes first, evaluated about five times
     on the way (so that curves.png shows a validation curve)."""
-    epochs = math.ceil(steps / math.ceil(train_images / 16))  # 16: the recipe's batch size
-    return TrainConfig.from_recipe(
+    config = TrainConfig.from_recipe(
         "scratch",
         data=str(data),
         output_dir=str(out),
         epochs=1000,  # bounded by steps / minutes
         max_steps=steps,
         max_minutes=minutes,
-        eval_every=max(1, epochs // 5),  # 300 val images take ~2 s to evaluate; and the end
         seed=seed,
         log_every=20,
         panoptic=panoptic,
     )
+    epochs = math.ceil(steps / math.ceil(train_images / config.batch_size))
+    # 300 val images take ~2 s to evaluate; and the end
+    return dataclasses.replace(config, eval_every=max(1, epochs // 5))
 
 
 def validation_grid(
@@ -112,7 +113,7 @@ def mask_pictures(run: Path, data: Path, count: int = 6, scale: int = 4) -> Path
 def run_demo(
     out: str | Path = "runs/demo",
     minutes: float | None = None,
-    steps: int = 4000,
+    steps: int = 8000,
     train_images: int = 3000,
     val_images: int = 300,
     seed: int = 0,
