@@ -159,9 +159,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     found = find_panoptic(args.data, args.split) if Path(args.data).is_dir() else None
     if hasattr(model, "panoptic") and found is not None:  # and panoptic annotations: PQ too
-        from .engine.panoptic_eval import evaluate_panoptic
-
         from .data.labels import match_categories
+        from .engine.panoptic_eval import evaluate_panoptic
 
         annotations = read_panoptic(*found)
         categories = sorted((int(c["id"]), str(c["name"])) for c in annotations.categories)
@@ -259,7 +258,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     exported = not isinstance(model, torch.nn.Module)
     if exported and args.bf16:
         raise SystemExit(
-            "error: --bf16 applies to PyTorch weights; an exported file has its precision (detr export --precision fp16)"
+            "error: --bf16 applies to PyTorch weights; an exported file has its own precision "
+            "(detr export --precision fp16)"
         )
     classes = [c for item in args.classes for c in item.split(",") if c] if args.classes else None
     if classes:
