@@ -16,11 +16,11 @@ from detr.engine import predict_dataset
 
 def test_short_demo_writes_every_artefact(tmp_path):
     out = tmp_path / "demo"
-    result = run_demo(out, minutes=2, steps=18, train_images=48, val_images=16)  # 3 epochs of 6 steps
+    result = run_demo(out, minutes=2, steps=12, train_images=48, val_images=16)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(result))
     assert set(metrics["metrics"]) >= {"AP", "AP50", "AP75"}
-    assert metrics["steps"] == 18
+    assert metrics["steps"] == 12
     evaluations = [
         r for r in map(json.loads, (out / "run" / "log.jsonl").read_text().splitlines()) if r.get("type") == "eval"
     ]

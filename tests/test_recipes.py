@@ -12,7 +12,7 @@ import yaml
 from detr.cli import main
 from detr.data.synthetic import SynthConfig, make_dataset
 from detr.engine.config import TrainConfig
-from detr.engine.recipes import SCRATCH_MODEL, DataStats, scratch_values
+from detr.engine.recipes import SCRATCH_MODEL, DataStats, recipe_values, scratch_values
 
 from .conftest import COCO128
 
@@ -84,6 +84,19 @@ def test_stride_choice_follows_the_token_budget():
         return scratch_values(DataStats(side, side, 3, 3, 10), {})["model_kwargs"]["backbone_layers"]
 
     assert [layers(s) for s in (64, 160, 161, 320, 321, 640)] == [2, 2, 3, 3, 4, 4]
+
+
+def test_batch_size_follows_the_tokens_a_batch_holds():
+    def schedule(side: int, **given) -> tuple[int, int]:
+        values = recipe_values("scratch", DataStats(side, side, 3, 3, 10), given)
+        return values["batch_size"], values["warmup_steps"]
+
+    # 64 px at stride 8: 64 tokens an image, 512 in a batch of 8, too few: 16; from 91 px (8 x 1024 tokens): 8
+    assert [schedule(s) for s in (64, 90, 91, 96, 128, 160)] == [(16, 200)] * 2 + [(8, 400)] * 4
+    assert schedule(161) == (16, 200)  # stride 16: 101 tokens an image
+    assert schedule(320) == (8, 400)  # stride 16: 400 tokens
+    assert schedule(128, batch_size=4) == (4, 800)  # a batch given: the warm-up still spans the same images
+    assert schedule(64, batch_size=4, warmup_steps=10) == (4, 10)
 
 
 @pytest.mark.parametrize("layout", ["coco", "yolo"])
