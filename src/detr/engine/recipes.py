@@ -7,7 +7,7 @@
   span a few feature cells, a small transformer, denoising queries, a dense auxiliary head whose best
   proposals place the decoder's anchor boxes (two-stage), large learning rates with warm-up and a
   cosine schedule that ends when the clock (``max_minutes``) or ``max_steps`` does. It adapts to the
-  data what must adapt (image size, feature stride, number of queries) and nothing else.
+  data what must adapt (image size, feature stride, number of queries, batch size) and nothing else.
 
 A recipe gives defaults only: every value the user gives (flag, config file key, keyword) wins. The
 resolved values are what the run records in its ``config.json``, so a run can be repeated without the
