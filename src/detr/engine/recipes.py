@@ -52,6 +52,7 @@ SCRATCH_MODEL: dict[str, Any] = {
 # the most encoder tokens the scratch recipe lets a typical image make: the backbone is cut at the first
 # stage (stride 8, 16, 32) whose feature map stays under it (64 px demo images: stride 8, 8 x 8 tokens)
 SCRATCH_MAX_TOKENS = 400
+RESNET_STRIDES = {2: 8, 3: 16, 4: 32}  # the ResNet's output stride when cut after layer n
 # the fewest encoder tokens a batch of 8 must hold for the scratch recipe to take batch 8 over 16
 SCRATCH_MIN_BATCH_TOKENS = 1024
 CPUS = os.cpu_count() or 1
@@ -91,8 +92,10 @@ def scratch_values(stats: DataStats, given: dict[str, Any]) -> dict[str, Any]:
     long = max(side * 3 // 2, math.ceil(stats.long_side * side / stats.short_side))
     short_side = given.get("eval_size", side)
     # backbone depth: layer2 (stride 8), layer3 (16) or layer4 (32), the first keeping the tokens few
-    layers = next((n for n, stride in ((2, 8), (3, 16)) if (short_side / stride) ** 2 <= SCRATCH_MAX_TOKENS), 4)
-    tokens = (short_side / {2: 8, 3: 16, 4: 32}[layers]) ** 2  # encoder tokens of a typical image
+    layers = next(
+        n for n, stride in RESNET_STRIDES.items() if n == 4 or (short_side / stride) ** 2 <= SCRATCH_MAX_TOKENS
+    )
+    tokens = (short_side / RESNET_STRIDES[layers]) ** 2  # encoder tokens of a typical image
     # batch 8 where a batch of 8 still holds enough tokens for a step's fixed cost not to dominate, else 16
     # (batch 8 over 16 at 9 minutes: 64 px demo, 64 tokens, 30% fewer images a second, AP 0.764 -> 0.738;
     # 96-128 px, 144-256 tokens, about as many images a second, and more steps: see the batch size below)
