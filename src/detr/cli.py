@@ -691,7 +691,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         default=None,
         help="training time budget (the schedule anneals by it when it binds); default 9",
     )
-    p.add_argument("--steps", type=int, default=8000, help="optimizer steps (the cosine schedule spans them)")
+    p.add_argument("--steps", type=int, default=4000, help="optimizer steps (the cosine schedule spans them)")
     p.add_argument("--train-images", type=int, default=3000, help="training images generated")
     p.add_argument("--seed", type=int, default=0, help="random seed of the data and the training")
     p.add_argument(

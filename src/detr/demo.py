@@ -113,7 +113,7 @@ def mask_pictures(run: Path, data: Path, count: int = 6, scale: int = 4) -> Path
 def run_demo(
     out: str | Path = "runs/demo",
     minutes: float | None = None,
-    steps: int = 8000,
+    steps: int = 4000,
     train_images: int = 3000,
     val_images: int = 300,
     seed: int = 0,
