@@ -136,14 +136,20 @@ def test_folding_refuses_batch_norm_in_training_mode():
         dict(box_refinement=True, dense_aux_loss=True, two_stage=True),
         # neighbouring tokens' initial proposals overlap by IoU 1/3: at 0.3 the distinct choice demotes some
         dict(box_refinement=True, dense_aux_loss=True, two_stage=True, two_stage_distinct_iou=0.3),
+        dict(box_refinement=True, dense_aux_loss=True, two_stage=True, deformable_decoder=True),
     ],
-    ids=["reference", "two_stage", "two_stage_distinct"],
+    ids=["reference", "two_stage", "two_stage_distinct", "deformable"],
 )
 def test_onnx_export_has_dynamic_batch_height_width_and_mask(tmp_path, options):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     torch.manual_seed(0)
     model = detr.detr_r18(num_classes=4, num_queries=7, backbone_norm="bn", **TINY, **options).eval()
+    if options.get("deformable_decoder"):  # sampling points that move with the query, not only the start
+        with torch.no_grad():
+            for layer in model.transformer.decoder.layers:
+                layer.multihead_attn.sampling_offsets.weight.normal_(std=0.2)
+                layer.multihead_attn.attention_weights.weight.normal_()
     model.save_pretrained(tmp_path / "model")
     assert cli_main(["export", "--weights", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx"),
                      "--height", "128", "--width", "160"]) == 0  # fmt: skip

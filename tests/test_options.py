@@ -387,3 +387,54 @@ def test_distinct_anchors_train_save_and_load(tmp_path):
         plain = small(box_refinement=True, dense_aux_loss=True, two_stage=True, backbone_layers=2).eval()
         plain.load_state_dict(model.state_dict())
         assert not torch.allclose(plain.decode(x)[1], model.decode(x)[1])  # the choice changed some anchors
+
+
+def test_deformable_attention_reads_the_memory_at_its_box_and_ignores_padding():
+    from detr.options.deformable import DeformableCrossAttention
+
+    torch.manual_seed(0)
+    attention = DeformableCrossAttention(d_model=8, nhead=2, points=1)
+    with torch.no_grad():  # identity projections, no offsets: each head reads the point at the box's centre
+        for linear in (attention.value_proj, attention.output_proj):
+            linear.weight.copy_(torch.eye(8))
+        attention.sampling_offsets.bias.zero_()
+    memory = torch.randn(1, 4 * 6, 8)  # a 4 x 6 map
+    # centres on token (row 2, column 3) and halfway between columns 0 and 1 of row 1
+    anchors = torch.tensor([[[3.5 / 6, 2.5 / 4, 0.2, 0.2], [1.0 / 6, 1.5 / 4, 0.2, 0.2]]])
+    out = attention(torch.randn(1, 2, 8), memory, anchors, (4, 6), None)  # the query does not move the point
+    grid = memory.view(4, 6, 8)
+    torch.testing.assert_close(out[0, 0], grid[2, 3])
+    torch.testing.assert_close(out[0, 1], (grid[1, 0] + grid[1, 1]) / 2)
+
+    # the same map padded to 5 x 8 (boxes relative to the valid 4 x 6 region) gives the same output
+    attention.reset_parameters()
+    with torch.no_grad():
+        attention.sampling_offsets.weight.normal_(std=0.5)  # offsets and weights that depend on the query
+        attention.attention_weights.weight.normal_()
+    query = torch.randn(1, 2, 8)
+    padded = torch.randn(1, 5, 8, 8)  # what lies on the padding must not count
+    padded[0, :4, :6] = grid
+    mask = torch.ones(1, 5, 8, dtype=torch.bool)
+    mask[0, :4, :6] = False
+    expected = attention(query, memory, anchors, (4, 6), None)
+    torch.testing.assert_close(attention(query, padded.view(1, 40, 8), anchors, (5, 8), mask), expected)
+
+
+def test_deformable_decoder_trains_saves_and_loads(tmp_path):
+    with pytest.raises(ValueError, match="set box_refinement=True with it"):
+        small(deformable_decoder=True)
+    model = small(box_refinement=True, dense_aux_loss=True, two_stage=True, deformable_decoder=True, backbone_layers=2)
+    x = torch.randn(2, 3, 64, 96)
+    mask = torch.zeros(2, 64, 96, dtype=torch.bool)
+    mask[1, :, 64:] = True
+    model.get_loss(x, random_targets(2, 4, counts=(2, 1)), mask).backward()
+    cross = model.transformer.decoder.layers[1].multihead_attn
+    assert cross.sampling_offsets.weight.grad.abs().sum() > 0 and cross.attention_weights.weight.grad.abs().sum() > 0
+    model.eval()
+    model.save_pretrained(tmp_path / "m")
+    again = detr.DETR.from_pretrained(tmp_path / "m").eval()
+    assert again.deformable.points == 4
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, mask)[-1], model(x, mask)[-1])
+        fast = model.optimize_for_inference()
+        torch.testing.assert_close(fast(x, mask), model(x, mask)[-1], atol=1e-4, rtol=1e-4)

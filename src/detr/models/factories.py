@@ -63,6 +63,8 @@ def build_detr(
     dense_aux_loss: bool = False,
     two_stage: bool = False,
     two_stage_distinct_iou: float | None = None,
+    deformable_decoder: bool = False,
+    deformable_points: int = 4,
     freeze_stem: bool = True,
     backbone_layers: int = 4,
     backbone_blocks: int | None = None,
@@ -114,6 +116,8 @@ def build_detr(
         dense_aux_loss=dense_aux_loss,
         two_stage=two_stage,
         two_stage_distinct_iou=two_stage_distinct_iou,
+        deformable_decoder=deformable_decoder,
+        deformable_points=deformable_points,
     )
     model = DETR(
         config,

@@ -8,6 +8,7 @@ AnchorRefinement     ``box_refinement=True``               DAB-DETR: anchor-box 
 DenoisingQueries     ``denoising_groups=G`` (+ noise)      DN-DETR: noised ground truth to reconstruct
 DenseHead            ``dense_aux_loss=True``               Co-DETR: one-to-many head on the encoder
 TwoStageAnchors      ``two_stage=True``                    DINO: anchors from the dense head's proposals
+DeformableDecoder    ``deformable_decoder=True``           Deformable DETR: queries read points of their box
 ===================  ====================================  ==========================================
 
 ``DETR(config, options=[DenoisingQueries(groups=4), DenseHead()])`` builds a model with options;
@@ -17,6 +18,7 @@ the factories take the switches (:func:`from_switches`).
 from __future__ import annotations
 
 from .base import DETROption, OptionState, QuerySpan
+from .deformable import DeformableDecoder
 from .denoising import DenoisingQueries
 from .dense import DenseHead
 from .query_groups import QueryGroups
@@ -24,7 +26,8 @@ from .refinement import AnchorRefinement
 from .two_stage import TwoStageAnchors
 
 OPTION_TYPES: dict[str, type[DETROption]] = {
-    cls.__name__: cls for cls in (QueryGroups, AnchorRefinement, DenoisingQueries, DenseHead, TwoStageAnchors)
+    cls.__name__: cls
+    for cls in (QueryGroups, AnchorRefinement, DenoisingQueries, DenseHead, TwoStageAnchors, DeformableDecoder)
 }
 
 
@@ -37,6 +40,8 @@ def from_switches(
     dense_aux_loss: bool = False,
     two_stage: bool = False,
     two_stage_distinct_iou: float | None = None,
+    deformable_decoder: bool = False,
+    deformable_points: int = 4,
 ) -> list[DETROption]:
     """The options the factories' keyword switches turn on (all off: the paper's model)."""
     options: list[DETROption] = []
@@ -52,6 +57,8 @@ def from_switches(
         options.append(TwoStageAnchors(two_stage_distinct_iou))
     elif two_stage_distinct_iou is not None:
         raise ValueError("two_stage_distinct_iou chooses among the two-stage anchors: set two_stage=True with it")
+    if deformable_decoder:
+        options.append(DeformableDecoder(deformable_points))
     return options
 
 
@@ -59,6 +66,7 @@ __all__ = [
     "OPTION_TYPES",
     "AnchorRefinement",
     "DETROption",
+    "DeformableDecoder",
     "DenoisingQueries",
     "DenseHead",
     "OptionState",

@@ -82,7 +82,13 @@ class AnchorRefinement(DETROption):
         outputs, boxes = [], []
         for layer in decoder.layers:
             query_pos = self.pos_embed(box_sine_embedding(anchors, self.d_model // 2).to(tgt.dtype))  # (B, N, d)
-            tgt = layer(tgt, state.memory, state.memory_mask, state.memory_pos, query_pos, attn_mask)
+            # a deformable layer (detr.options.deformable) reads the memory around each anchor
+            where = (
+                {"anchors": anchors, "feature_size": state.feature_size, "feature_mask": state.feature_mask}
+                if getattr(layer, "samples_at_anchors", False)
+                else {}
+            )
+            tgt = layer(tgt, state.memory, state.memory_mask, state.memory_pos, query_pos, attn_mask, **where)
             hs = decoder.norm(tgt)  # (B, N, d)
             box = (box_head(hs).float() + inverse_sigmoid(anchors.float())).sigmoid()  # (B, N, 4)
             outputs.append(hs)
