@@ -438,3 +438,50 @@ def test_deformable_decoder_trains_saves_and_loads(tmp_path):
         torch.testing.assert_close(again(x, mask)[-1], model(x, mask)[-1])
         fast = model.optimize_for_inference()
         torch.testing.assert_close(fast(x, mask), model(x, mask)[-1], atol=1e-4, rtol=1e-4)
+
+
+def test_deformable_attention_records_the_weights_it_read_the_map_with():
+    """The recorded (B, heads, N, hw) map, times the projected memory, is what the layer read: the same as
+    its bilinear samples, on a padded map with points that move with the query."""
+    from detr.options.deformable import DeformableCrossAttention
+
+    torch.manual_seed(0)
+    attention = DeformableCrossAttention(d_model=8, nhead=2, points=3)
+    with torch.no_grad():
+        attention.sampling_offsets.weight.normal_(std=0.5)
+        attention.attention_weights.weight.normal_()
+        attention.output_proj.weight.copy_(torch.eye(8))
+        attention.output_proj.bias.zero_()
+    memory, query = torch.randn(2, 5 * 7, 8), torch.randn(2, 4, 8)
+    mask = torch.zeros(2, 5, 7, dtype=torch.bool)
+    mask[1, :, 5:] = True
+    anchors = torch.rand(2, 4, 4) * 0.6 + 0.2
+    attention.record_weights = True
+    out = attention(query, memory, anchors, (5, 7), mask)  # (B, N, d)
+    weights = attention.weights  # (B, heads, N, hw)
+    assert weights.shape == (2, 2, 4, 35) and (weights.view(2, 2, 4, 5, 7)[1, ..., 5:] == 0).all()
+    values = attention.value_proj(memory).masked_fill(mask.flatten(1)[..., None], 0).view(2, 35, 2, 4)  # heads of 4
+    read = torch.einsum("bhnk,bkhc->bnhc", weights, values).reshape(2, 4, 8)
+    torch.testing.assert_close(read, out)
+    assert weights.sum(-1).max() <= 1 + 1e-5  # points off the map read nothing
+
+
+def test_detr_explain_shows_where_a_deformable_decoder_reads():
+    from detr.explain import attention_maps
+
+    model = small(box_refinement=True, deformable_decoder=True, backbone_layers=2).eval()
+    x = torch.randn(1, 3, 64, 96)
+    maps = attention_maps(model, x)["decoder"]
+    assert maps.shape == (2, 1, 4, 5, 8, 12)  # (L, B, heads, Q, h, w)
+    # untrained, each head reads points on one axis through its anchor's centre, the four heads on both
+    # sides: their mean weights' centre of mass is the centre of the anchor (the first layer's: learned)
+    anchors = model.refinement.initial_anchors(5)  # (Q, 4)
+    heat = maps[0, 0].mean(0)  # (Q, h, w)
+    rows, columns = torch.meshgrid(torch.arange(8) + 0.5, torch.arange(12) + 0.5, indexing="ij")
+    centre_x = (heat * columns).sum((-1, -2)) / heat.sum((-1, -2)) / 12
+    centre_y = (heat * rows).sum((-1, -2)) / heat.sum((-1, -2)) / 8
+    inside = ((anchors[:, :2] - anchors[:, 2:] / 2 > 0) & (anchors[:, :2] + anchors[:, 2:] / 2 < 1)).all(-1)
+    assert inside.any()
+    # (to a tenth of a cell: a point within half a cell of the map's edge loses weight to the outside)
+    torch.testing.assert_close(centre_x[inside], anchors[inside, 0], atol=0.1 / 12, rtol=0)
+    torch.testing.assert_close(centre_y[inside], anchors[inside, 1], atol=0.1 / 8, rtol=0)

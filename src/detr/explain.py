@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .models.detr import DETR
 from .models.transformer import MultiheadAttention
+from .options.deformable import DeformableCrossAttention
 from .processing.checks import check_images, padding_or_none
 from .processing.visualize import draw_detections, image_grid
 
@@ -30,7 +31,8 @@ from .processing.visualize import draw_detections, image_grid
 @contextmanager
 def recording_attention(model: DETR) -> Iterator[None]:
     """Within it, every attention layer of ``model``'s transformer keeps its weights (``.weights``)."""
-    layers = [m for m in model.transformer.modules() if isinstance(m, MultiheadAttention)]
+    # the library's attention layers, and the deformable cross-attention (detr.options.deformable)
+    layers = [m for m in model.transformer.modules() if isinstance(m, (MultiheadAttention, DeformableCrossAttention))]
     if not layers:
         raise ValueError(
             f"attention maps need the library's attention layers (detr.Transformer); "

@@ -45,6 +45,10 @@ class DeformableCrossAttention(nn.Module):
         self.attention_weights = nn.Linear(d_model, nhead * points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
+        # explainability (detr.explain): keep each query's weights over the map's cells in ``weights``
+        # (B, heads, N, hw): its points' attention weights spread by their bilinear kernels
+        self.record_weights = False
+        self.weights: Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -96,7 +100,23 @@ class DeformableCrossAttention(nn.Module):
         weights = weights.permute(0, 2, 1, 3).reshape(batch * heads, 1, count, points)  # (B*H, 1, N, P)
         out = (sampled * weights.to(sampled.dtype)).sum(-1)  # (B*H, d/H, N)
         out = out.view(batch, d_model, count).transpose(1, 2)  # (B, N, d)
+        if self.record_weights:  # padded cells read nothing (their values are zeros): weight 0
+            cells = _cell_weights(grid, weights, h, w).view(batch, heads, count, h * w)
+            self.weights = cells if feature_mask is None else cells.masked_fill(feature_mask.view(batch, 1, 1, -1), 0)
         return self.output_proj(out)
+
+
+def _cell_weights(grid: Tensor, weights: Tensor, h: int, w: int) -> Tensor:
+    """What grid_sample's bilinear reads amount to per cell: grid (M, N, P, 2) in [-1, 1] (x, y), weights
+    (M, 1, N, P) -> (M, N, h, w), each query's weights summed over its points."""
+    x = (grid[..., 0] + 1) * w / 2 - 0.5  # (M, N, P) in cell units (align_corners=False)
+    y = (grid[..., 1] + 1) * h / 2 - 0.5
+    columns = torch.arange(w, dtype=grid.dtype, device=grid.device)
+    rows = torch.arange(h, dtype=grid.dtype, device=grid.device)
+    kernel_x = (1 - (x[..., None] - columns).abs()).clamp(min=0)  # (M, N, P, w)
+    kernel_y = (1 - (y[..., None] - rows).abs()).clamp(min=0)  # (M, N, P, h)
+    per_point = kernel_y[..., :, None] * kernel_x[..., None, :]  # (M, N, P, h, w)
+    return (per_point * weights[:, 0, :, :, None, None]).sum(2)  # (M, N, h, w)
 
 
 class DeformableDecoderLayer(TransformerDecoderLayer):
