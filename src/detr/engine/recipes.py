@@ -5,7 +5,8 @@
 - ``scratch``: the library's fastest recipe for training from nothing (no pretrained weights) on a
   CPU, the one ``detr demo`` runs: a ResNet-18 with trainable batch norm cut where the objects still
   span a few feature cells, a small transformer, denoising queries, a dense auxiliary head whose best
-  proposals place the decoder's anchor boxes (two-stage), large learning rates with warm-up and a
+  proposals place the decoder's anchor boxes (two-stage), a decoder that reads the image at points of
+  those boxes (deformable cross-attention), large learning rates with warm-up and a
   cosine schedule that ends when the clock (``max_minutes``) or ``max_steps`` does. It adapts to the
   data what must adapt (image size, feature stride, number of queries, batch size) and nothing else.
 
@@ -48,6 +49,9 @@ SCRATCH_MODEL: dict[str, Any] = {
     "two_stage_distinct_iou": 0.7,
     # IoU-aware class targets: at equal steps AP 0.439 -> 0.454 (demo, 600 steps), 0.181 -> 0.193 (10 classes, 500)
     "iou_class_targets": True,
+    # each query reads the memory at 4 points of its anchor box per head, not at every token: at equal steps
+    # held-out task (700 steps) AP 0.284 -> 0.584, crowded (300) 0.113 -> 0.285, and crowded's step cheaper
+    "deformable_decoder": True,
 }
 # the most encoder tokens the scratch recipe lets a typical image make: the backbone is cut at the first
 # stage (stride 8, 16, 32) whose feature map stays under it (64 px demo images: stride 8, 8 x 8 tokens)
