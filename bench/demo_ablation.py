@@ -32,6 +32,7 @@ VARIANTS = [
             box_refinement=False,
             two_stage=False,
             two_stage_distinct_iou=None,
+            deformable_decoder=False,
             num_encoder_layers=3,
             iou_class_targets=False,
         ),
@@ -70,7 +71,8 @@ VARIANTS = [
         {},
         dict(iou_class_targets=True),
     ),
-    ("+ lr 1e-3 (the scratch recipe)", dict(lr=1e-3, lr_backbone=1e-3), {}),
+    ("+ lr 1e-3", dict(lr=1e-3, lr_backbone=1e-3), {}),
+    ("+ deformable cross-attention in the decoder (the scratch recipe)", {}, dict(deformable_decoder=True)),
 ]
 
 
