@@ -97,6 +97,8 @@ def test_batch_size_follows_the_tokens_a_batch_holds():
     assert schedule(320) == (8, 400)  # stride 16: 400 tokens
     assert schedule(128, batch_size=4) == (4, 800)  # a batch given: the warm-up still spans the same images
     assert schedule(64, batch_size=4, warmup_steps=10) == (4, 10)
+    # a backbone cut given moves the tokens with it: 128 px at stride 16 makes 64 tokens an image
+    assert schedule(128, model_kwargs={"backbone_layers": 3}) == (16, 200)
 
 
 @pytest.mark.parametrize("layout", ["coco", "yolo"])

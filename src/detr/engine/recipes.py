@@ -95,11 +95,12 @@ def scratch_values(stats: DataStats, given: dict[str, Any]) -> dict[str, Any]:
     side = min(stats.short_side, 640)  # trained and evaluated at the data's own size, up to 640 px
     long = max(side * 3 // 2, math.ceil(stats.long_side * side / stats.short_side))
     short_side = given.get("eval_size", side)
-    # backbone depth: layer2 (stride 8), layer3 (16) or layer4 (32), the first keeping the tokens few
-    layers = next(
+    # backbone depth: layer2 (stride 8), layer3 (16) or layer4 (32), the first keeping the tokens few (or the
+    # user's: the batch size below follows the tokens it makes)
+    layers = given.get("model_kwargs", {}).get("backbone_layers") or next(
         n for n, stride in RESNET_STRIDES.items() if n == 4 or (short_side / stride) ** 2 <= SCRATCH_MAX_TOKENS
     )
-    tokens = (short_side / RESNET_STRIDES[layers]) ** 2  # encoder tokens of a typical image
+    tokens = (short_side / RESNET_STRIDES.get(layers, 32)) ** 2  # encoder tokens of a typical image
     # batch 8 where a batch of 8 still holds enough tokens for a step's fixed cost not to dominate, else 16
     # (batch 8 over 16 at 9 minutes: 64 px demo, 64 tokens, 30% fewer images a second, AP 0.764 -> 0.738;
     # 96-128 px, 144-256 tokens, about as many images a second, and more steps: see the batch size below)
