@@ -243,7 +243,7 @@ def test_predict_gives_each_detection_its_mask_in_original_pixels(our_segmentati
     confident = copy.deepcopy(model)
     with torch.no_grad():  # random heads are unsure of everything: make every query sure of class 1 (a thing)
         confident.detr.class_head.bias[1] += 20
-        confident.mask_head.out_lay.bias += 3  # and of masks that cover something
+        confident.mask_head.out_lay.bias += 10  # and of masks that cover something (3: none, on an AMD EPYC)
     panoptic = confident.panoptic(images, preprocessor=small)
     assert panoptic[0]["segmentation"].shape == (200, 300) and panoptic[1]["segmentation"].shape == (250, 150)
     ids = {s["id"] for s in panoptic[0]["segments_info"]}

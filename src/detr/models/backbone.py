@@ -54,10 +54,11 @@ class _ScaledWeightConv(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         x, weight, scale = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
+        # under autocast the forward ran in x's dtype (bf16): so must the backward (the weight is kept fp32)
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad,
+            grad.to(x.dtype),
             x,
-            _scaled(weight, scale),
+            _scaled(weight, scale).to(x.dtype),
             None,
             stride,
             padding,
@@ -67,7 +68,7 @@ class _ScaledWeightConv(torch.autograd.Function):
             groups,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
         )
-        grad_weight = _scaled(grad_w, scale) if grad_w is not None else None
+        grad_weight = _scaled(grad_w.to(weight.dtype), scale) if grad_w is not None else None
         return grad_x, grad_weight, None, None, None, None, None, None
 
 
