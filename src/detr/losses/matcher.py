@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from ..processing.checks import Target
 
@@ -36,16 +36,27 @@ class HungarianMatcher(nn.Module):
         """The constructor arguments that build this matcher again."""
         return {"cost_class": self.cost_class, "cost_bbox": self.cost_bbox, "cost_giou": self.cost_giou}
 
-    def cost_matrix(self, pred_logits: Tensor, pred_boxes: Tensor, target: Target) -> Tensor:
-        """pred_logits (Q, K+1), pred_boxes (Q, 4) cxcywh, target with N boxes -> (Q, N) float32 cost."""
-        prob = pred_logits.float().softmax(-1)  # (Q, K+1)
-        boxes = pred_boxes.float()
-        tgt_boxes = target["box"].float()
-        cost_class = -prob[:, target["class_id"]]  # (Q, N)
-        cost_bbox = torch.cdist(boxes, tgt_boxes, p=1)  # (Q, N)
-        cost_giou = -generalized_box_iou(
-            box_convert(boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
-        )  # (Q, N)
+    def cost_matrix(self, pred_logits: Tensor, pred_boxes: Tensor, class_id: Tensor, box: Tensor) -> Tensor:
+        """The matching cost of every prediction against every target of its own image.
+
+        Args:
+            pred_logits: (B, Q, K+1); pred_boxes: (B, Q, 4) normalized cxcywh.
+            class_id: (B, N) int64 and box: (B, N, 4) normalized cxcywh, each image's targets (padded to
+                the batch's most; the padding's columns are the caller's to ignore).
+
+        Returns:
+            (B, Q, N) float32 cost.
+        """
+        prob = pred_logits.float().softmax(-1)  # (B, Q, K+1)
+        boxes, tgt_boxes = pred_boxes.float(), box.float()
+        queries, targets = boxes.shape[1], tgt_boxes.shape[1]
+        cost_class = -prob.gather(2, class_id[:, None, :].expand(-1, queries, -1))  # (B, Q, N)
+        cost_bbox = torch.cdist(boxes, tgt_boxes, p=1)  # (B, Q, N)
+        # every (query, target) pair of an image as one elementwise GIoU: (B, Q, N, 4) against (B, Q, N, 4)
+        pairs = (-1, queries, targets, 4)
+        pred_xyxy = box_convert(boxes, "cxcywh", "xyxy")[:, :, None].expand(pairs)
+        tgt_xyxy = box_convert(tgt_boxes, "cxcywh", "xyxy")[:, None].expand(pairs)
+        cost_giou = generalized_box_iou_loss(pred_xyxy, tgt_xyxy) - 1  # -GIoU, (B, Q, N)
         return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
     @torch.no_grad()
@@ -61,18 +72,27 @@ class HungarianMatcher(nn.Module):
             pred_idx sorted ascending.
         """
         pred_logits, pred_boxes = outputs
+        sizes = [len(t["class_id"]) for t in targets]
+        most = max(sizes, default=0)
+        empty = torch.empty(0, dtype=torch.int64)
+        if most == 0:
+            return [(empty, empty) for _ in sizes]
+        # the batch's costs in one call (one device sync, not one per image): targets padded to the most in an
+        # image with a whole-image box, whose columns are dropped before the assignment
+        class_id = pred_logits.new_zeros((len(targets), most), dtype=torch.int64)  # (B, N)
+        box = pred_boxes.new_tensor([0.5, 0.5, 1.0, 1.0]).repeat(len(targets), most, 1)  # (B, N, 4)
+        for image, target in enumerate(targets):
+            class_id[image, : sizes[image]] = target["class_id"]
+            box[image, : sizes[image]] = target["box"]
+        cost = self.cost_matrix(pred_logits, pred_boxes, class_id, box).cpu()  # (B, Q, N)
         indices = []
-        for logits, boxes, target in zip(pred_logits, pred_boxes, targets):
-            if len(target["class_id"]) == 0:
-                empty = torch.empty(0, dtype=torch.int64)
-                indices.append((empty, empty))
-                continue
-            cost = self.cost_matrix(logits, boxes, target).cpu()
-            if not torch.isfinite(cost).all():
+        for image, size in enumerate(sizes):
+            block = cost[image, :, :size]  # (Q, N_image)
+            if not torch.isfinite(block).all():
                 raise FloatingPointError(
                     "matching cost has NaN or inf entries: the model's outputs are not finite "
                     "(diverged training? lower the learning rate or check the inputs)"
                 )
-            rows, cols = linear_sum_assignment(cost.numpy())
+            rows, cols = linear_sum_assignment(block.numpy())
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
