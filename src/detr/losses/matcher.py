@@ -80,7 +80,8 @@ class HungarianMatcher(nn.Module):
         # the batch's costs in one call (one device sync, not one per image): targets padded to the most in an
         # image with a whole-image box, whose columns are dropped before the assignment
         class_id = pred_logits.new_zeros((len(targets), most), dtype=torch.int64)  # (B, N)
-        box = pred_boxes.new_tensor([0.5, 0.5, 1.0, 1.0]).repeat(len(targets), most, 1)  # (B, N, 4)
+        # (B, N, 4), float32 whatever the predictions' dtype (bf16 under autocast): targets keep their precision
+        box = pred_boxes.new_tensor([0.5, 0.5, 1.0, 1.0], dtype=torch.float32).repeat(len(targets), most, 1)
         for image, target in enumerate(targets):
             class_id[image, : sizes[image]] = target["class_id"]
             box[image, : sizes[image]] = target["box"]
