@@ -12,6 +12,7 @@ import detr
 from detr.engine import TrainConfig, Trainer
 from detr.models.layers import box_sine_embedding
 from detr.options.dense import DenseHead
+from detr.processing.checks import pad_targets
 
 from .conftest import random_targets
 
@@ -74,6 +75,24 @@ def test_denoising_queries_train_only_and_stay_out_of_the_matching_queries():
     with torch.no_grad():
         model.denoising.label_embed.weight.add_(3.0)
     torch.testing.assert_close(model(x)[-1][0], before)
+
+
+def test_pad_targets_pads_each_image_to_the_most_objects():
+    # shared by the matcher and the denoising queries: image 0 has two objects, image 1 none, image 2 one
+    targets = [
+        {"class_id": torch.tensor([2, 1]), "box": torch.tensor([[0.2, 0.3, 0.1, 0.2], [0.6, 0.6, 0.4, 0.3]])},
+        {"class_id": torch.zeros(0, dtype=torch.int64), "box": torch.zeros(0, 4)},
+        {"class_id": torch.tensor([4]), "box": torch.tensor([[0.7, 0.2, 0.2, 0.2]], dtype=torch.float64)},
+    ]
+    class_id, box, valid = pad_targets(targets)
+    assert torch.equal(class_id, torch.tensor([[2, 1], [0, 0], [4, 0]]))
+    assert box.dtype == torch.float32 and box.shape == (3, 2, 4)
+    assert torch.equal(box[0], targets[0]["box"])
+    assert torch.equal(box[1], torch.full((2, 4), 0.5))
+    assert torch.equal(box[2], torch.tensor([[0.7, 0.2, 0.2, 0.2], [0.5, 0.5, 0.5, 0.5]]))
+    assert torch.equal(valid, torch.tensor([[True, True], [False, False], [True, False]]))
+    class_id, box, valid = pad_targets(targets[1:2])  # no object anywhere: N = 0
+    assert class_id.shape == (1, 0) and box.shape == (1, 0, 4) and valid.shape == (1, 0)
 
 
 def test_denoising_with_no_targets_at_all():

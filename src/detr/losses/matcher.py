@@ -9,7 +9,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
-from ..processing.checks import Target
+from ..processing.checks import Target, pad_targets
 
 
 class HungarianMatcher(nn.Module):
@@ -72,19 +72,13 @@ class HungarianMatcher(nn.Module):
             pred_idx sorted ascending.
         """
         pred_logits, pred_boxes = outputs
+        # the batch's costs in one call (one device sync, not one per image), over targets padded to the most
+        # in an image; the padding's columns are dropped before the assignment
+        class_id, box, _ = pad_targets(targets, pred_boxes.device)  # (B, N), (B, N, 4)
         sizes = [len(t["class_id"]) for t in targets]
-        most = max(sizes, default=0)
-        empty = torch.empty(0, dtype=torch.int64)
-        if most == 0:
+        if class_id.shape[1] == 0:
+            empty = torch.empty(0, dtype=torch.int64)
             return [(empty, empty) for _ in sizes]
-        # the batch's costs in one call (one device sync, not one per image): targets padded to the most in an
-        # image with a whole-image box, whose columns are dropped before the assignment
-        class_id = pred_logits.new_zeros((len(targets), most), dtype=torch.int64)  # (B, N)
-        # (B, N, 4), float32 whatever the predictions' dtype (bf16 under autocast): targets keep their precision
-        box = pred_boxes.new_tensor([0.5, 0.5, 1.0, 1.0], dtype=torch.float32).repeat(len(targets), most, 1)
-        for image, target in enumerate(targets):
-            class_id[image, : sizes[image]] = target["class_id"]
-            box[image, : sizes[image]] = target["box"]
         cost = self.cost_matrix(pred_logits, pred_boxes, class_id, box).cpu()  # (B, Q, N)
         indices = []
         for image, size in enumerate(sizes):

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from ..models.layers import box_sine_embedding
-from ..processing.checks import Target
+from ..processing.checks import Target, pad_targets
 from .base import DETROption, OptionState, QuerySpan
 
 if TYPE_CHECKING:
@@ -88,16 +88,10 @@ class DenoisingQueries(DETROption):
 
     def forward(self, targets: Sequence[Target], device: torch.device) -> DenoisingBatch | None:
         """Noised queries for ``targets``; None when no image has a target."""
-        n_max = max(len(t["class_id"]) for t in targets)
+        class_id, box, valid = pad_targets(targets, device)  # (B, N_max), (B, N_max, 4), (B, N_max)
+        n_max = class_id.shape[1]
         if n_max == 0:
             return None
-        batch = len(targets)
-        class_id = torch.zeros(batch, n_max, dtype=torch.int64, device=device)
-        box = torch.full((batch, n_max, 4), 0.5, device=device)
-        valid = torch.zeros(batch, n_max, dtype=torch.bool, device=device)
-        for i, t in enumerate(targets):
-            n = len(t["class_id"])
-            class_id[i, :n], box[i, :n], valid[i, :n] = t["class_id"].to(device), t["box"].to(device).float(), True
         # repeat for every group: (B, G * N_max, ...)
         class_id, box, valid = (
             class_id.repeat(1, self.groups),

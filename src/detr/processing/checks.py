@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 # A training target of one image: ``class_id`` (N,) int64 class indices and ``box`` (N, 4) float
 # normalized (cx, cy, w, h) relative to the image's valid region (see :func:`check_targets`).
@@ -14,6 +15,20 @@ Target = dict[str, Tensor]
 # How far (in normalized units) a box may stick out of the image before it is taken
 # for a box in the wrong format (xyxy or pixels instead of normalized cxcywh).
 BOX_TOLERANCE = 0.01
+
+
+def pad_targets(targets: Sequence[Target], device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """A batch's targets as tensors padded to the most objects an image has (N; 0 when no image has any).
+
+    Returns:
+        class_id (B, N) int64, 0 on padding; box (B, N, 4) float32 normalized cxcywh, (0.5, 0.5, 0.5, 0.5)
+        on padding (a valid box, so costs and noise over it stay finite); valid (B, N) bool, False on padding.
+    """
+    class_id = pad_sequence([t["class_id"].to(device) for t in targets], batch_first=True)  # (B, N)
+    box = pad_sequence([t["box"].to(device).float() for t in targets], batch_first=True, padding_value=0.5)
+    sizes = torch.tensor([len(t["class_id"]) for t in targets], device=class_id.device)  # (B,)
+    valid = torch.arange(class_id.shape[1], device=class_id.device) < sizes[:, None]  # (B, N)
+    return class_id, box, valid
 
 
 def is_positive_int(value: object) -> bool:
