@@ -12,6 +12,8 @@ import detr
 from detr.processing.preprocess import pad_batch
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
+# a user's clone has no ../shared beside it: tests that read the real sample data skip there, saying why
+needs_coco128 = pytest.mark.skipif(not COCO128.is_dir(), reason="needs ../shared/datasets/coco128 (real sample data)")
 
 torch.set_num_threads(2)
 

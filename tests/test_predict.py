@@ -18,7 +18,7 @@ from detr.engine.predict import ground_truth_by_name, predict_files
 from detr.processing.postprocess import postprocess
 from detr.processing.preprocess import ImagePreprocessor
 
-from .conftest import TINY_MODEL, calibrate_frozen_bn
+from .conftest import TINY_MODEL, calibrate_frozen_bn, needs_coco128
 
 COCO128 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128"
 NAMES = ["person", "car", "dog", "cat"]
@@ -128,6 +128,7 @@ def test_detr_predict_batch_size_classes_and_ground_truth(saved, images, tmp_pat
         main([*base, "--classes", "wolf", "--out", str(tmp_path / "w")])
 
 
+@needs_coco128
 def test_ground_truth_by_file_name_from_a_dataset_folder():
     truth = ground_truth_by_name(COCO128)
     data = json.loads((COCO128 / "annotations" / "instances_val2017.json").read_text())

@@ -14,7 +14,7 @@ from detr.data.synthetic import SynthConfig, make_dataset
 from detr.engine.config import TrainConfig
 from detr.engine.recipes import SCRATCH_MODEL, DataStats, recipe_values, scratch_values
 
-from .conftest import COCO128
+from .conftest import COCO128, needs_coco128
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,7 @@ def test_batch_size_follows_the_tokens_a_batch_holds():
     assert schedule(128, model_kwargs={"backbone_layers": 3}) == (16, 200)
 
 
+@needs_coco128
 @pytest.mark.parametrize("layout", ["coco", "yolo"])
 def test_scratch_on_real_data_is_valid(layout, tmp_path):
     from .test_formats import coco128_as_ultralytics
