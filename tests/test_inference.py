@@ -55,7 +55,9 @@ def test_image_conversions():
     assert to_image_tensor(torch.full((3, 4, 5), 255, dtype=torch.uint8)).max() == 1.0
     with pytest.raises(ValueError, match=r"\[0, 1\].*uint8"):
         to_image_tensor(torch.full((3, 4, 5), 255.0))
-    with pytest.raises(TypeError, match="unsupported image type str"):
+    with pytest.raises(TypeError, match="unsupported image type bytes: pass image file paths, PIL"):
+        to_image_tensor(b"\xff\xd8")
+    with pytest.raises(FileNotFoundError, match="image file not found: cat.jpg"):  # a str is a file path
         to_image_tensor("cat.jpg")
     with pytest.raises(ValueError, match=r"shape \(3, H, W\)"):
         to_image_tensor(torch.zeros(4, 5, 3))

@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from ..processing.preprocess import pil_to_rgb
+from ..processing.preprocess import load_image
 from .formats import VOC_ALIASES, DatasetError, Reader, read_voc, read_yolo, voc_categories, voc_root, yolo_split_images
 from .labels import CategoryMatch, match_categories
 
@@ -323,21 +323,14 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
 
 
 def read_image(path: Path, exif: bool = False) -> Image.Image:
-    """An 8-bit RGB PIL image (any mode converted, see :func:`pil_to_rgb`), or an error naming the file.
-
-    ``exif``: turn the image as its EXIF orientation says (photos from phones and cameras), as
-    ``detr predict`` does; datasets keep the stored orientation, which their annotations refer to.
+    """:func:`~detr.processing.preprocess.load_image` (an 8-bit RGB PIL image) with its errors as
+    :class:`DatasetError`, which names the file. ``exif``: turn the image as its EXIF orientation says (photos),
+    as ``detr predict`` does; datasets keep the stored orientation, which their annotations refer to.
     """
-    if not path.is_file():
-        raise DatasetError(f"image file not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return pil_to_rgb(ImageOps.exif_transpose(img) if exif else img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DatasetError(f"cannot read image {path}: {err} (corrupt or not an image?)") from err
-    except ValueError as err:
-        raise DatasetError(f"cannot use image {path}: {err}") from err
+        return load_image(path, exif=exif)
+    except (FileNotFoundError, ValueError) as err:
+        raise DatasetError(str(err)) from err
 
 
 class CocoDetection(Dataset):

@@ -6,17 +6,28 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def to_supervision(detections: Sequence[dict[str, Any]]) -> Any:
-    """One image's detections (a list from :meth:`DETR.predict`: ``{"box": [x0, y0, x1, y1] pixels,
-    "score", "class_id", "class_name"?}``) as ``supervision.Detections``: ``xyxy`` (N, 4) float32,
-    ``confidence`` (N,), ``class_id`` (N,), and ``data["class_name"]`` when the model has names.
-    Needs the ``supervision`` package (``pip install supervision``), imported only here."""
+def to_supervision(detections: Sequence[dict[str, Any]] | Sequence[Sequence[dict[str, Any]]]) -> Any:
+    """Detections as ``supervision.Detections``: ``xyxy`` (N, 4) float32, ``confidence`` (N,), ``class_id`` (N,),
+    and ``data["class_name"]`` when the model has names. Needs the ``supervision`` package
+    (``pip install supervision``), imported only here.
+
+    ``detections``: one image's list (``{"box": [x0, y0, x1, y1] pixels, "score", "class_id", "class_name"?}``)
+    gives one ``Detections``; :meth:`DETR.predict`'s own output, a list per image, gives a list of them, one
+    per image, in order.
+    """
     try:
         import supervision as sv
     except ImportError as err:
         raise ImportError("to_supervision needs the supervision package: pip install supervision") from err
     import numpy as np
 
+    if isinstance(detections, Sequence) and any(not isinstance(d, dict) for d in detections):
+        if not all(isinstance(d, Sequence) and all(isinstance(e, dict) for e in d) for d in detections):
+            raise TypeError(
+                "to_supervision takes one image's detections (a list of dicts) or predict's output (a list of "
+                "such lists, one per image)"
+            )
+        return [to_supervision(per_image) for per_image in detections]
     xyxy = np.array([d["box"] for d in detections], dtype=np.float32).reshape(-1, 4)
     confidence = np.array([d["score"] for d in detections], dtype=np.float32)
     class_id = np.array([d["class_id"] for d in detections], dtype=int)

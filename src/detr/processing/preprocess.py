@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
@@ -69,12 +71,34 @@ def pil_to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def load_image(path: str | os.PathLike, exif: bool = False) -> Image.Image:
+    """An image file -> an 8-bit RGB PIL image (any mode converted, see :func:`pil_to_rgb`), or an error naming
+    the file (``FileNotFoundError``, else ``ValueError``).
+
+    ``exif``: turn the image as its EXIF orientation says (photos from phones and cameras); datasets keep the
+    stored orientation, which their annotations refer to.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return pil_to_rgb(ImageOps.exif_transpose(img) if exif else img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {path}: {err} (corrupt or not an image?)") from err
+    except ValueError as err:
+        raise ValueError(f"cannot use image {path}: {err}") from err
+
+
 def as_image(image: Any) -> Image.Image | Tensor:
     """Check and normalise one input image: an RGB PIL image, or a (3, H, W) uint8 / float-in-[0, 1] tensor.
 
-    Accepts PIL images (any mode, see :func:`pil_to_rgb`), (H, W, 3|4) or (H, W) numpy arrays and
-    (3, H, W) tensors.
+    Accepts image file paths (str or Path, turned as their EXIF orientation says, as ``detr predict`` does),
+    PIL images (any mode, see :func:`pil_to_rgb`), (H, W, 3|4) or (H, W) numpy arrays and (3, H, W) tensors.
     """
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, exif=True)
     if isinstance(image, Image.Image):
         return pil_to_rgb(image)
     if isinstance(image, np.ndarray):
@@ -82,9 +106,14 @@ def as_image(image: Any) -> Image.Image | Tensor:
             image = np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ValueError(f"a numpy image must have shape (H, W, 3) or (H, W), got {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image[:, :, :3])).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+        pixels = np.ascontiguousarray(image[:, :, :3])
+        if not pixels.flags.writeable:  # np.asarray(PIL image) is read-only, which torch warns about
+            pixels = pixels.copy()
+        image = torch.from_numpy(pixels).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
     if not isinstance(image, Tensor):
-        raise TypeError(f"unsupported image type {type(image).__name__}: pass PIL images, numpy arrays or tensors")
+        raise TypeError(
+            f"unsupported image type {type(image).__name__}: pass image file paths, PIL images, numpy arrays or tensors"
+        )
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"an image tensor must have shape (3, H, W), got {tuple(image.shape)}")
     if image.dtype == torch.uint8:
@@ -196,8 +225,8 @@ class ImagePreprocessor:
         )
 
     def __call__(self, images: Any) -> Batch:
-        """One image or a list of images (PIL, numpy, tensor; any sizes) -> :class:`Batch`."""
-        if isinstance(images, (Image.Image, np.ndarray)) or (isinstance(images, Tensor) and images.dim() == 3):
+        """One image or a list of images (file paths, PIL, numpy, tensor; any sizes) -> :class:`Batch`."""
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)) or (isinstance(images, Tensor) and images.dim() == 3):
             images = [images]
         if isinstance(images, Tensor) and images.dim() == 4:
             images = list(images)
