@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,47 @@ def heat_overlay(image: Image.Image, heat: Tensor, alpha: float = 0.55) -> Image
     return Image.fromarray((base * (1 - weight) + colour * weight).astype(np.uint8))
 
 
+@dataclass
+class ImageAttention:
+    """One image's detections and the attention maps of the forward pass that found them.
+
+    ``maps`` is :func:`attention_maps`' output for the image (batch of 1); ``queries[i]`` is the query of
+    ``detections[i]``; ``cells`` the (h, w) feature cells of the image itself (the padding left out).
+    """
+
+    detections: list[dict[str, Any]]
+    queries: list[int]
+    maps: dict[str, Tensor]
+    cells: tuple[int, int]
+
+    def pick(self, heads: Tensor, head: int | None) -> Tensor:
+        return heads.mean(0) if head is None else heads[head]
+
+    def decoder(self, i: int, layer: int = -1, head: int | None = None) -> Tensor:
+        """Detection ``i``'s decoder cross-attention over the image's cells, (h, w) (sums to 1 there),
+        of layer ``layer``, head ``head`` or the mean over heads."""
+        heat = self.pick(self.maps["decoder"][layer, 0, :, self.queries[i]], head)
+        return heat[: self.cells[0], : self.cells[1]]
+
+
+def image_attention(
+    model: DETR, image: Image.Image, threshold: float = 0.5, max_detections: int = 8
+) -> ImageAttention:
+    """``model``'s detections in ``image`` (score >= ``threshold``, at most ``max_detections``, as
+    ``predict`` gives them) with the attention of the same forward pass."""
+    batch = model.preprocessing([image])
+    device = next(model.parameters()).device
+    maps = attention_maps(model, batch.pixel_values.to(device), batch.mask.to(device))
+    (dets,) = model.predict([image], k=max_detections, score_threshold=threshold)
+    probs = maps["logits"][0].softmax(-1)[:, :-1]  # (Q, K)
+    # each detection's query: the one whose best class and score it is (predict keeps queries in score order)
+    scores, _ = probs.max(-1)
+    order = scores.argsort(descending=True)[: len(dets)]
+    unpadded = ~maps["feature_mask"][0]
+    cells = (int(unpadded.any(1).sum()), int(unpadded.any(0).sum()))
+    return ImageAttention(dets, order.tolist(), maps, cells)
+
+
 def explain_image(
     model: DETR,
     image: Image.Image,
@@ -110,21 +152,9 @@ def explain_image(
     ``max_detections``), each beside its decoder attention (layer ``layer``, head ``head`` or the mean
     over heads), then the encoder self-attention (same layer) of ``points`` cells at the detections'
     centres (Fig. 3 of the paper). Each tile is about ``side`` pixels. Returns the picture and the detections."""
-    batch = model.preprocessing([image])
-    device = next(model.parameters()).device
-    maps = attention_maps(model, batch.pixel_values.to(device), batch.mask.to(device))
-    (dets,) = model.predict([image], k=max_detections, score_threshold=threshold)
-    probs = maps["logits"][0].softmax(-1)[:, :-1]  # (Q, K)
-    # each detection's query: the one whose best class and score it is (predict keeps queries in score order)
-    scores, _ = probs.max(-1)
-    order = scores.argsort(descending=True)[: len(dets)]
-
-    def pick(heads: Tensor) -> Tensor:
-        return heads.mean(0) if head is None else heads[head]
-
+    found = image_attention(model, image, threshold, max_detections)
+    dets, maps, valid = found.detections, found.maps, found.cells
     h, w = maps["decoder"].shape[-2:]
-    unpadded = ~maps["feature_mask"][0]
-    valid = (int(unpadded.any(1).sum()), int(unpadded.any(0).sum()))  # the cells of the image itself
     scale = max(1, round(side / max(image.size)))
     big = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
 
@@ -132,16 +162,15 @@ def explain_image(
         return [dict(d, box=[v * scale for v in d["box"]]) for d in ds]
 
     tiles = [draw_detections(big, scaled(dets))]
-    for det, query in zip(dets, order.tolist()):
-        heat = pick(maps["decoder"][layer, 0, :, query])[: valid[0], : valid[1]]  # the unpadded cells
-        tiles.append(draw_detections(heat_overlay(big, heat), scaled([det])))
+    for i, det in enumerate(dets):
+        tiles.append(draw_detections(heat_overlay(big, found.decoder(i, layer, head)), scaled([det])))
     encoder = maps["encoder"]
     if points and len(encoder):
         for det in dets[:points]:
             x0, y0, x1, y1 = det["box"]
             cy = min(int((y0 + y1) / 2 / image.height * valid[0]), valid[0] - 1)
             cx = min(int((x0 + x1) / 2 / image.width * valid[1]), valid[1] - 1)
-            heat = pick(encoder[layer, 0, :, cy * w + cx]).view(h, w)[: valid[0], : valid[1]]
+            heat = found.pick(encoder[layer, 0, :, cy * w + cx], head).view(h, w)[: valid[0], : valid[1]]
             marked = heat_overlay(big, heat)
             px, py = (cx + 0.5) / valid[1] * big.width, (cy + 0.5) / valid[0] * big.height
             dot = {
