@@ -1,4 +1,4 @@
-"""The ``detr`` command: train, eval, predict, export, synth, demo, models, selftest."""
+"""The ``detr`` command: train, eval, predict, export, serve, synth, demo, models, selftest."""
 
 from __future__ import annotations
 
@@ -373,6 +373,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The model behind an HTTP API (detr.serve), until Ctrl-C."""
+    try:
+        from .serve.app import ServeConfig
+        from .serve.server import serve
+    except ImportError as err:
+        raise SystemExit(f'error: detr serve needs the serve extra ({err}): pip install "detr-pytorch[serve]"') from None
+    from .deploy.runtime import is_exported
+    from .device import resolve_device
+
+    device = resolve_device(args.device)
+    model = _load_for_inference(args.weights, args.model, device, args.device)
+    config = ServeConfig(
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        allow_urls=args.allow_urls,
+        api_key=args.api_key or os.environ.get("DETR_API_KEY") or None,
+        short_side=args.size,
+        max_size=args.max_size,
+    )
+    where = "cpu" if is_exported(args.weights) else str(device)  # exported files run on the CPU here
+    serve(model, config, args.host, args.port, args.workers, weights=args.weights, device=where)
+    return 0
+
+
 # --------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     from .deploy.export import ExportRejected, export
@@ -660,6 +688,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     p.add_argument("--width", type=int, help="width of the example traced (default: the model's size, else 800)")
     p.add_argument("--verbose", action="store_true", help="show the exporter's and optimiser's own messages")
+
+    p = command("serve", "serve a model over HTTP: predict and explain API, metrics, a page to try it", cmd_serve)
+    p.add_argument("weights", help=weights_help + ", or an exported .onnx / .xml")
+    p.add_argument("--model", help=model_help)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network; see --api-key)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--max-batch-size", type=int, default=8, help="most images of concurrent requests run together")
+    p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest an image waits for others to batch with")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image (width x height)")
+    p.add_argument("--allow-urls", action="store_true", help="let requests name image URLs for the server to fetch")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $DETR_API_KEY, else none)")
+    p.add_argument("--size", type=int, help="short side of the resize (default: the model's, else 800)")
+    p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")
 
     p = command("convert", "convert a dataset (COCO, YOLO or Pascal VOC) to COCO or YOLO", cmd_convert)
     p.add_argument("source", help="the dataset: a folder in any format detr reads, or a COCO annotation file")
