@@ -31,7 +31,8 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from ..processing.preprocess import load_image
-from .formats import VOC_ALIASES, DatasetError, Reader, read_voc, read_yolo, voc_categories, voc_root, yolo_split_images
+from .formats import KNOWN, DatasetError, Reader, format_split, recognise
+from .formats.common import split_name
 from .labels import CategoryMatch, match_categories
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class CocoSplit:
     image_dirs: list[Path]
     read: Reader | None = None
     format: str = "coco"
+    note: str = ""  # where the split comes from, when the library made it (a hash split)
 
     def image_folder(self, files: list[str]) -> Path:
         """The first candidate folder holding any of ``files`` (a sample of the split's images), else the
@@ -78,14 +80,20 @@ def annotation_file_split(annotation_file: str | Path, images: str | Path | None
     return CocoSplit(ann, [Path(images)] if images else found)
 
 
-def find_split(root: str | Path, split: str, images: str | Path | None = None) -> CocoSplit:
+def find_split(
+    root: str | Path, split: str, images: str | Path | None = None, val_fraction: float = 0.1
+) -> CocoSplit:
     """Locate ``split`` (train / val / test) of the dataset at ``root``: a COCO annotation file itself,
     or a folder in the COCO layout (``annotations/instances_<split>*.json`` or ``annotations/<split>.json``)
-    or the per-split layout (``<split>/_annotations.coco.json``). ``images`` overrides where the images are."""
+    or the per-split layout (``<split>/_annotations.coco.json``), or a dataset of another format
+    (:mod:`detr.data.formats`; without a validation split of its own, ``val_fraction`` of its images by a hash of
+    their file names). ``images`` overrides where the images are."""
     root = Path(root)
-    other = _other_format_split(root, split)
-    if other is not None:
-        return other
+    found = None if _is_coco(root) else recognise(root)
+    if found is not None:
+        read, note = format_split(found, split, val_fraction)
+        folder = Path(images) if images else found.root_of(SPLIT_ALIASES.get(split, (split,))[0])
+        return CocoSplit(found.source, [folder], read=read, format=found.format, note=note)
     if root.is_file():
         return annotation_file_split(root, images)
     if not root.is_dir():
@@ -105,33 +113,22 @@ def find_split(root: str | Path, split: str, images: str | Path | None = None) -
         f"no {split!r} split in {root}. Known layouts: annotations/instances_{aliases[0]}*.json or "
         f"annotations/{aliases[0]}.json beside the image folder (COCO), {aliases[0]}/_annotations.coco.json "
         "beside the images (one folder per split), one COCO annotation file given as --data (or "
-        f"--{split}-annotations FILE), a YOLO dataset (data.yaml naming its {split} images, images/ beside "
-        "labels/) or Pascal VOC (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt)"
+        f"--{split}-annotations FILE), {KNOWN}"
     )
 
 
-def _other_format_split(root: Path, split: str) -> CocoSplit | None:
-    """``split`` of a YOLO or Pascal VOC dataset at ``root``, read as COCO when it loads, or None."""
-    if root.is_dir() and (voc := voc_root(root)) is not None:
-        listing = voc / "ImageSets" / "Main"
-        for alias in VOC_ALIASES.get(split, (split,)):
-            if (listing / f"{alias}.txt").is_file():
-                ids = [line.split()[0] for line in (listing / f"{alias}.txt").read_text().splitlines() if line.strip()]
-                return CocoSplit(
-                    listing / f"{alias}.txt",
-                    [voc / "JPEGImages"],
-                    read=lambda: read_voc(voc, ids, voc_categories(voc)),
-                    format="voc",
-                )
-        raise FileNotFoundError(f"no {split!r} split in the Pascal VOC dataset {voc}: no {listing / (split + '.txt')}")
-    found = yolo_split_images(root, split) if root.exists() else None
-    if found is None:
-        return None
-    source, image_files, names = found
-    if not image_files:
-        raise DatasetError(f"the {split!r} split of the YOLO dataset {source} has no images")
-    image_root = Path(os.path.commonpath([p.parent for p in image_files]))
-    return CocoSplit(source, [image_root], read=lambda: read_yolo(image_files, names, image_root), format="yolo")
+def _is_coco(root: Path) -> bool:
+    """Whether ``root`` is COCO: a JSON object that is not a LabelMe file, or a folder in either COCO layout."""
+    if root.is_file():
+        if root.suffix.lower() != ".json":
+            return False
+        with root.open(errors="replace") as f:
+            head = f.read(4096)
+        return head.lstrip().startswith("{") and '"shapes"' not in head
+    annotations = root / "annotations"
+    return any(root.glob("*/_annotations.coco.json")) or any(
+        split_name(p.stem.removeprefix("instances_").rstrip("0123456789")) for p in annotations.glob("*.json")
+    )
 
 
 @dataclass

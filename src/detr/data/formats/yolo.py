@@ -1,43 +1,24 @@
-"""Datasets in the formats people have: the Ultralytics YOLO layout and Pascal VOC, read as COCO.
-
-Each is turned, when it loads, into the COCO dictionary the rest of the library reads (images with
-their sizes, annotations in pixel ``[x, y, w, h]``, categories with ids and names), so that every
-check, label map and evaluation works the same on all formats.
-
-- **YOLO** (Ultralytics): ``data.yaml`` with ``names`` and ``train`` / ``val`` / ``test`` image
-  folders (or lists of them, or text files listing images), relative to its ``path``; each image
-  ``.../images/<...>/name.jpg`` has its labels in ``.../labels/<...>/name.txt``, a line
-  ``class cx cy w h`` (normalized) per object (or ``class x1 y1 x2 y2 ...``, a polygon, whose box is
-  taken). Roboflow's variant, ``<split>/images`` beside ``<split>/labels``, is found without a yaml
-  (the class names then come from a ``data.yaml`` or ``classes.txt`` at the root). Category id =
-  class index; image id = the file name when it is a number (COCO's images keep their ids), else
-  the image's position.
-- **Pascal VOC**: ``Annotations/<id>.xml``, ``JPEGImages/<id>.jpg``, ``ImageSets/Main/<split>.txt``
-  (in the root or in a ``VOC20xx`` folder of a ``VOCdevkit``). ``difficult`` objects become COCO's
-  crowd boxes (ignored in training and evaluation); categories are the names found, sorted, ids from 1.
-
-Bad data raises :class:`DatasetError` naming the file (and the line, for a YOLO label).
+"""Ultralytics YOLO: ``data.yaml`` with ``names`` and ``train`` / ``val`` / ``test`` image folders (or lists
+of them, or text files listing images), relative to its ``path``; each image ``.../images/<...>/name.jpg`` has
+its labels in ``.../labels/<...>/name.txt``, a line ``class cx cy w h`` (normalized) per object (or
+``class x1 y1 x2 y2 ...``, a polygon, whose box is taken). Roboflow's variant, ``<split>/images`` beside
+``<split>/labels``, is found without a yaml (the class names then come from a ``data.yaml`` or ``classes.txt``
+at the root). Category id = class index; image id = the file name when it is a number (COCO's images keep their
+ids), else the image's position. A bad label line raises :class:`DatasetError` naming the file and the line.
 """
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-from collections.abc import Callable
+import os
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from .common import IMAGE_SUFFIXES, DatasetError, Found, image_size, numbered_id
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+FORMAT = "yolo"
 YOLO_ALIASES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
-VOC_ALIASES = {"train": ("train",), "val": ("val",), "trainval": ("trainval",), "test": ("test",)}
 
 
-class DatasetError(ValueError):
-    """Bad data: the message names the file and what is wrong with it."""
-
-
-# ------------------------------------------------------------------ YOLO
 def _yaml(path: Path) -> dict[str, Any]:
     import yaml
 
@@ -126,23 +107,6 @@ def yolo_split_images(root: Path, split: str) -> tuple[Path, list[Path], list[st
     return None
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except FileNotFoundError:
-        raise DatasetError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DatasetError(f"cannot read image {path}: {err} (corrupt or not an image?)") from err
-
-
-def _image_id(path: Path, index: int, used: set[int]) -> int:
-    """The image's number when its name is one (COCO's files keep their ids), else its position."""
-    stem = path.stem.replace("_", "")
-    image_id = int(stem) if stem.isdigit() else index + 1
-    return image_id if image_id not in used else max(used) + 1
-
-
 def read_yolo(images: list[Path], names: list[str], image_root: Path) -> dict[str, Any]:
     """The COCO dictionary of YOLO-labelled ``images`` (file names relative to ``image_root``)."""
     coco: dict[str, Any] = {
@@ -152,8 +116,8 @@ def read_yolo(images: list[Path], names: list[str], image_root: Path) -> dict[st
     }
     used: set[int] = set()
     for index, image in enumerate(images):
-        width, height = _image_size(image)
-        image_id = _image_id(image, index, used)
+        width, height = image_size(image)
+        image_id = numbered_id(image, index, used)
         used.add(image_id)
         coco["images"].append(
             {"id": image_id, "file_name": str(image.relative_to(image_root)), "width": width, "height": height}
@@ -200,100 +164,25 @@ def read_yolo(images: list[Path], names: list[str], image_root: Path) -> dict[st
     return coco
 
 
-# ------------------------------------------------------------------ Pascal VOC
-def voc_root(root: Path) -> Path | None:
-    """The folder holding ``Annotations/``, ``JPEGImages/`` and ``ImageSets/Main/`` (root, or a
-    ``VOC20xx`` folder inside it or inside its ``VOCdevkit``), if any."""
-    candidates = [root, *sorted(root.glob("VOC*")), *sorted(root.glob("VOCdevkit/VOC*"))] if root.is_dir() else []
-    for folder in candidates:
-        if (folder / "Annotations").is_dir() and (folder / "JPEGImages").is_dir():
-            return folder
-    return None
+
+def detect(root: Path) -> bool:
+    """Whether ``root`` is a YOLO dataset: a yaml naming classes, or ``images/<split>`` beside ``labels/``."""
+    return root.exists() and (
+        yolo_config(root) is not None or any(yolo_split_images(root, s) is not None for s in YOLO_ALIASES)
+    )
 
 
-def _voc_ids(folder: Path, split: str) -> tuple[Path, list[str]] | None:
-    for alias in VOC_ALIASES.get(split, (split,)):
-        listing = folder / "ImageSets" / "Main" / f"{alias}.txt"
-        if listing.is_file():
-            return listing, [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
-    return None
-
-
-def _voc_objects(xml: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    try:
-        tree = ET.parse(xml).getroot()
-    except FileNotFoundError:
-        raise DatasetError(f"annotation file not found: {xml}") from None
-    except ET.ParseError as err:
-        raise DatasetError(f"{xml} is not valid XML ({err})") from err
-    try:
-        size = tree.find("size")
-        info = {
-            "filename": tree.findtext("filename"),
-            "width": int(size.findtext("width")),
-            "height": int(size.findtext("height")),
-        }
-        objects = []
-        for obj in tree.findall("object"):
-            box = obj.find("bndbox")
-            objects.append(
-                {
-                    "name": obj.findtext("name").strip(),
-                    "difficult": int(obj.findtext("difficult") or 0),
-                    "box": [float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")],
-                }
-            )
-    except (AttributeError, TypeError, ValueError) as err:
-        raise DatasetError(
-            f"{xml}: every file needs size/width and size/height, every object a name and a bndbox ({err!r})"
-        ) from err
-    return info, objects
-
-
-def voc_categories(folder: Path) -> list[str]:
-    """The object names of every listed VOC image (all splits), sorted: the same categories for every split."""
-    names: set[str] = set()
-    ids: set[str] = set()
-    for listing in (folder / "ImageSets" / "Main").glob("*.txt"):
-        if "_" not in listing.stem:  # train.txt, not aeroplane_train.txt
-            ids.update(line.split()[0] for line in listing.read_text().splitlines() if line.strip())
-    for image_id in sorted(ids):
-        names.update(obj["name"] for obj in _voc_objects(folder / "Annotations" / f"{image_id}.xml")[1])
-    return sorted(names)
-
-
-def read_voc(folder: Path, ids: list[str], names: list[str]) -> dict[str, Any]:
-    """The COCO dictionary of the VOC images ``ids`` (``difficult`` objects as crowd boxes)."""
-    category = {n: i + 1 for i, n in enumerate(names)}
-    coco: dict[str, Any] = {
-        "images": [],
-        "annotations": [],
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
-    }
-    used: set[int] = set()
-    for index, voc_id in enumerate(ids):
-        xml = folder / "Annotations" / f"{voc_id}.xml"
-        info, objects = _voc_objects(xml)
-        file_name = info["filename"] or f"{voc_id}.jpg"
-        image_id = _image_id(Path(voc_id), index, used)
-        used.add(image_id)
-        coco["images"].append(
-            {"id": image_id, "file_name": file_name, "width": info["width"], "height": info["height"]}
-        )
-        for obj in objects:
-            x0, y0, x1, y1 = obj["box"]
-            w, h = x1 - x0 + 1, y1 - y0 + 1  # VOC's boxes are 1-based and include their last pixel
-            coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": category[obj["name"]],
-                    "bbox": [x0 - 1, y0 - 1, w, h],
-                    "area": w * h,
-                    "iscrowd": obj["difficult"],  # "difficult": ignored, as COCO's crowd boxes
-                }
-            )
-    return coco
-
-
-Reader = Callable[[], dict[str, Any]]
+def read(root: Path) -> Found:
+    """The splits of the YOLO dataset at ``root`` that exist, each read as COCO when it loads."""
+    splits, roots, source = {}, {}, root
+    for split in YOLO_ALIASES:
+        found = yolo_split_images(root, split)
+        if found is None:
+            continue
+        source, images, names = found
+        if not images:
+            raise DatasetError(f"the {split!r} split of the YOLO dataset {source} has no images")
+        image_root = Path(os.path.commonpath([p.parent for p in images]))
+        splits[split] = lambda i=images, n=names, r=image_root: read_yolo(i, n, r)
+        roots[split] = image_root
+    return Found(FORMAT, source, root, splits, roots)
