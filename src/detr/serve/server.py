@@ -37,6 +37,18 @@ def banner(served: ServedModel, url: str, config: ServeConfig, workers: int) -> 
     )
 
 
+def startup_warnings(host: str, config: ServeConfig) -> list[str]:
+    """What ``detr serve`` warns of before it listens on ``host``: an open network without a key."""
+    if host in LOOPBACK:
+        return []
+    if config.api_key is None:
+        return [
+            f"warning: listening on {host} with no authentication: anyone who reaches this port can use the "
+            f"model; set --api-key (or DETR_API_KEY), or bind to 127.0.0.1"
+        ]
+    return ["note: the API key travels in clear over HTTP: put a TLS proxy in front on an open network"]
+
+
 def app_from_environment() -> Any:
     """The app for one of uvicorn's worker processes: the weights and settings ``serve`` left in the environment."""
     from ..loader import load
@@ -63,20 +75,8 @@ def serve(
     app = create_app(model, config)
     shown_host = f"[{host}]" if ":" in host else host
     print(banner(app.state.served, f"http://{shown_host}:{port}", config, workers), flush=True)
-    if host not in LOOPBACK:
-        if config.api_key is None:
-            print(
-                f"warning: listening on {host} with no authentication: anyone who reaches this port can use the "
-                f"model; set --api-key (or DETR_API_KEY), or bind to 127.0.0.1",
-                file=sys.stderr,
-                flush=True,
-            )
-        else:
-            print(
-                "note: the API key travels in clear over HTTP: put a TLS proxy in front on an open network",
-                file=sys.stderr,
-                flush=True,
-            )
+    for warning in startup_warnings(host, config):
+        print(warning, file=sys.stderr, flush=True)
     # graceful shutdown: uvicorn stops accepting, lets requests in flight finish, then the app's batcher stops
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=None)

@@ -79,6 +79,8 @@ function draw() {
   if (!state.image) return;
   canvas.width = state.image.naturalWidth;
   canvas.height = state.image.naturalHeight;
+  // small images shown larger, large ones smaller: the drawing is in the image's own pixels
+  canvas.style.width = Math.min(800, Math.max(480, canvas.width)) + "px";
   ctx.drawImage(state.image, 0, 0);
   const shown = visible();
   const line = Math.max(2, Math.round(canvas.width / 300));
