@@ -356,6 +356,14 @@ class CocoDetection(Dataset):
         data = where.read() if where.read is not None else None
         self.annotations = load_coco_annotations(where.annotation_file, data)
         self.format = where.format
+        self.split_note = where.note  # where the split comes from, when the library made it
+        # what the format's reader found wrong (each naming its file and element), for detr check-data
+        self.problems: list[str] = list((data or {}).get("problems", []))
+        if self.problems:
+            log.warning(
+                "%s (%s): %d problems in the annotations, e.g. %s; detr check-data lists them all",
+                where.annotation_file, self.format, len(self.problems), self.problems[0],
+            )  # fmt: skip
         self.images = self.annotations.images
         self.image_dir = where.image_folder([info["file_name"] for info in self.images[:10]])
         self.annotation_file = where.annotation_file

@@ -102,7 +102,8 @@ def _write_yolo_split(dataset: CocoDetection, out: Path, split: str, category_id
 
 def dataset_report(source: str | Path) -> dict[str, Any]:
     """Per split: images, boxes, boxes per class, images without boxes, boxes dropped as degenerate,
-    crowd boxes, annotations of undeclared categories, and every box's size relative to its image."""
+    crowd boxes, annotations of undeclared categories, every box's size relative to its image, where a split made
+    here comes from, and the problems its reader found (each naming its file and element)."""
     report: dict[str, Any] = {}
     for name, dataset in available_splits(source).items():
         notes = dataset.annotations
@@ -123,6 +124,8 @@ def dataset_report(source: str | Path) -> dict[str, Any]:
             "crowd_boxes_ignored": notes.ignored_crowd,
             "undeclared_category_annotations_skipped": notes.skipped_undeclared,
             "boxes_per_class": per_class,
+            "split_note": dataset.split_note,
+            "problems": dataset.problems,
             "relative_box_sizes": sizes,
         }
     return report

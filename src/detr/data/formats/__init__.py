@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from . import voc, yolo
+from . import createml, csv_boxes, cvat, label_studio, labelme, mask_png, voc, yolo
 from .common import IMAGE_SUFFIXES, SPLIT_NAMES, DatasetError, Found, Reader, hashed_part
 from .voc import VOC_ALIASES, voc_root
 from .yolo import YOLO_ALIASES, label_file, read_yolo, yolo_config, yolo_split_images
@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 # asked in this order: the first whose detect says yes reads the dataset
-READERS: tuple[ModuleType, ...] = (yolo, voc)
+READERS: tuple[ModuleType, ...] = (yolo, voc, cvat, label_studio, createml, labelme, csv_boxes, mask_png)
 KNOWN = (
     "a YOLO dataset (data.yaml, images/ beside labels/), Pascal VOC XML files, a CVAT for images 1.1 XML file, "
     "a Label Studio JSON export, CreateML JSON, LabelMe JSON files, a CSV box table "

@@ -96,11 +96,12 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def split_name(name: str) -> str | None:
-    """The split a folder or file stem names (``valid`` -> ``val``; ``train_labels`` -> ``train``), or None."""
+def split_name(name: str, words: bool = False) -> str | None:
+    """The split a folder name says (``valid`` -> ``val``), or with ``words`` a file stem (``train_labels`` ->
+    ``train``), or None."""
     lowered = name.lower()
-    if lowered in SPLIT_NAMES:
-        return SPLIT_NAMES[lowered]
+    if lowered in SPLIT_NAMES or not words:
+        return SPLIT_NAMES.get(lowered)
     for word in lowered.replace("-", "_").split("_"):
         if word in SPLIT_NAMES:
             return SPLIT_NAMES[word]
@@ -277,7 +278,7 @@ def split_lists(root: Path) -> dict[str, Path]:
     ``test.txt``) at the root or one folder down, by split."""
     found: dict[str, Path] = {}
     for path in sorted([*root.glob("*"), *root.glob("*/*")]):
-        if path.suffix.lower() in (".csv", ".txt") and path.is_file() and (split := split_name(path.stem)):
+        if path.suffix.lower() in (".csv", ".txt") and path.is_file() and (split := split_name(path.stem, words=True)):
             found.setdefault(split, path)
     return found
 
