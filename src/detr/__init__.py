@@ -54,7 +54,8 @@ _EXPORTS = {
     "postprocess": "processing.postprocess",
     "to_supervision": "processing.interop",
     "from_pretrained": "models.factories",
-    "load": "models.factories",
+    "load": "loader",
+    "load_model": "loader",
     "ExportedDETR": "deploy.runtime",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -203,7 +203,7 @@ def _load_for_inference(weights: str, factory: str | None, device: Any, asked: s
     """``detr.load`` for eval and predict: PyTorch weights on ``device``; an exported file on it too,
     except that with ``--device auto`` an onnxruntime without a CUDA provider runs it on the CPU."""
     from .deploy.runtime import RuntimeUnsupported, is_exported, load_exported
-    from .models.factories import load
+    from .loader import load
 
     if is_exported(weights) and asked == "auto" and device.type != "cpu":
         try:
@@ -354,7 +354,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .explain import explain_image
     from .fileio import atomic_write, atomic_write_text, free_folder, holds_any
-    from .models.factories import load_model
+    from .loader import load_model
 
     model = load_model(args.weights, args.model).to(resolve_device(args.device)).eval()
     paths = _image_paths(args.images)
@@ -404,7 +404,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     from .deploy.export import ExportRejected, export
-    from .models.factories import load_model
+    from .loader import load_model
 
     out = Path(args.out or f"detr.{'xml' if args.format == 'openvino' else 'onnx'}")
     if out.exists() and not args.overwrite:

@@ -59,7 +59,7 @@ def validation_grid(
     """PNG of validation images: predictions (coloured, with class and score) over ground truth (white)."""
     from .data.coco import CocoDetection
     from .engine.plots import prediction_grid
-    from .models.factories import load_model
+    from .loader import load_model
 
     model = load_model(run / "final").eval()
     side = DEMO_DATA.image_size * scale
@@ -80,7 +80,7 @@ def segmentation_metrics(run: Path, data: Path, threshold: float = 0.85) -> dict
     from .data.transforms import collate, eval_transforms
     from .engine.evaluate import coco_evaluate, predict_masks
     from .engine.panoptic_eval import evaluate_panoptic
-    from .models.factories import load_model
+    from .loader import load_model
 
     model = load_model(run / "final").eval()
     reading = model.preprocessing
@@ -101,7 +101,7 @@ def mask_pictures(run: Path, data: Path, count: int = 6, scale: int = 4) -> Path
     """PNG of validation images: predicted masks next to the ground truth's."""
     from .data.coco import CocoDetection
     from .engine.plots import mask_grid
-    from .models.factories import load_model
+    from .loader import load_model
 
     model = load_model(run / "final").eval()
     grid = mask_grid(model, CocoDetection(data, "val", masks=True), count, side=DEMO_DATA.image_size * scale)

@@ -37,6 +37,8 @@ class ExportedDETR:
     -> (logits (B, Q, K+1), boxes (B, Q, 4) normalized cxcywh)`` as numpy arrays.
     """
 
+    task = "boxes"  # an exported graph gives boxes (a mask model's too)
+
     def __init__(self, path: Path, metadata: ExportMetadata) -> None:
         self.path = path
         self.metadata = metadata

@@ -13,14 +13,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from PIL import Image
 
 from ..data.coco import DatasetError, find_split, load_coco_annotations, read_image
-from ..deploy.inference import InferenceDETR
 from ..processing.preprocess import Batch, ImagePreprocessor
+
+if TYPE_CHECKING:  # any model with predict(); the fast copy is the usual one (deploy sits above engine)
+    from ..deploy.inference import InferenceDETR
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -32,8 +32,7 @@ from ..distributed import (
 from ..fileio import atomic_write, atomic_write_text, free_folder, holds_any
 from ..hub.checkpoints import CheckpointError, fetch_checkpoint
 from ..models.detr import DETR
-from ..models.registry import create_model
-from ..processing.preprocess import ImagePreprocessor
+from .build import build_model
 from .config import TrainConfig
 from .ema import ModelEMA
 from .evaluate import coco_evaluate, predict_dataset
@@ -206,20 +205,8 @@ class Trainer:
             raise ValueError("train and val splits declare different categories; they must share one category list")
 
         class_names, category_ids = label_space(self.train_set, config)
-        self.model: DETR = create_model(
-            config.model,
-            num_classes=len(class_names),
-            class_names=class_names,
-            category_ids=category_ids,
-            # the model keeps how it reads images, for predict and eval after training
-            preprocessing=ImagePreprocessor(short_side=config.eval_size, max_size=config.max_size),
-            num_queries=config.num_queries,
-            aux_loss=config.aux_loss,
-            pretrained_backbone=config.pretrained_backbone and config.weights is None,
-            weights=config.weights,
-            **({"masks": True} if masks else {}),
-            **config.model_kwargs,
-        ).to(self.device)
+        # the model keeps how it reads images, for predict and eval after training
+        self.model: DETR = build_model(config, class_names, category_ids, weights=config.weights).to(self.device)
         self.category_match = self.train_set.match_model(self.model)  # targets in the model's class ids
         if self.val_set is not None:
             self.val_set.match_model(self.model)

@@ -418,6 +418,24 @@ def _align_mask_model(
     return state_dict, []
 
 
+def _saved_model_hint(weights: object) -> list[str]:
+    """For a directory that records how its model was built (our ``config.json``): how to rebuild it."""
+    config_path = Path(weights) / "config.json" if isinstance(weights, (str, Path)) else None
+    if config_path is None or not config_path.is_file():
+        return []
+    description = json.loads(config_path.read_text())
+    if description.get("format") != "detr":
+        return []
+    built = {
+        k: v for k, v in description.get("kwargs", {}).items() if k not in ("class_names", "category_ids", "preprocessing")
+    }
+    how = f"{description['model']}({', '.join(f'{k}={v!r}' for k, v in built.items())})" if built else "its parts"
+    return [
+        f"  {weights} records the model it holds: detr.load({str(weights)!r}) (or DETR.from_pretrained) rebuilds it; "
+        f"a factory given these weights must be built the same way: {how}"
+    ]
+
+
 def load_weights(
     model: nn.Module,
     weights: str | Path | Mapping[str, Tensor],
@@ -468,6 +486,7 @@ def load_weights(
             "  is it a checkpoint of another model (backbone depth, DC5, num_classes, num_queries)? "
             "build the matching factory, e.g. detr_r101 for an R101 checkpoint"
         )
+        lines += _saved_model_hint(weights)
         raise CheckpointError("\n".join(lines))
     target_names = getattr(model, "class_names", None)
     class_keys = [k for k in reinit if _detector_key(k) in CLASS_ROWS]

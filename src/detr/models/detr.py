@@ -27,14 +27,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..deploy.inference import InferenceDETR
-from ..hub import serialization
 from ..losses.criterion import SetCriterion
 from ..losses.matcher import HungarianMatcher
 from ..options.base import DETROption, OptionState, decode_with_options
@@ -43,6 +41,9 @@ from ..processing.postprocess import predictions
 from ..processing.preprocess import ImagePreprocessor, prediction_inputs
 from .layers import MLP
 from .position_encoding import PositionEmbeddingSine
+
+if TYPE_CHECKING:
+    from ..deploy.inference import InferenceDETR
 
 Output = tuple[Tensor, Tensor]
 
@@ -122,6 +123,8 @@ class DETR(nn.Module):
         options: training options (:mod:`detr.options`), e.g. ``[DenoisingQueries(groups=4)]``;
             each becomes a submodule under its ``name``. none by default: the paper's model.
     """
+
+    task = "boxes"  # what it predicts: boxes (a mask model, masks)
 
     def __init__(
         self,
@@ -318,6 +321,8 @@ class DETR(nn.Module):
     # ------------------------------------------- weights and deployment (detr.hub, detr.deploy)
     def save_pretrained(self, directory: str | Path) -> Path:
         """Save weights (safetensors) and the description that rebuilds this model into ``directory``."""
+        from ..hub import serialization
+
         return serialization.save_pretrained(self, directory)
 
     @classmethod
@@ -326,13 +331,27 @@ class DETR(nn.Module):
 
         A model built from parts of your own (not the library's) needs them again: pass
         ``config=DETRConfig(backbone=..., transformer=..., ...)``; its weights are then loaded strictly.
+        A training run's folder (its ``final/``, else its ``checkpoint.pth``) and a training checkpoint load
+        too, as :func:`detr.load` loads them.
         """
+        from ..hub import serialization  # the model's documented way to load: the layers above it, lazily
+
+        if not (Path(directory) / serialization.WEIGHTS_NAME).is_file():
+            from ..loader import load_model, read_training_checkpoint, run_weights
+
+            found = run_weights(directory)
+            if found != Path(directory) or read_training_checkpoint(found) is not None:
+                if config is not None:
+                    raise ValueError(f"{directory} is a training run: it rebuilds itself from its config, drop config=")
+                return load_model(found, **overrides)
         return serialization.from_pretrained(
             directory, config=config, model_type=cls, config_type=DETRConfig, **overrides
         )
 
     def export_hf(self, directory: str | Path) -> Path:
         """Write this model in the layout transformers' ``DetrForObjectDetection.from_pretrained`` loads."""
+        from ..hub import serialization
+
         return serialization.export_hf(self, directory)
 
     def optimize_for_inference(
@@ -341,4 +360,6 @@ class DETR(nn.Module):
         """A faster inference-only copy whose ``forward(x, mask=None)`` returns ``(pred_logits,
         pred_boxes)`` of the last layer: batch norm folded, channels-last, no masking work without
         padding, optional bf16 autocast and ``torch.compile`` (see :mod:`detr.deploy.inference`)."""
+        from ..deploy.inference import InferenceDETR
+
         return InferenceDETR(self, dtype=dtype, channels_last=channels_last, compile=compile)

@@ -8,17 +8,14 @@ the training options of :mod:`detr.options`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..data.coco_categories import COCO_CLASS_NAMES, COCO_PANOPTIC_CLASS_NAMES
-from ..hub.checkpoints import fetch_checkpoint, load_weights, to_detr_state_dict
-from ..hub.serialization import CONFIG_NAME
+from ..hub.checkpoints import load_weights
 from ..options import from_switches
 from ..processing.preprocess import ImagePreprocessor
 from .architectures import ARCHITECTURES, PANOPTIC_ARCHITECTURES
@@ -28,8 +25,6 @@ from .position_encoding import build_position_encoding
 from .registry import create_model, register_model
 from .segmentation import DETRSegmentation
 from .transformer import Transformer
-
-log = logging.getLogger(__name__)
 
 
 def build_detr(
@@ -214,64 +209,3 @@ detr_r101_panoptic = _register_panoptic("detr_r101_panoptic")
 
 # ``detr.from_pretrained(directory)``: a model of any registered factory (or of parts) back from its directory
 from_pretrained = DETR.from_pretrained
-
-
-def load_model(weights: str | Path, model: str | None = None, **kwargs: Any) -> DETR:
-    """A model ready to use from ``weights``: a directory written by ``save_pretrained`` (ours or
-    transformers'), a training checkpoint (``checkpoint.pth``, rebuilt from its run config), or any
-    other checkpoint loaded into the factory ``model`` (default ``detr_r50``)."""
-    path = Path(weights)
-    if path.suffix.lower() in (".onnx", ".xml") and path.is_file():
-        raise ValueError(
-            f"{path} is an exported file: detr.load() runs it (predict, eval); training, explain and export "
-            "need the PyTorch weights it was exported from"
-        )
-    if path.is_dir() and not (path / "model.safetensors").is_file() and (path / "checkpoint.pth").is_file():
-        if (path / "final" / CONFIG_NAME).is_file():  # a training run folder: its final weights
-            log.info("%s is a training run: using %s (its last weights; best/ its best-AP ones)", path, path / "final")
-            path = weights = path / "final"
-        else:
-            log.info("%s is a training run without final weights yet: using its checkpoint.pth", path)
-            path = weights = path / "checkpoint.pth"
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
-        return DETR.from_pretrained(path, **kwargs)
-    kwargs.setdefault("reinit_heads", False)  # a model to use, not to fine-tune: its checkpoint must fit
-    if path.is_file() and path.suffix in (".pth", ".pt"):
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # not a training checkpoint: the loader below gives the precise error
-            ckpt = None
-        if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and "class_names" in ckpt:
-            cfg = ckpt["config"]
-            args = dict(
-                num_classes=len(ckpt["class_names"]),
-                class_names=ckpt["class_names"],
-                category_ids=ckpt.get("category_ids"),
-                num_queries=cfg["num_queries"],
-                aux_loss=cfg["aux_loss"],
-                **cfg.get("model_kwargs", {}),
-            )
-            args.update(kwargs)
-            return create_model(model or cfg["model"], weights=ckpt["model"], **args)
-    if path.is_file():  # a plain state dict: the sizes of its heads are the model's
-        state, _ = to_detr_state_dict(fetch_checkpoint(path).state_dict)
-        if "class_head.weight" in state:
-            kwargs.setdefault("num_classes", state["class_head.weight"].shape[0] - 1)  # less "no object"
-        if "query_embed.weight" in state:
-            kwargs.setdefault("num_queries", state["query_embed.weight"].shape[0])
-        return create_model(model or "detr_r50", weights=path, **kwargs)
-    return create_model(model or "detr_r50", weights=weights, **kwargs)
-
-
-def load(weights: str | Path, model: str | None = None, device: torch.device | str = "cpu", **kwargs: Any) -> Any:
-    """Anything the library writes, ready to ``predict``: saved directories, run folders, checkpoints
-    and published names give a :class:`~detr.models.detr.DETR` (in eval mode, on ``device``; see
-    :func:`load_model`), an ``.onnx`` file or OpenVINO ``.xml`` an exported model
-    (:mod:`detr.deploy.runtime`) with the same ``predict()``, class names and preprocessing."""
-    from ..deploy.runtime import is_exported, load_exported
-
-    if is_exported(weights):
-        if model is not None or kwargs:
-            raise ValueError(f"{weights} is an exported model: it takes no factory or build arguments")
-        return load_exported(weights, device)
-    return load_model(weights, model, **kwargs).to(device).eval()

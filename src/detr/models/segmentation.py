@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.coco_categories import COCO_PANOPTIC_THING_MAX_ID
-from ..hub import serialization
 from ..losses.criterion import num_boxes_across_processes
 from ..losses.mask_loss import DICE_LOSS_COEF, MASK_LOSS_COEF, mask_loss_terms
 from ..processing.checks import Target, check_images, check_targets, padding_or_none
@@ -137,6 +136,8 @@ class DETRSegmentation(nn.Module):
         freeze_detr: train the mask head only (the reference's second stage, ``--frozen_weights``).
     """
 
+    task = "masks"  # boxes with a mask each, and panoptic segmentation (:meth:`panoptic`)
+
     def __init__(self, detr: DETR, freeze_detr: bool = False) -> None:
         super().__init__()
         levels = getattr(detr.backbone, "level_channels", None)
@@ -196,6 +197,8 @@ class DETRSegmentation(nn.Module):
     # ------------------------------------------- weights (detr.hub), as the detector's
     def save_pretrained(self, directory: str | Path) -> Path:
         """Save weights (safetensors) and the description that rebuilds this model into ``directory``."""
+        from ..hub import serialization
+
         return serialization.save_pretrained(self, directory)
 
     @classmethod
@@ -211,6 +214,8 @@ class DETRSegmentation(nn.Module):
 
     def export_hf(self, directory: str | Path) -> Path:
         """Write this model in the layout of transformers' ``DetrForSegmentation.from_pretrained``."""
+        from ..hub import serialization
+
         return serialization.export_hf(self, directory)
 
     def _detect(

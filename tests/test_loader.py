@@ -1,0 +1,124 @@
+"""One loader: every way to name the same weights gives the same model, preprocessing and labels included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import detr
+from detr.data.synthetic import SynthConfig, make_dataset
+from detr.engine import TrainConfig
+from detr.engine.train import train
+from detr.hub.checkpoints import CheckpointError
+from detr.loader import load_model
+
+FIXTURE = Path(__file__).parent / "fixtures" / "saved_runs" / "boxes"
+# a two-stage ResNet-18 of one block a stage and a two-layer transformer: a run of two steps takes ~2 s
+SMALL = {
+    "d_model": 32, "nhead": 4, "num_encoder_layers": 1, "num_decoder_layers": 2, "dim_feedforward": 64,
+    "backbone_layers": 2, "backbone_blocks": 1, "backbone_norm": "bn", "freeze_stem": False,
+}  # fmt: skip
+
+
+def _outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The last layer's (logits, boxes) on ``x``, computed on one thread as the fixture's were (more threads
+    sum in another order: equal to about 1e-7, not bitwise)."""
+    mask = torch.zeros(x.shape[0], *x.shape[-2:], dtype=torch.bool)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return tuple(model.eval().decode(x, mask, all_layers=False))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_run_saved_by_the_earlier_version_loads_with_bitwise_equal_outputs_through_every_door():
+    """The fixture was written before the loader moved (tests/fixtures/make_saved_runs.py)."""
+    expected = load_file(str(FIXTURE / "expected.safetensors"))
+    doors = {
+        "final/": load_model(FIXTURE / "final"),
+        "run folder": load_model(FIXTURE),
+        "checkpoint.pth": load_model(FIXTURE / "checkpoint.pth"),
+        "detr.load": detr.load(str(FIXTURE / "checkpoint.pth")),
+        "DETR.from_pretrained(run)": detr.DETR.from_pretrained(FIXTURE),
+    }
+    for door, model in doors.items():
+        logits, boxes = _outputs(model, expected["input"])
+        assert torch.equal(logits, expected["logits"]) and torch.equal(boxes, expected["boxes"]), door
+        # the run recorded 64 px: every door reads images so (the checkpoint once ran them at 800 px)
+        assert (model.preprocessing.short_side, model.preprocessing.max_size) == (64, 96), door
+        assert model.class_names == ["circle", "square", "triangle", "cross", "ring"], door
+        assert model.category_ids == [1, 2, 3, 4, 5] and model.task == "boxes", door
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A detector run with EMA and a mask run, two steps each, on 64 px shapes."""
+    root = tmp_path_factory.mktemp("runs")
+    found = {}
+    for name, masks in (("boxes", False), ("masks", True)):
+        data = make_dataset(root / f"{name}_data", train=4, val=2, seed=5, config=SynthConfig(64, 2, masks=masks))
+        config = TrainConfig(
+            data=str(data), output_dir=str(root / name), model="detr_r18", pretrained_backbone=False, num_queries=5,
+            model_kwargs=SMALL, train_scales=[64], max_size=96, crop=False, eval_size=64, batch_size=2, workers=0,
+            progress=False, epochs=1, masks=masks, ema=not masks, ema_warmup=1, ema_decay=0.5,
+        )  # fmt: skip
+        train(config)
+        found[name], found[f"{name}_data"] = root / name, data
+    return found
+
+
+def _detections(model, images: list[Image.Image]) -> list[list[dict]]:
+    found = model.predict(images, k=5)
+    return [[{k: (v.tolist() if torch.is_tensor(v) else v) for k, v in d.items()} for d in dets] for dets in found]
+
+
+@pytest.mark.parametrize("task", ["boxes", "masks"])
+def test_final_run_folder_checkpoint_and_detr_load_give_identical_detections(runs, task):
+    run = runs[task]
+    images = [Image.open(p).convert("RGB") for p in sorted((runs[f"{task}_data"] / "val").glob("*.jpg"))]
+    doors = {
+        "final/": detr.load(run / "final"),
+        "run folder": detr.load(run),
+        "checkpoint.pth": detr.load(run / "checkpoint.pth"),
+        "from_pretrained": detr.DETR.from_pretrained(run).eval(),
+    }
+    reference = doors.pop("final/")
+    assert reference.task == task and reference.preprocessing.short_side == 64
+    want = _detections(reference, images)
+    assert any(want)
+    for door, model in doors.items():
+        assert type(model) is type(reference) and model.task == task, door  # a mask run keeps its mask head
+        assert model.preprocessing == reference.preprocessing, door
+        assert (model.class_names, model.category_ids) == (reference.class_names, reference.category_ids), door
+        assert _detections(model, images) == want, door
+
+
+def test_the_checkpoint_of_an_ema_run_gives_the_averaged_weights_as_final_does(runs):
+    ckpt = torch.load(runs["boxes"] / "checkpoint.pth", weights_only=True)
+    raw, averaged = ckpt["model"], ckpt["ema"]["model"]
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw)  # the test can tell them apart
+    loaded = load_model(runs["boxes"] / "checkpoint.pth").state_dict()
+    assert all(torch.equal(loaded[k], averaged[k]) for k in averaged if not k.endswith("num_batches_tracked"))
+
+
+def test_a_mask_run_loads_as_a_mask_model_through_segmentation_from_pretrained(runs):
+    model = detr.DETRSegmentation.from_pretrained(runs["masks"] / "checkpoint.pth")
+    assert model.task == "masks" and "mask" in model.predict(torch.rand(3, 64, 64), k=1)[0][0]
+
+
+def test_a_factory_given_a_saved_cut_backbone_folder_says_how_to_load_it():
+    with pytest.raises(CheckpointError) as err:
+        detr.detr_r18(weights=FIXTURE / "final")
+    message = str(err.value)
+    assert "detr.load(" in message and "backbone_layers=2" in message and "d_model=32" in message
+    # and the hint is right: built so, the factory loads the weights
+    kwargs = json.loads((FIXTURE / "final" / "config.json").read_text())["kwargs"]
+    kwargs = {k: v for k, v in kwargs.items() if k != "preprocessing"}
+    detr.detr_r18(weights=FIXTURE / "final", **kwargs)
