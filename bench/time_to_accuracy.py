@@ -97,8 +97,14 @@ TASKS: dict[str, Task] = {
     # defined 2026-12-06, before any run on them; never used for tuning
     "elongated": Task(  # thin, long objects: aspect up to 5:1 either way, 1-6 of 5 classes at 128 px
         SynthConfig(
-            image_size=128, min_objects=1, max_objects=6, min_size=0.12, max_size=0.45, max_aspect=5.0,
-            max_overlap=0.2, classes=SHAPES,
+            image_size=128,
+            min_objects=1,
+            max_objects=6,
+            min_size=0.12,
+            max_size=0.45,
+            max_aspect=5.0,
+            max_overlap=0.2,
+            classes=SHAPES,
         ),
         2000,
         200,
@@ -107,7 +113,12 @@ TASKS: dict[str, Task] = {
     ),
     "scales": Task(  # a 17x range of sizes (6-112 px) at 160 px, 2-10 objects of 6 classes, overlapping (IoU 0.35)
         SynthConfig(
-            image_size=160, min_objects=2, max_objects=10, min_size=0.04, max_size=0.7, max_overlap=0.35,
+            image_size=160,
+            min_objects=2,
+            max_objects=10,
+            min_size=0.04,
+            max_size=0.7,
+            max_overlap=0.35,
             classes=ALL_SHAPES[:6],
         ),
         2000,
@@ -420,6 +431,7 @@ def run_one(task: str, data: Path, system: str, run: int, args: argparse.Namespa
     with open(folder / "worker.log", "w") as log:
         done = subprocess.run(
             [sys.executable, __file__, "--worker", str(folder / "job.json")],
+            check=False,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -483,9 +495,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
             best = max(peers, key=lambda s: peers[s][0])
             ours, theirs = stats["detr"], peers[best]
             ratio = ours[0] / max(theirs[0], 1e-9)
-            verdict = (
-                "lead" if ours[1] > theirs[2] else "behind" if ours[2] < theirs[1] else "spreads overlap: no lead"
-            )
+            verdict = "lead" if ours[1] > theirs[2] else "behind" if ours[2] < theirs[1] else "spreads overlap: no lead"
             lines.append(f"  ours / best peer ({best}) mean AP: {ratio:.2f}  -> {verdict}")
     return lines
 
