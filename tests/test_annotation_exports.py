@@ -186,9 +186,9 @@ def test_cvat_for_images_1_1(tmp_path):
         shapes = ""
         for c, x0, y0, x1, y1 in objects:
             if name == "c.jpg":  # a polygon
-                shapes += f'<polygon label="{c}" source="manual" occluded="0" points="{x0},{y0};{x1},{y0 + 3};{x1 - 2},{y1}" z_order="0"></polygon>'  # noqa: E501
+                shapes += f'<polygon label="{c}" source="manual" occluded="0" points="{x0},{y0};{x1},{y0 + 3};{x1 - 2},{y1}" z_order="0"></polygon>'
             else:
-                shapes += f'<box label="{c}" source="manual" occluded="0" xtl="{x0}" ytl="{y0}" xbr="{x1}" ybr="{y1}" z_order="0"></box>'  # noqa: E501
+                shapes += f'<box label="{c}" source="manual" occluded="0" xtl="{x0}" ytl="{y0}" xbr="{x1}" ybr="{y1}" z_order="0"></box>'
         images += f'<image id="{k}" name="{name}" width="{size[0]}" height="{size[1]}">{shapes}</image>'
     # the declared order (dog before cat) is kept, and a declared label that nothing uses
     labels = "".join(f"<label><name>{n}</name><color>#ff0000</color><type>any</type><attributes></attributes></label>"
@@ -227,7 +227,9 @@ def test_label_studio_turned_rectangle_and_polygon(tmp_path):
     polygon = {"points": [[10, 10], [50, 20], [30, 80]], "polygonlabels": ["dog"]}
     results = [{"original_width": 64, "original_height": 48, "value": v, "type": t}
                for v, t in ((turned, "rectanglelabels"), (polygon, "polygonlabels"))]  # fmt: skip
-    (tmp_path / "export.json").write_text(json.dumps([{"data": {"img": "a.jpg"}, "annotations": [{"result": results}]}]))
+    (tmp_path / "export.json").write_text(
+        json.dumps([{"data": {"img": "a.jpg"}, "annotations": [{"result": results}]}])
+    )
     coco = recognise(tmp_path).splits["all"]()
     boxes = sorted(a["bbox"] for a in coco["annotations"])
     # turned 90 degrees clockwise about its top-left corner (32, 12): 16 wide, 12 high -> x 20..32, y 12..28
@@ -328,6 +330,41 @@ def test_a_refusal_names_the_format_the_file_and_the_fix(tmp_path):
     (tmp_path / "boxes.csv").write_text("a.jpg,10,5,30,25,cat\n")  # no header line
     with pytest.raises(DatasetError, match=r"boxes.csv \(read as CSV box table\): .* give it a header line"):
         CocoDetection(tmp_path / "boxes.csv", "train")
-    (tmp_path / "x.xml").write_text(voc_xml("a.jpg", (64, 48), []).replace("</annotation>", "<object><name>cat</name></object></annotation>"))
-    with pytest.raises(DatasetError, match=r"x.xml: <object> 1 \(read as Pascal VOC XML\): has no <name> or no numeric"):
+    (tmp_path / "x.xml").write_text(
+        voc_xml("a.jpg", (64, 48), []).replace("</annotation>", "<object><name>cat</name></object></annotation>")
+    )
+    with pytest.raises(
+        DatasetError, match=r"x.xml: <object> 1 \(read as Pascal VOC XML\): has no <name> or no numeric"
+    ):
         CocoDetection(tmp_path, "train")
+
+
+def test_labelme_folder_trains_on_a_hash_split_that_eval_of_the_run_reuses(tmp_path, capsys):
+    """`detr train --data DIR` on LabelMe files without a split: the split is made, written to the run folder, said
+    in the start-up summary, and `detr eval` with the run's weights validates on the same images."""
+    from detr.engine.train import train
+
+    from .conftest import tiny_train_config
+
+    data = tmp_path / "labelme"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(24):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / f"photo_{k:02d}.jpg")
+        x0, y0 = (int(v) for v in rng.integers(0, 16, 2))
+        shape = {"label": ("cat", "dog")[k % 2], "points": [[x0, y0], [x0 + 12, y0 + 10]], "shape_type": "rectangle"}
+        content = {"version": "5.4.1", "flags": {}, "shapes": [shape], "imagePath": f"photo_{k:02d}.jpg",
+                   "imageData": None, "imageHeight": 32, "imageWidth": 32}  # fmt: skip
+        (data / f"photo_{k:02d}.json").write_text(json.dumps(content))
+    run = tmp_path / "run"
+    summary = train(tiny_train_config(data, run, max_steps=2, val_fraction=0.3))
+    assert summary["steps"] == 2 and "AP" in summary["metrics"]
+    out = capsys.readouterr().out
+    made = json.loads((run / "split.json").read_text())
+    want_val = sorted(f"photo_{k:02d}.jpg" for k in range(24) if in_validation(f"photo_{k:02d}.jpg", 0.3))
+    assert sorted(made["val"]) == want_val and 0 < len(want_val) < 24
+    assert sorted(made["train"] + made["val"]) == sorted(f"photo_{k:02d}.jpg" for k in range(24))
+    assert f"val: {len(want_val)} images" in out and "split made here: 0.3 of the images" in out
+    code = main(["eval", "--data", str(data), "--weights", str(run / "final"), "--device", "cpu", "--workers", "0"])
+    assert code == 0
+    assert f"val: {len(want_val)} images, split made here: 0.3 of the images" in capsys.readouterr().out

@@ -119,12 +119,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = _load_for_inference(args.weights, args.model, device, args.device)
     reading = model.preprocessing.with_sizes(args.size, args.max_size)  # the model's, unless flags say otherwise
+    from .data import find_split
+    from .engine.splits import run_val_fraction
+
+    # a dataset without a validation split: the share the run (its split.json) held out, the same images
+    fraction = args.val_fraction or run_val_fraction(args.weights) or 0.1
     dataset = CocoDetection(
-        args.data,
-        args.split,
-        eval_transforms(reading.short_side, reading.max_size, reading.mean, reading.std),
-        images=args.images,
+        find_split(args.data, args.split, args.images, fraction),
+        transforms=eval_transforms(reading.short_side, reading.max_size, reading.mean, reading.std),
     )
+    if dataset.split_note:
+        print(f"{args.split}: {len(dataset)} images, {dataset.split_note} = {fraction:g}")
     dataset.check_images()
     match = dataset.match_model(model)
     print(f"label map: {match.describe()}")
@@ -463,6 +468,14 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         skipped = entry["undeclared_category_annotations_skipped"]
         if skipped:
             print(f"         {skipped} annotations of undeclared categories skipped")
+        if entry["split_note"]:
+            print(f"         {entry['split_note']}")
+    first = next(iter(report.values()))
+    print(f"classes: {', '.join(first['boxes_per_class'])}")
+    problems = list(dict.fromkeys(p for entry in report.values() for p in entry["problems"]))
+    print(f"{len(problems)} problems" + (":" if problems else ""))
+    for problem in problems:
+        print(f"  {problem}")
     if args.plot:
         png = plot_report(report, args.plot)
     else:  # beside the data, under a name no earlier file has
@@ -588,6 +601,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--split", default="val", help="split of --data to evaluate (train, val, valid, test)")
     p.add_argument("--images", help="folder of the images of an annotation file (default: found next to it)")
     p.add_argument("--weights", required=True, help=weights_help)
+    p.add_argument(
+        "--val-fraction", type=float,
+        help="data without a validation split: the share that validates (default: the run's, from its split.json)",
+    )  # fmt: skip
     p.add_argument("--model", help=model_help)
     p.add_argument("--size", type=int, help="short side of the evaluation resize (default: the model's, else 800)")
     p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")
@@ -705,7 +722,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--size", type=int, help="short side of the resize (default: the model's, else 800)")
     p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")
 
-    p = command("convert", "convert a dataset (COCO, YOLO or Pascal VOC) to COCO or YOLO", cmd_convert)
+    p = command("convert", "convert a dataset (any format detr reads, see the README) to COCO or YOLO", cmd_convert)
     p.add_argument("source", help="the dataset: a folder in any format detr reads, or a COCO annotation file")
     p.add_argument("--out", required=True, help="new folder to write the converted dataset to")
     p.add_argument("--to", default="coco", choices=("coco", "yolo"), help="the format written")

@@ -34,6 +34,9 @@ class TrainConfig:
     data: str = _field("", "dataset: a COCO-format folder (either layout) or one COCO annotation file, see the README")
     train_split: str = _field("train", "split to train on (train, val, valid, test or a folder's name)")
     val_split: str = _field("val", "split to evaluate on; '' for no evaluation")
+    val_fraction: float = _field(
+        0.1, "where --data has no validation split: this share of its images validates (by a hash of the file names)"
+    )
     train_annotations: str = _field("", "a COCO annotation file to train on, instead of finding the split in --data")
     val_annotations: str = _field("", "a COCO annotation file to evaluate on, instead of finding the split in --data")
     images: str = _field("", "folder of the images of an annotation file (default: found next to it)")
@@ -133,6 +136,7 @@ class TrainConfig:
             ),
             (len(self.crop_size) == 2, "crop_size must be [min, max]"),
             (0.0 <= self.mosaic <= 1.0, f"mosaic must be a probability in [0, 1], got {self.mosaic!r}"),
+            (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction!r}"),
             (self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1"),
             (self.num_queries >= 1, "num_queries must be >= 1"),
             (self.eval_max_detections >= 1, "eval_max_detections must be >= 1"),

@@ -3,16 +3,19 @@ files, splits found in a dataset folder of any supported format, or their COCO p
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..data.coco import CocoSplit, annotation_file_split, find_split
+from ..data.coco import CocoDetection, CocoSplit, annotation_file_split, find_split
+from ..fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from .config import TrainConfig
 
 log = logging.getLogger(__name__)
+SPLIT_FILE = "split.json"  # in a run folder: the split made here, for detr eval and for a person to read
 
 
 def dataset_splits(config: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]:
@@ -46,7 +49,7 @@ def _detection_splits(config: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]
     if config.train_annotations:
         train = annotation_file_split(config.train_annotations, images)
     else:
-        train = find_split(config.data, config.train_split, images)
+        train = find_split(config.data, config.train_split, images, config.val_fraction)
     if config.val_annotations:
         return train, annotation_file_split(config.val_annotations, images)
     if not config.val_split:
@@ -54,4 +57,30 @@ def _detection_splits(config: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]
     if Path(config.data).is_file():
         log.warning("--data is one annotation file: no validation (give --val-annotations FILE to evaluate)")
         return train, None
-    return train, find_split(config.data, config.val_split, images)
+    return train, find_split(config.data, config.val_split, images, config.val_fraction)
+
+
+def write_made_split(folder: Path, train: CocoDetection, val: CocoDetection | None, val_fraction: float) -> Path | None:
+    """Write ``split.json`` into a run's ``folder`` when the library made the split (a dataset without a validation
+    split of its own): how, and every image of each side by file name. None when the dataset had its own."""
+    if val is None or not val.split_note:
+        return None
+    content = {
+        "val_fraction": val_fraction,
+        "how": val.split_note,
+        "train": [info["file_name"] for info in train.images],
+        "val": [info["file_name"] for info in val.images],
+    }
+    path = folder / SPLIT_FILE
+    atomic_write_text(path, json.dumps(content, indent=1))
+    return path
+
+
+def run_val_fraction(weights: str | Path) -> float | None:
+    """The ``val_fraction`` of the split a training run made, read from its ``split.json`` (beside ``weights``, a run
+    folder or a model folder in one), or None when there is none."""
+    path = Path(weights)
+    for folder in (path, path.parent, path.parent.parent):
+        if (folder / SPLIT_FILE).is_file():
+            return float(json.loads((folder / SPLIT_FILE).read_text())["val_fraction"])
+    return None

@@ -39,7 +39,7 @@ from .evaluate import coco_evaluate, predict_dataset
 from .loggers import JsonLinesLogger, RunLogger, TensorBoardLogger
 from .plots import plot_curves, prediction_grid
 from .report import evaluation_report
-from .splits import dataset_splits
+from .splits import dataset_splits, write_made_split
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +507,7 @@ class Trainer:
             return {"epochs": self.epoch, "steps": self.step, "seconds": 0.0, "finished_before": True}
         if self.dist.is_main:
             atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            write_made_split(self.out, self.train_set, self.val_set, cfg.val_fraction)  # for detr eval on this run
             if not cfg.resume:  # a fresh log (a folder of an earlier run is only reused with exist_ok)
                 atomic_write_text(self.out / "log.jsonl", "")
             print(self.summary())
@@ -559,7 +560,8 @@ class Trainer:
             if dataset is None:
                 return f"{name}: none"
             boxes = sum(len(b) for b in dataset.annotations.boxes.values())
-            return f"{name}: {len(dataset)} images, {boxes} boxes ({dataset.annotation_file})"
+            made = f"; {dataset.split_note}, listed in split.json" if dataset.split_note else ""
+            return f"{name}: {len(dataset)} images, {boxes} boxes ({dataset.format}: {dataset.annotation_file}{made})"
 
         names = model.class_names or []
         shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
