@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,9 +79,7 @@ def annotation_file_split(annotation_file: str | Path, images: str | Path | None
     return CocoSplit(ann, [Path(images)] if images else found)
 
 
-def find_split(
-    root: str | Path, split: str, images: str | Path | None = None, val_fraction: float = 0.1
-) -> CocoSplit:
+def find_split(root: str | Path, split: str, images: str | Path | None = None, val_fraction: float = 0.1) -> CocoSplit:
     """Locate ``split`` (train / val / test) of the dataset at ``root``: a COCO annotation file itself,
     or a folder in the COCO layout (``annotations/instances_<split>*.json`` or ``annotations/<split>.json``)
     or the per-split layout (``<split>/_annotations.coco.json``), or a dataset of another format

@@ -169,7 +169,9 @@ def build(
     images that no annotation names (left out: their split is unknown).
     """
     problems = list(problems or [])
-    names = classes if classes is not None else sorted({b.name for ls in splits.values() for lab in ls for b in lab.boxes})
+    names = (
+        classes if classes is not None else sorted({b.name for ls in splits.values() for lab in ls for b in lab.boxes})
+    )
     category = {name: i + 1 for i, name in enumerate(names)}
     resolved: dict[str, list[tuple[Path, Labelled]]] = {}
     seen: dict[Path, str] = {}
@@ -297,9 +299,7 @@ def _listed_names(path: Path) -> set[str]:
     return {n for name in names for n in (Path(name).name, Path(name).stem)}
 
 
-def listed_splits(
-    root: Path, labelled: list[Labelled], names_only: bool = False
-) -> dict[str, list[Labelled]]:
+def listed_splits(root: Path, labelled: list[Labelled], names_only: bool = False) -> dict[str, list[Labelled]]:
     """``labelled`` divided by the split lists beside the data (:func:`split_lists`); images no list names go to a
     split ``unlisted`` (shown by check-data, not trained on). Empty where there are no lists."""
     lists = split_lists(root)

@@ -50,7 +50,10 @@ def _box(element: ET.Element, where: str) -> tuple[float, float, float, float]:
     angle = math.radians(float(element.get("rotation", 0) or 0))
     if angle:  # turned about its centre: the box around the turned corners
         cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
-        dx, dy = abs(hw * math.cos(angle)) + abs(hh * math.sin(angle)), abs(hw * math.sin(angle)) + abs(hh * math.cos(angle))
+        dx, dy = (
+            abs(hw * math.cos(angle)) + abs(hh * math.sin(angle)),
+            abs(hw * math.sin(angle)) + abs(hh * math.cos(angle)),
+        )
         return cx - dx, cy - dy, cx + dx, cy + dy
     return x0, y0, x1, y1
 

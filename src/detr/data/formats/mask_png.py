@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .common import DatasetError, Box, Found, ImageIndex, Labelled, build, found, image_files, refusal
+from .common import Box, DatasetError, Found, ImageIndex, Labelled, build, found, image_files, refusal
 
 FORMAT = "mask-png"
 TITLE = "instance-mask PNGs"
@@ -71,7 +71,9 @@ def read(root: Path) -> Found:
     classes = root / "classes.txt"
     names = [line.strip() for line in classes.read_text().splitlines() if line.strip()] if classes.is_file() else []
     if len(names) > 1:
-        raise DatasetError(f"{classes} (read as {TITLE}): names {len(names)} classes; mask PNGs hold one class, give one name")
+        raise DatasetError(
+            f"{classes} (read as {TITLE}): names {len(names)} classes; mask PNGs hold one class, give one name"
+        )
     classname = names[0] if names else "object"
 
     def read_all() -> dict:

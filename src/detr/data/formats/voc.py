@@ -80,14 +80,16 @@ def read(root: Path) -> Found:
     devkit = voc_root(root)
     base = devkit or root
     listing = base / "ImageSets" / "Main"
-    listed = {
-        alias: listing / f"{alias}.txt" for aliases in VOC_ALIASES.values() for alias in aliases
-    } if devkit else {}
+    listed = (
+        {alias: listing / f"{alias}.txt" for aliases in VOC_ALIASES.values() for alias in aliases} if devkit else {}
+    )
     listed = {split: path for split, path in listed.items() if path.is_file()}
     if listed:
         splits = {
             split: [
-                base / "Annotations" / f"{line.split()[0]}.xml" for line in path.read_text().splitlines() if line.strip()
+                base / "Annotations" / f"{line.split()[0]}.xml"
+                for line in path.read_text().splitlines()
+                if line.strip()
             ]
             for split, path in listed.items()
         }

@@ -164,7 +164,6 @@ def read_yolo(images: list[Path], names: list[str], image_root: Path) -> dict[st
     return coco
 
 
-
 def detect(root: Path) -> bool:
     """Whether ``root`` is a YOLO dataset: a yaml naming classes, or ``images/<split>`` beside ``labels/``."""
     return root.exists() and (
