@@ -228,6 +228,31 @@ def test_explain_gives_each_detections_attention(url, saved, images):
         assert png.size == Image.open(images[1]).size
 
 
+def test_a_mask_model_sends_its_masks_as_coco_rle(images):
+    from pycocotools import mask as mask_utils
+
+    from detr.models.segmentation import DETRSegmentation
+
+    torch.manual_seed(0)
+    detector = detr.detr_r18(num_classes=4, num_queries=5, class_names=NAMES, **TINY_MODEL)
+    detector.preprocessing = ImagePreprocessor(short_side=64, max_size=96)
+    model = DETRSegmentation(detector).eval()
+    with running(create_app(model)) as url:
+        assert httpx.get(url + "/model").json()["masks"] is True
+        answer = _post_file(url, images[1].read_bytes(), threshold="0", k="3")
+    assert answer.status_code == 200, answer.text
+    found = answer.json()["images"][0]["detections"]
+    expected = model.predict([Image.open(images[1]).convert("RGB")], k=3)[0]
+    _same(found, expected, atol=1e-4)
+    width, height = Image.open(images[1]).size
+    assert any(0 < int(d["mask"].sum()) < width * height for d in expected)  # masks with something to compare
+    for det, ours in zip(found, expected, strict=True):
+        rle = det["segmentation"]
+        assert rle["size"] == [height, width]
+        decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})  # (H, W) uint8
+        np.testing.assert_array_equal(decoded.astype(bool), ours["mask"].numpy())
+
+
 # ------------------------------------------------------------------------------------ bad input
 def _truncated_jpeg() -> bytes:
     data = _encoded(_picture(120, 90, 3), "JPEG")
@@ -422,6 +447,18 @@ def test_the_page_in_a_browser_shows_the_detections_of_predict(url, images, tmp_
             page.wait_for_function("document.getElementById('attention').naturalWidth > 0")
             size = page.eval_on_selector("#attention", "(e) => [e.naturalWidth, e.naturalHeight]")
             assert tuple(size) == Image.open(images[4]).size
+            # the page's own COCO RLE decoder (masks of mask models) against pycocotools' encoder
+            from pycocotools import mask as mask_utils
+
+            truth = np.zeros((7, 9), dtype=np.uint8)
+            truth[1:5, 2:8] = 1
+            truth[6, 0] = 1
+            rle = mask_utils.encode(np.asfortranarray(truth))
+            alpha = page.evaluate(
+                "(rle) => Array.from(maskImage(rle, [9, 9, 9]).data).filter((v, i) => i % 4 === 3)",
+                {"size": list(rle["size"]), "counts": rle["counts"].decode()},
+            )
+            np.testing.assert_array_equal(np.array(alpha).reshape(7, 9) > 0, truth.astype(bool))
             shot = (SCREENSHOTS or tmp_path) / "serve_page.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
