@@ -108,6 +108,23 @@ def split_name(name: str, words: bool = False) -> str | None:
     return None
 
 
+def folder_split(path: Path, base: Path) -> str:
+    """The split of an annotation file by the folders between ``base`` and it (``train/``, ``valid/``), else ``all``."""
+    return next((s for part in path.relative_to(base).parts[:-1] if (s := split_name(part))), None) or "all"
+
+
+def root_tag(xml: Path) -> str:
+    """The name of an XML file's root element ("" when it is not XML), read without parsing the rest."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        for _, element in ET.iterparse(xml, events=("start",)):
+            return element.tag
+    except ET.ParseError:
+        return ""
+    return ""
+
+
 def in_validation(file_name: str, fraction: float) -> bool:
     """Whether an image of this file name is in the validation part of a split made by hashing the file name:
     each file's side depends on its name alone, so adding images moves no other image."""

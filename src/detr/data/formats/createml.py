@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .common import Box, Found, ImageIndex, Labelled, build, found, refusal, split_name
+from .common import Box, Found, ImageIndex, Labelled, build, folder_split, found, refusal
 
 FORMAT = "createml"
 TITLE = "CreateML JSON"
@@ -35,10 +35,6 @@ def files(root: Path) -> list[Path]:
 def detect(root: Path) -> bool:
     """Whether ``root`` is (or holds) JSON files listing ``image`` and ``annotations`` with ``coordinates``."""
     return bool(files(root))
-
-
-def _split(path: Path, base: Path) -> str:
-    return next((s for part in path.relative_to(base).parts[:-1] if (s := split_name(part))), None) or "all"
 
 
 def _entries(path: Path) -> list[Labelled]:
@@ -71,12 +67,12 @@ def read(root: Path) -> Found:
     """The CreateML dataset at ``root`` (a file, or a folder of them; a split per ``train/ valid/ test/`` folder)."""
     paths = files(root)
     base = root.parent if root.is_file() else root
-    names = sorted({_split(p, base) for p in paths})
+    names = sorted({folder_split(p, base) for p in paths})
 
     def read_all() -> dict:
         splits: dict[str, list[Labelled]] = {}
         for path in paths:
-            splits.setdefault(_split(path, base), []).extend(_entries(path))
+            splits.setdefault(folder_split(path, base), []).extend(_entries(path))
         return build(FORMAT, ImageIndex(base), splits)
 
     return found(FORMAT, paths[0] if len(paths) == 1 else base, base, names, read_all)

@@ -15,27 +15,18 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .common import Box, Found, ImageIndex, Labelled, build, found, refusal, split_name
+from .common import Box, Found, ImageIndex, Labelled, build, found, refusal, root_tag, split_name
 
 FORMAT = "cvat"
 TITLE = "CVAT for images 1.1 XML"
 SHAPES_IGNORED = ("polyline", "points", "ellipse", "cuboid", "mask", "tag", "skeleton")
 
 
-def _root_tag(xml: Path) -> str:
-    try:
-        for _, element in ET.iterparse(xml, events=("start",)):
-            return element.tag
-    except ET.ParseError:
-        return ""
-    return ""
-
-
 def annotation_file(root: Path) -> Path | None:
     """The CVAT XML file: ``root`` itself, else ``annotations.xml`` or another XML file whose root is
     ``<annotations>``, in ``root``."""
     candidates = [root] if root.is_file() else [root / "annotations.xml", *sorted(root.glob("*.xml"))]
-    return next((p for p in candidates if p.suffix == ".xml" and p.is_file() and _root_tag(p) == "annotations"), None)
+    return next((p for p in candidates if p.suffix == ".xml" and p.is_file() and root_tag(p) == "annotations"), None)
 
 
 def detect(root: Path) -> bool:

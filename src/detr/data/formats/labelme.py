@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import Box, Found, ImageIndex, Labelled, build, found, listed_splits, refusal, split_name
+from .common import Box, Found, ImageIndex, Labelled, build, folder_split, found, listed_splits, refusal
 
 FORMAT = "labelme"
 TITLE = "LabelMe JSON"
@@ -70,19 +70,16 @@ def read(root: Path) -> Found:
     paths = files(root)
     base = root.parent if root.is_file() else root
 
-    def split_of(path: Path) -> str:
-        return next((s for part in path.relative_to(base).parts[:-1] if (s := split_name(part))), None) or "all"
-
     def read_all() -> dict:
         problems: list[str] = []
         splits: dict[str, list] = {}
         for path in paths:
-            splits.setdefault(split_of(path), []).append(parse(path, problems))
+            splits.setdefault(folder_split(path, base), []).append(parse(path, problems))
         if list(splits) == ["all"]:
             splits = listed_splits(base, splits["all"]) or splits
         return build(FORMAT, ImageIndex(base), splits, problems=problems)
 
-    names = sorted({split_of(p) for p in paths})
+    names = sorted({folder_split(p, base) for p in paths})
     if names == ["all"]:
         names = list(listed_splits(base, [], names_only=True)) or names
     return found(FORMAT, paths[0] if len(paths) == 1 else base, base, names, read_all)

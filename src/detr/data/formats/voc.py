@@ -17,7 +17,19 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .common import Box, DatasetError, Found, ImageIndex, Labelled, build, found, listed_splits, refusal, split_name
+from .common import (
+    Box,
+    DatasetError,
+    Found,
+    ImageIndex,
+    Labelled,
+    build,
+    folder_split,
+    found,
+    listed_splits,
+    refusal,
+    root_tag,
+)
 
 FORMAT = "voc"
 TITLE = "Pascal VOC XML"
@@ -35,12 +47,7 @@ def voc_root(root: Path) -> Path | None:
 
 
 def _is_voc(xml: Path) -> bool:
-    try:
-        for _, element in ET.iterparse(xml, events=("start",)):
-            return element.tag == "annotation"
-    except ET.ParseError:
-        return False
-    return False
+    return root_tag(xml) == "annotation"
 
 
 def _xml_files(root: Path) -> list[Path]:
@@ -96,8 +103,7 @@ def read(root: Path) -> Found:
     else:
         splits = {}
         for xml in (x for x in _xml_files(base) if _is_voc(x)):
-            folders = [split_name(part) for part in xml.relative_to(base).parts[:-1]]
-            splits.setdefault(next((s for s in folders if s), "all"), []).append(xml)
+            splits.setdefault(folder_split(xml, base), []).append(xml)
     source = listing if listed else base
 
     def read_all() -> dict:
