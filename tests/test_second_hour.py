@@ -4,6 +4,11 @@ results to other tools) does what they expect, and says so."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -80,3 +85,160 @@ def test_to_supervision_takes_predicts_output_for_one_or_many_images(model):
     assert len(detr.to_supervision(one[0])) == 3  # one image's list: one Detections, as before
     with pytest.raises(TypeError, match="one image's detections"):
         detr.to_supervision([[{"box": [0, 0, 1, 1], "score": 1.0, "class_id": 0}], "x"])
+
+
+# ------------------------------------------------------------------ stopping and resuming
+def start_training(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """``detr train`` in its own process (as a user starts it), its output in pipes."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "detr", *train_args(data, out, *extra)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
+def wait_for_steps(out: Path, steps: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    log = out / "log.jsonl"
+    while time.monotonic() < deadline:
+        if log.is_file() and sum('"type": "train"' in line for line in log.read_text().splitlines()) >= steps:
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"no {steps} steps in {timeout}s")
+
+
+def train_records(out: Path) -> list[dict]:
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["type"] == "train"]
+
+
+def test_ctrl_c_stops_at_the_end_of_a_step_with_a_checkpoint_and_the_resume_command(data, tmp_path):
+    out = tmp_path / "run"
+    process = start_training(data, out, "--max-steps", "10000")
+    wait_for_steps(out, 2, process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr  # was: a 30-line traceback
+    assert process.returncode == 128 + signal.SIGINT
+    last = stdout.strip().splitlines()[-1]
+    stopped = int(last.split("stopped at step ")[1].split()[0])
+    assert last.endswith(f"resume with: detr train --output-dir {out} --resume")
+    from detr.engine.train import read_checkpoint
+
+    assert read_checkpoint(out / "checkpoint.pth")["step"] == stopped >= 2
+    assert [r["step"] for r in train_records(out)] == list(range(1, stopped + 1))  # was: log.jsonl empty
+    assert not (out / "final").exists()
+
+
+def test_sigterm_stops_the_same_way_and_a_second_ctrl_c_stops_at_once(data, tmp_path):
+    out = tmp_path / "run"
+    process = start_training(data, out, "--max-steps", "10000")
+    wait_for_steps(out, 1, process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM and "resume with: detr train --output-dir" in stdout
+
+    from detr.engine.stopping import StopRequest
+
+    with StopRequest(announce=False) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.requested == signal.SIGINT  # the first: a request, nothing raised
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_resume_reads_the_recorded_settings_and_flags_change_only_what_they_name(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(data, out, "--max-steps", "3", "--lr", "3e-4", "--val-split", "")) == 0
+    capsys.readouterr()
+    # was: "error: no dataset given: --data DIR ..."
+    assert main(["train", "--output-dir", str(out), "--resume", "--max-steps", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "changed on the command line: max_steps 3 -> 5" in printed and "done: 2 epochs, 5 steps" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["lr"] == 3e-4 and config["data"] == str(data) and config["model_kwargs"] == TINY_MODEL
+    assert config["resume"] is True and config["max_steps"] == 5
+    assert [r["step"] for r in train_records(out)] == [1, 2, 3, 4, 5]
+    assert main(["train", "--output-dir", str(out), "--resume", "--recipe", "scratch"]) == 2
+    assert "--recipe with --resume" in capsys.readouterr().err
+    assert main(["train", "--output-dir", str(tmp_path / "none"), "--resume"]) == 2
+    assert "nothing to resume in" in capsys.readouterr().err
+
+
+def test_a_stopped_run_resumes_where_it_stopped(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    process = start_training(data, out, "--max-steps", "10000")
+    wait_for_steps(out, 2, process)
+    process.send_signal(signal.SIGINT)
+    stdout, _ = process.communicate(timeout=120)
+    stopped = int(stdout.split("stopped at step ")[1].split()[0])
+    capsys.readouterr()
+    assert main(["train", "--output-dir", str(out), "--resume", "--max-steps", str(stopped + 2)]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing to do" not in printed and f"{stopped + 2} steps" in printed
+    assert [r["step"] for r in train_records(out)] == list(range(1, stopped + 3))
+
+
+def test_a_run_folder_in_use_is_refused_with_the_process_id(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(data, out, "--val-split", "")) == 0
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from detr.fileio import run_lock\nwith run_lock({str(out)!r}):\n print('held', "
+         "flush=True)\n input()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    capsys.readouterr()
+    # was: "nothing to do: the run in runs/x finished at step 32" while the first run was still going
+    assert main(["train", "--output-dir", str(out), "--resume", "--max-steps", "4"]) == 2
+    assert f"{out} is in use by process {holder.pid}" in capsys.readouterr().err
+    holder.kill()
+    holder.wait()
+    assert main(["train", "--output-dir", str(out), "--resume", "--max-steps", "4"]) == 0  # a dead holder: no lock
+
+
+def test_the_epoch_count_when_max_steps_ends_an_epoch(data, tmp_path, capsys):
+    # 8 images, batch 4: 2 steps an epoch; 4 steps are 2 whole epochs (was: "done: 1 epochs, 4 steps")
+    assert main(train_args(data, tmp_path / "run", "--max-steps", "4", "--val-split", "")) == 0
+    assert "done: 2 epochs, 4 steps" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_the_demo_the_same_way(tmp_path):
+    out = tmp_path / "demo"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "detr", "demo", "--out", str(out), "--train-images", "16", "--steps", "10000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "run" / "config.json").is_file():  # written once training has started
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT and "Traceback" not in stderr
+    assert stdout.strip().splitlines()[-1].endswith(f"resume with: detr train --output-dir {out / 'run'} --resume")
+    assert (out / "run" / "checkpoint.pth").is_file() and not (out / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------ a schedule that fits the run
+def test_a_warm_up_longer_than_a_fifth_of_the_run_is_shortened_and_the_summary_says_so(data, tmp_path):
+    from detr.engine import Trainer
+
+    from .conftest import tiny_train_config
+
+    # scratch's 400 warm-up steps in a 40-step run: the lr never got above a tenth of its value
+    trainer = Trainer(tiny_train_config(data, tmp_path / "a", warmup_steps=400, max_steps=40, lr_schedule="cosine"))
+    assert trainer.lr_factor(3) == pytest.approx(0.5) and trainer.lr_factor(7) == pytest.approx(1.0)
+    assert "warm-up 8 steps (shortened from 400 to 20% of the run's 40 steps)" in trainer.summary()
+    kept = Trainer(tiny_train_config(data, tmp_path / "b", warmup_steps=4, max_steps=40))
+    assert kept.lr_factor(1) == pytest.approx(0.5) and "warm-up 4 steps" in kept.summary()
+    assert "shortened" not in kept.summary()
+    # bounded by time: over by a fifth of --max-minutes whatever the steps
+    timed = Trainer(tiny_train_config(data, tmp_path / "c", warmup_steps=400, epochs=1000, max_minutes=1.0))
+    assert "over by 0.2 minutes at the latest" in timed.summary()
+    timed.started = time.perf_counter()
+    assert timed.lr_factor(10) == pytest.approx(11 / 400, rel=0.2)  # at the start, the steps set it
+    timed.started -= 13.0  # a fifth of the minute has gone
+    assert timed.lr_factor(10) == 1.0

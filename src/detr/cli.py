@@ -70,11 +70,17 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from .engine.config import TrainConfig, read_config_file
+    from .engine.config import TrainConfig, read_config_file, resume_config
 
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names or k == "recipe" and v is not None})
+    if values.get("resume"):  # the run folder recorded its settings: what is given here changes only those named
+        out = values.get("output_dir", TrainConfig.output_dir)
+        config, changed = resume_config(out, values)
+        shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()) or "none"
+        print(f"resuming {out} with the settings it recorded; changed on the command line: {shown}")
+        return config
     config = TrainConfig.from_dict(values)
     if values.get("recipe", "reference") != "reference":
         layers = config.model_kwargs.get("backbone_layers", 4)
@@ -98,6 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 3
     if summary.get("finished_before"):
         return 0  # the trainer said there was nothing left to do
+    if summary.get("stopped"):
+        return 128 + summary["stopped"]  # the trainer said where it stopped and how to resume; as a shell reports it
     if "metrics" in summary:
         print(f"final validation: {format_metrics(summary['metrics'])}")
     print(
@@ -508,6 +516,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(
         args.out, minutes=args.minutes, steps=args.steps, train_images=args.train_images, seed=args.seed, task=args.task
     )
+    if result.get("stopped"):
+        return 128 + result["stopped"]
     m = result["metrics"]
     masks = f"  mask AP {m['mask_AP']:.3f}  PQ {m['PQ']:.3f}" if "mask_AP" in m else ""
     print(
@@ -782,6 +792,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("detr").setLevel(logging.INFO)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first stops training cleanly): at once, without a traceback
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     except (
         FileNotFoundError,
         FileExistsError,

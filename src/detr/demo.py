@@ -120,7 +120,9 @@ def run_demo(
     task: str = "detection",
 ) -> dict[str, Any]:
     """Generate the data, train, evaluate, draw; returns the metrics and the paths written. A folder
-    holding an earlier demo is left as it is: the demo then writes to ``out-2`` (``-3`` ...).
+    holding an earlier demo is left as it is: the demo then writes to ``out-2`` (``-3`` ...). Stopped by Ctrl-C or
+    SIGTERM, it returns ``{"stopped": signal number, "steps", "paths"}`` after checkpointing the run (which
+    ``detr train --output-dir OUT/run --resume`` continues).
 
     ``task="segmentation"``: the same recipe with the paper's mask head, trained on the panoptic
     annotations (shapes and two stuff regions, exact masks); ``metrics`` then also holds mask AP and PQ."""
@@ -145,6 +147,8 @@ def run_demo(
     run = out / "run"
     config = demo_config(data, run, minutes, steps, seed, train_images, panoptic=segmentation)
     summary = train(config)
+    if summary.get("stopped"):  # Ctrl-C / SIGTERM: the trainer checkpointed and said how to resume
+        return {"stopped": summary["stopped"], "steps": summary["steps"], "paths": {"out": str(out), "run": str(run)}}
     grid = validation_grid(run, data)
     metrics = {k: v for k, v in summary.get("metrics", {}).items() if k != "per_class_AP"}
     extra_paths = {}

@@ -8,11 +8,12 @@ existing file's, else those the umask allows), not the temporary file's private 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 
@@ -67,3 +68,39 @@ def free_folder(path: str | Path, used: Callable[[Path], bool]) -> Path:
 def holds_any(path: Path, names: Iterable[str]) -> bool:
     """Whether folder ``path`` holds any of ``names``."""
     return path.is_dir() and any((path / name).exists() for name in names)
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` while the block runs; a folder another live process holds raises ``FileExistsError``
+    naming that process's id.
+
+    The lock is an ``flock`` on the file (which records the holder's pid), so the system releases it when the
+    holder exits, however it exits: a dead process leaves no stale lock. Where ``fcntl`` is missing
+    (Windows) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(folder) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise FileExistsError(
+                f"{folder} is in use by process {holder} (a run still training?): wait for it to end, or stop it "
+                f"(kill -INT {holder}) and then resume"
+            ) from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -14,6 +14,8 @@ CROP_RESIZE_SCALES = (400, 500, 600)
 CROP_SIZE = (384, 600)
 # the fields that say where the training data is (what a recipe reads to adapt to it)
 DATA_KEYS = ("data", "train_split", "train_annotations", "images", "panoptic")
+# where a run folder records the settings it trains with (written when training starts)
+RUN_CONFIG = "config.json"
 # the COCO metrics an evaluation reports (as detr.engine.evaluate.METRIC_NAMES)
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -175,6 +177,28 @@ class TrainConfig:
         """``recipe``'s values for the data in ``values`` (``data=...``), overridden by the other ``values``:
         ``TrainConfig.from_recipe("scratch", data="my_data", max_minutes=10)``."""
         return cls.from_dict({**values, "recipe": recipe})
+
+
+def resume_config(output_dir: str | Path, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, tuple[Any, Any]]]:
+    """The config to resume the run in ``output_dir`` with: the settings it recorded (data, recipe values, sizes,
+    model, schedule: its ``config.json``), ``overrides`` replacing only the values they name. Returns it and the
+    values changed, ``{name: (recorded, given)}`` (those given equal to the recorded are not changes)."""
+    path = Path(output_dir) / RUN_CONFIG
+    if not path.is_file():
+        found = "no such folder" if not Path(output_dir).is_dir() else f"no {RUN_CONFIG} in it"
+        raise FileNotFoundError(
+            f"nothing to resume in {output_dir}: {found} (a run records its settings there when it starts); "
+            "give the run's folder as --output-dir"
+        )
+    if "recipe" in overrides:
+        raise ValueError(
+            "--recipe with --resume: the run recorded the values its recipe gave; name only the settings to change"
+        )
+    recorded = read_config_file(path)
+    overrides = {k: v for k, v in overrides.items() if k not in ("resume", "output_dir")}
+    changed = {k: (recorded.get(k), v) for k, v in overrides.items() if recorded.get(k) != v}
+    config = TrainConfig.from_dict({**recorded, **overrides, "output_dir": str(output_dir), "resume": True})
+    return config, changed
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

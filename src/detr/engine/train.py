@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import random
+import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,11 +17,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from ..data.coco import CocoDetection
 from ..data.mosaic import Mosaic
-from ..data.transforms import collate, eval_transforms, train_transforms
+from ..data.transforms import collate, train_transforms
 from ..device import resolve_device
 from ..distributed import (
     DistInfo,
@@ -29,24 +31,29 @@ from ..distributed import (
     gather_to_main,
     init_distributed,
 )
-from ..fileio import atomic_write, atomic_write_text, free_folder, holds_any
+from ..fileio import atomic_write, atomic_write_text, free_folder, holds_any, run_lock
 from ..hub.checkpoints import CheckpointError, fetch_checkpoint
 from ..models.detr import DETR
-from .build import build_model
-from .config import TrainConfig
+from .build import build_model, run_preprocessing
+from .config import RUN_CONFIG, TrainConfig
 from .ema import ModelEMA
-from .evaluate import coco_evaluate, predict_dataset
+from .evaluate import evaluate_model, evaluation_dataset
 from .loggers import JsonLinesLogger, RunLogger, TensorBoardLogger
 from .plots import plot_curves, prediction_grid
 from .report import evaluation_report
 from .splits import dataset_splits, write_made_split
+from .stopping import StopRequest, ignore_interrupts_in_worker
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pth"
 CHECKPOINT_VERSION = 1
+# the longest warm-up, as a fraction of the run (its steps, and its --max-minutes): a longer one is cut to fit,
+# or the learning rate would never reach its value (scratch's 400 steps in a 40-step run). A fifth leaves the
+# demo's tuned warm-up (400 of 4000 steps, about 400 of 3200 done in its 9 minutes) as it is
+WARMUP_MAX_FRACTION = 0.2
 # what makes a folder hold a run: written into only with resume or exist_ok
-RUN_FILES = (CHECKPOINT, "log.jsonl", "config.json", "summary.json", "final", "best")
+RUN_FILES = (CHECKPOINT, "log.jsonl", RUN_CONFIG, "summary.json", "final", "best")
 
 
 class TrainingDiverged(RuntimeError):
@@ -194,7 +201,8 @@ class Trainer:
                 f"the {config.train_split!r} split has no images: {self.train_set.annotation_file} lists none"
             )
         self.val_set = (
-            CocoDetection(val_split, transforms=eval_transforms(config.eval_size, config.max_size), masks=masks)
+            # read as the model will read images after training (predict, eval): the same AP there
+            evaluation_dataset(val_split, run_preprocessing(config), masks=masks)
             if val_split is not None
             else None
         )
@@ -232,6 +240,7 @@ class Trainer:
         )
         self.sampler = ResumableSampler(len(self.train_set), config.seed, self.dist.rank, self.dist.world_size)
         self.steps_per_epoch = max(1, -(-len(self.sampler) // config.batch_size) // config.accumulate)
+        self.warmup_steps = min(config.warmup_steps, math.ceil(WARMUP_MAX_FRACTION * self.total_steps()))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
         if config.amp == "fp16" and self.device.type != "cuda":
@@ -256,18 +265,22 @@ class Trainer:
         self.started = time.perf_counter()
         self.seconds_before = 0.0  # training time of the run before this process (resumed runs)
         self.history: list[dict[str, Any]] = []
+        self.stop = StopRequest(announce=self.dist.is_main)  # Ctrl-C / SIGTERM while fit runs
         if config.resume:
             self._resume(self.out / CHECKPOINT)
 
     def lr_factor(self, step: int) -> float:
         """Learning-rate multiplier after ``step`` optimizer steps: warm-up, then step drop or cosine."""
         cfg = self.config
-        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        warmup = self.warmup_steps
+        warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+        if warm < 1 and cfg.max_minutes and step > 0:  # nor longer than its share of the time limit
+            warm = max(warm, min(1.0, self._elapsed_minutes() / (WARMUP_MAX_FRACTION * cfg.max_minutes)))
         if cfg.lr_schedule == "step":
             return warm * 0.1 ** ((step // self.steps_per_epoch) // cfg.lr_drop)
         total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        progress = min(1.0, max(0.0, step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-        if cfg.anneal_by_time and step > cfg.warmup_steps:
+        progress = min(1.0, max(0.0, step - warmup) / max(1, total - warmup))
+        if cfg.anneal_by_time and step > warmup:
             progress = max(progress, min(1.0, self._elapsed_minutes() / cfg.max_minutes))
         return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -355,6 +368,7 @@ class Trainer:
             # its own generator: creating the loader must not draw from the global RNG (dropout's),
             # or a resumed run would see different random numbers than an uninterrupted one
             generator=torch.Generator().manual_seed(self.config.seed + self.epoch),
+            worker_init_fn=ignore_interrupts_in_worker,
         )
 
     def _check_finite(self, loss: Tensor, terms: dict[str, Tensor]) -> None:
@@ -427,7 +441,7 @@ class Trainer:
                     )
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
-            if cfg.max_steps and self.step >= cfg.max_steps or self._out_of_time():
+            if cfg.max_steps and self.step >= cfg.max_steps or self._out_of_time() or self._stop_requested():
                 bar.close()
                 return False
         bar.close()
@@ -436,31 +450,37 @@ class Trainer:
         return True
 
     def evaluate(self) -> dict[str, Any] | None:
-        """COCO metrics on the validation split, or None without one. Under DDP every process predicts
-        its share of the images and rank 0 scores them all (the others return None)."""
+        """COCO box metrics on the validation split (:func:`detr.engine.evaluate.evaluate_model`, as ``detr eval``
+        measures them), or None without one. Under DDP every process predicts its share of the images and rank 0
+        scores them all (the others return None). Mask AP and PQ are left to ``detr eval`` (PQ runs the model
+        image by image: too slow to repeat during training)."""
         if self.val_set is None:
             return None
-        shard = Subset(self.val_set, range(self.dist.rank, len(self.val_set), self.dist.world_size))
-        loader = DataLoader(
-            shard, batch_size=self.config.batch_size, collate_fn=collate, num_workers=self.config.workers
-        )
-        results = predict_dataset(
-            self.evaluated_model,
-            loader,
-            self.category_match.category_of,
-            self.device,
-            self.autocast_dtype,
-            self.config.progress,
-            all_classes=self.config.eval_all_classes,
-            max_detections=self.config.eval_max_detections,
-        )
-        shards = gather_to_main(self.dist, results)
-        if shards is None:
+        cfg = self.config
+        evaluation = evaluate_model(
+            self.evaluated_model, self.val_set, tasks=("boxes",), batch_size=cfg.batch_size, workers=cfg.workers,
+            device=self.device, autocast_dtype=self.autocast_dtype, progress=cfg.progress,
+            all_classes=cfg.eval_all_classes, max_detections=cfg.eval_max_detections, per_class=cfg.per_class_ap,
+            shard=(self.dist.rank, self.dist.world_size), gather=lambda found: gather_to_main(self.dist, found),
+        )  # fmt: skip
+        if evaluation is None:
             return None
-        results = self.last_results = [r for shard_results in shards for r in shard_results]
-        metrics = coco_evaluate(self.val_set.annotations.raw, results, per_class=self.config.per_class_ap)
-        atomic_write_text(self.out / "predictions_val.json", json.dumps(results))
-        return metrics
+        self.last_results = evaluation.results
+        atomic_write_text(self.out / "predictions_val.json", json.dumps(evaluation.results))
+        return evaluation.metrics
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop was asked for (Ctrl-C, SIGTERM), in any process under DDP: all stop at the same step."""
+        asked = self.stop.requested is not None
+        if self.dist.enabled:
+            flag = torch.tensor(float(asked), device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            asked = bool(flag.item())
+        return asked
+
+    def resume_command(self) -> str:
+        """The command that continues this run from its checkpoint (the run folder records its settings)."""
+        return f"detr train --output-dir {shlex.quote(str(self.out))} --resume"
 
     def _out_of_time(self) -> bool:
         return bool(self.config.max_minutes) and self._elapsed_minutes() > self.config.max_minutes
@@ -500,13 +520,22 @@ class Trainer:
         return metrics, stop
 
     def fit(self) -> dict[str, Any]:
-        """Train for the configured epochs (or steps), evaluating, checkpointing and plotting."""
+        """Train for the configured epochs (or steps), evaluating, checkpointing and plotting.
+
+        The run folder is locked while it runs (another process training into it is refused). The first
+        Ctrl-C (SIGINT) or SIGTERM stops the run at the end of its step with a checkpoint, returning a summary
+        with ``"stopped"`` (the signal's number); a second Ctrl-C raises ``KeyboardInterrupt`` at once.
+        """
+        with run_lock(self.out) if self.dist.is_main else contextlib.nullcontext(), self.stop:
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.config
         if self._finished():
             print(f"nothing to do: the run in {self.out} finished at step {self.step} (epoch {self.epoch})")
             return {"epochs": self.epoch, "steps": self.step, "seconds": 0.0, "finished_before": True}
         if self.dist.is_main:
-            atomic_write_text(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            atomic_write_text(self.out / RUN_CONFIG, json.dumps(cfg.to_dict(), indent=2))
             write_made_split(self.out, self.train_set, self.val_set, cfg.val_fraction)  # for detr eval on this run
             if not cfg.resume:  # a fresh log (a folder of an earlier run is only reused with exist_ok)
                 atomic_write_text(self.out / "log.jsonl", "")
@@ -515,13 +544,17 @@ class Trainer:
         start = self.started = time.perf_counter()
         while self.epoch < cfg.epochs:
             finished_epoch = self.train_one_epoch()
-            if finished_epoch:
+            if finished_epoch or self.epoch_step >= self.steps_per_epoch:  # max_steps may end an epoch's last step
                 self.epoch += 1
                 self.epoch_step = 0
+            if self._stop_requested():
+                return self._stopped(start)
             done = not finished_epoch or self.epoch >= cfg.epochs
             if done or self.epoch % cfg.eval_every == 0:
                 metrics, stop = self._evaluate_and_keep_best()
                 done = done or stop
+            if self._stop_requested():  # asked during the evaluation
+                return self._stopped(start)
             self.save_checkpoint()
             if self.dist.is_main:
                 plot_curves(self.out / "log.jsonl", self.out / "curves.png")
@@ -545,6 +578,26 @@ class Trainer:
         if self.dist.enabled:  # once the outputs are safe
             self._check_replicas_identical()
         return summary
+
+    def _stopped(self, start: float) -> dict[str, Any]:
+        """Checkpoint a run stopped when asked, close its logs and say how to resume it."""
+        self.save_checkpoint()
+        self._log({"type": "stopped", "epoch": self.epoch, "step": self.step, "signal": self.stop.requested})
+        if self.dist.is_main:
+            for logger in self.loggers:
+                logger.close()
+            print(
+                f"stopped at step {self.step} of {self.total_steps()} (epoch {self.epoch}), checkpoint saved; "
+                f"resume with: {self.resume_command()}",
+                flush=True,
+            )
+        return {
+            "epochs": self.epoch,
+            "steps": self.step,
+            "seconds": round(time.perf_counter() - start, 1),
+            "output_dir": str(self.out),
+            "stopped": self.stop.requested,
+        }
 
     def total_steps(self) -> int:
         """Optimizer steps the run will take, unless the clock stops it first."""
@@ -580,10 +633,23 @@ class Trainer:
                 f"schedule: {self.total_steps()} optimizer steps ({self.steps_per_epoch} an epoch, batch "
                 f"{cfg.batch_size} x {cfg.accumulate} x {self.dist.world_size}){clock}; lr {cfg.lr:g} "
                 f"(backbone {cfg.lr_backbone:g}), {cfg.lr_schedule}"
-                + (f", warm-up {cfg.warmup_steps}" if cfg.warmup_steps else ""),
+                + self._warmup_text(),
                 f"output: {self.out}",
             ]
         )
+
+    def _warmup_text(self) -> str:
+        """The warm-up for the summary, saying when it was cut to fit the run."""
+        cfg = self.config
+        if not cfg.warmup_steps:
+            return ""
+        share = f"{WARMUP_MAX_FRACTION:.0%}"
+        text = f", warm-up {self.warmup_steps} steps"
+        if self.warmup_steps < cfg.warmup_steps:
+            text += f" (shortened from {cfg.warmup_steps} to {share} of the run's {self.total_steps()} steps)"
+        if cfg.max_minutes:
+            text += f", over by {WARMUP_MAX_FRACTION * cfg.max_minutes:g} minutes at the latest ({share} of the time)"
+        return text
 
     def _finished(self) -> bool:
         """Whether the run has nothing left to train (a resumed run that had reached its end)."""
