@@ -19,6 +19,7 @@ from torch import Tensor
 from ..processing.checks import check_images
 from ..processing.postprocess import predictions
 from ..processing.preprocess import ImagePreprocessor, prediction_inputs
+from ..processing.tiling import predict_tiled
 from .metadata import ExportMetadata
 
 ONNX_SUFFIXES = (".onnx",)
@@ -94,8 +95,18 @@ class ExportedDETR:
         preprocessor: ImagePreprocessor | None = None,
         nms: float | None = None,
         classes: Sequence[int | str] | None = None,
+        tile: int | None = None,
+        tile_overlap: float = 0.2,
+        tile_full_image: bool = False,
+        max_detections: int | None = None,
     ) -> list[list[dict[str, Any]]]:
-        """Detections per image, exactly as :meth:`detr.models.detr.DETR.predict` (same arguments)."""
+        """Detections per image, exactly as :meth:`detr.models.detr.DETR.predict` (same arguments, tiles too)."""
+        if tile is not None:
+            return predict_tiled(
+                self, x, tile, tile_overlap, tile_full_image, k, score_threshold, preprocessor, nms, classes,
+                max_detections,
+            )  # fmt: skip
+        k = k if max_detections is None else min(k, max_detections)  # untiled: one window, one cap
         x, mask, sizes = prediction_inputs(x, mask, image_sizes, preprocessor or self.preprocessing)
         logits, boxes = self(x, mask)
         return predictions(logits, boxes, sizes, self.class_names, k, score_threshold, nms, classes)

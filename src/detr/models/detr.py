@@ -39,6 +39,7 @@ from ..options.base import DETROption, OptionState, decode_with_options
 from ..processing.checks import Target, check_images, check_targets, is_positive_int, padding_or_none
 from ..processing.postprocess import predictions
 from ..processing.preprocess import ImagePreprocessor, prediction_inputs
+from ..processing.tiling import predict_tiled
 from .layers import MLP
 from .position_encoding import PositionEmbeddingSine
 
@@ -294,6 +295,10 @@ class DETR(nn.Module):
         preprocessor: ImagePreprocessor | None = None,
         nms: float | None = None,
         classes: Sequence[int | str] | None = None,
+        tile: int | None = None,
+        tile_overlap: float = 0.2,
+        tile_full_image: bool = False,
+        max_detections: int | None = None,
     ) -> list[list[dict[str, Any]]]:
         """Top-k detections per image, each ``{"box": [x0, y0, x1, y1] pixels, "score", "class_id"}``
         (plus ``"class_name"`` when the model knows its class names).
@@ -306,7 +311,17 @@ class DETR(nn.Module):
         or ``image_sizes`` (B, 2) as (height, width)), else of the unpadded region of ``x``.
         ``nms``: an IoU above which a lower-scored box of the same class is dropped (off by default).
         ``classes``: keep only detections of these classes (ids or names).
+        ``tile``: cut raw images into overlapping ``tile`` x ``tile`` windows of their own pixels (``tile_overlap``
+        of a window shared with its neighbours; ``tile_full_image``: the whole image as one more window),
+        ``k`` detections per window, merged across window borders, at most ``max_detections`` per image
+        (:mod:`detr.processing.tiling`): for large images with small objects.
         """
+        if tile is not None:
+            return predict_tiled(
+                self, x, tile, tile_overlap, tile_full_image, k, score_threshold, preprocessor, nms, classes,
+                max_detections,
+            )  # fmt: skip
+        k = k if max_detections is None else min(k, max_detections)  # untiled: one window, one cap
         x, mask, sizes = prediction_inputs(x, mask, image_sizes, preprocessor or self.preprocessing)
         device = next(self.parameters()).device
         x, mask = x.to(device), mask.to(device)

@@ -33,6 +33,7 @@ from ..losses.mask_loss import DICE_LOSS_COEF, MASK_LOSS_COEF, mask_loss_terms
 from ..processing.checks import Target, check_images, check_targets, padding_or_none
 from ..processing.postprocess import class_ids, postprocess, valid_sizes
 from ..processing.preprocess import prediction_inputs
+from ..processing.tiling import NO_TILED_MASKS
 from ..processing.mask_postprocess import panoptic_segmentation, query_masks
 from ..options.base import OptionState, decode_with_options
 from .detr import DETR
@@ -345,9 +346,13 @@ class DETRSegmentation(nn.Module):
         nms: float | None = None,
         classes: Sequence[int | str] | None = None,
         mask_threshold: float = 0.5,
+        tile: int | None = None,
     ) -> list[list[dict[str, Any]]]:
         """:meth:`detr.models.detr.DETR.predict`'s detections (same arguments), each with its ``"mask"``:
-        (H, W) bool in the original image's pixels (``sigmoid > mask_threshold``, the reference's rule)."""
+        (H, W) bool in the original image's pixels (``sigmoid > mask_threshold``, the reference's rule).
+        No tiles (``tile`` is refused, saying why): tiled prediction gives boxes only."""
+        if tile is not None:
+            raise ValueError(NO_TILED_MASKS)
         logits, boxes, masks, sizes, inputs, padded = self._outputs_for(x, mask, image_sizes, preprocessor)
         wanted = None if classes is None else class_ids(classes, self.class_names, self.num_classes)
         found = postprocess(logits, boxes, sizes, score_threshold, k, nms_iou=nms, classes=wanted)
