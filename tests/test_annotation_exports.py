@@ -14,7 +14,7 @@ from PIL import Image
 from detr.cli import main
 from detr.data import CocoDetection, DatasetError, find_split
 from detr.data.formats import recognise
-from detr.data.formats.common import in_validation
+from detr.data.formats.common import hashed_part, in_validation
 
 # the truth every test writes in its tool's form: image -> (size, [(class, x0, y0, x1, y1) in pixels])
 TRUTH = {
@@ -282,6 +282,10 @@ def test_the_hash_split_keeps_each_image_on_its_side_when_images_are_added(tmp_p
     assert 20 < len(val) < 60  # about a tenth
     more = names + [f"new_{k}.jpg" for k in range(100)]
     assert {n for n in more if in_validation(n, 0.1)} & set(names) == val
+    tiny = {"images": [{"id": k, "file_name": n} for k, n in enumerate(TRUTH)], "annotations": [], "categories": []}
+    assert not any(in_validation(n, 0.1) for n in TRUTH)  # none falls under a tenth: one image still validates
+    parts = {part: [i["file_name"] for i in hashed_part(tiny, part, 0.1)["images"]] for part in ("train", "val")}
+    assert len(parts["val"]) == 1 and sorted(parts["train"] + parts["val"]) == sorted(TRUTH)
 
 
 def problems_of(root: Path, capsys) -> str:
@@ -368,3 +372,37 @@ def test_labelme_folder_trains_on_a_hash_split_that_eval_of_the_run_reuses(tmp_p
     code = main(["eval", "--data", str(data), "--weights", str(run / "final"), "--device", "cpu", "--workers", "0"])
     assert code == 0
     assert f"val: {len(want_val)} images, split made here: 0.3 of the images" in capsys.readouterr().out
+
+
+def test_convert_writes_a_cvat_export_as_coco_and_as_yolo(tmp_path, capsys):
+    write_images(tmp_path / "cvat" / "images")
+    images = ""
+    for k, (name, (size, objects)) in enumerate(TRUTH.items()):
+        boxes = "".join(
+            f'<box label="{c}" occluded="0" xtl="{x0}" ytl="{y0}" xbr="{x1}" ybr="{y1}" z_order="0"></box>'
+            for c, x0, y0, x1, y1 in objects
+        )
+        images += f'<image id="{k}" name="{name}" width="{size[0]}" height="{size[1]}">{boxes}</image>'
+    (tmp_path / "cvat" / "annotations.xml").write_text(f"<annotations><version>1.1</version>{images}</annotations>")
+    for to in ("coco", "yolo"):
+        assert main(["convert", str(tmp_path / "cvat"), "--out", str(tmp_path / to), "--to", to]) == 0
+    capsys.readouterr()
+    written = {}  # what both conversions hold, read back by file name: COCO's JSON and YOLO's normalized lines
+    for split in ("train", "val"):
+        coco = json.loads((tmp_path / "coco" / split / "_annotations.coco.json").read_text())
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        for info in coco["images"]:
+            boxes = [a for a in coco["annotations"] if a["image_id"] == info["id"]]
+            written[Path(info["file_name"]).name] = sorted(
+                (names[a["category_id"]], a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                 a["bbox"][1] + a["bbox"][3]) for a in boxes
+            )  # fmt: skip
+            (w, h), objects = TRUTH[Path(info["file_name"]).name]
+            yolo_lines = (tmp_path / "yolo" / "labels" / split / info["file_name"]).with_suffix(".txt").read_text()
+            yolo = sorted(
+                (["cat", "dog"][int(c)], (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
+                for c, cx, cy, bw, bh in (map(float, line.split()) for line in yolo_lines.splitlines())
+            )
+            assert np.allclose([b[1:] for b in yolo], [b[1:] for b in sorted(objects)], atol=1e-3)
+            assert [b[0] for b in yolo] == [b[0] for b in sorted(objects)]
+    assert sorted(written) == sorted(TRUTH) and all(written[n] == sorted(TRUTH[n][1]) for n in TRUTH)

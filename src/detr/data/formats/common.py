@@ -125,16 +125,25 @@ def root_tag(xml: Path) -> str:
     return ""
 
 
+def _hash_share(file_name: str) -> float:
+    """Where a file name falls in [0, 1): its SHA-256, the same on every machine and in every run."""
+    return int.from_bytes(hashlib.sha256(Path(file_name).name.encode()).digest()[:8], "big") / 2**64
+
+
 def in_validation(file_name: str, fraction: float) -> bool:
     """Whether an image of this file name is in the validation part of a split made by hashing the file name:
     each file's side depends on its name alone, so adding images moves no other image."""
-    digest = hashlib.sha256(Path(file_name).name.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return _hash_share(file_name) < fraction
 
 
 def hashed_part(coco: dict[str, Any], part: str, fraction: float) -> dict[str, Any]:
-    """The ``part`` ("train" or "val") of ``coco``'s images by :func:`in_validation`, with their annotations."""
-    images = [img for img in coco["images"] if in_validation(img["file_name"], fraction) == (part == "val")]
+    """The ``part`` ("train" or "val") of ``coco``'s images by :func:`in_validation`, with their annotations. A
+    dataset so small that no image falls under ``fraction`` validates on its one lowest-hashed image (of 2 or more)."""
+    shares = {img["file_name"]: _hash_share(img["file_name"]) for img in coco["images"]}
+    val = {name for name, share in shares.items() if share < fraction}
+    if not val and len(shares) >= 2:
+        val = {min(shares, key=shares.__getitem__)}
+    images = [img for img in coco["images"] if (img["file_name"] in val) == (part == "val")]
     ids = {img["id"] for img in images}
     return {
         **coco,
