@@ -406,3 +406,13 @@ def test_convert_writes_a_cvat_export_as_coco_and_as_yolo(tmp_path, capsys):
             assert np.allclose([b[1:] for b in yolo], [b[1:] for b in sorted(objects)], atol=1e-3)
             assert [b[0] for b in yolo] == [b[0] for b in sorted(objects)]
     assert sorted(written) == sorted(TRUTH) and all(written[n] == sorted(TRUTH[n][1]) for n in TRUTH)
+
+
+def test_a_voc_filename_without_its_extension_finds_the_image(tmp_path):
+    write_images(tmp_path)
+    for name, (size, objects) in TRUTH.items():
+        written = voc_xml(Path(name).stem if name != "c.jpg" else name, size, objects)
+        if name == "b.jpg":  # and no <filename> at all: the image of the XML's own name
+            written = written.replace("<filename>b</filename>", "")
+        (tmp_path / f"{Path(name).stem}.xml").write_text(written)
+    assert_truth(tmp_path)

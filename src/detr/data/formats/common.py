@@ -153,21 +153,26 @@ def hashed_part(coco: dict[str, Any], part: str, fraction: float) -> dict[str, A
 
 
 class ImageIndex:
-    """A dataset's image files, found by the name an annotation gives: its relative path from the dataset root,
-    else the file of that name beside the annotation, else the one file of that name anywhere in the dataset.
-    Never an absolute path from the annotator's machine."""
+    """A dataset's image files, found by the name an annotation gives (with or without its extension): its relative
+    path from the dataset root, else the file of that name beside the annotation, else the one file of that name
+    anywhere in the dataset. Never an absolute path from the annotator's machine."""
 
     def __init__(self, root: Path, files: list[Path] | None = None) -> None:
         self.root = root
         self.files = image_files(root) if files is None else files
         self.by_name: dict[str, list[Path]] = {}
+        self.by_stem: dict[str, list[Path]] = {}
         for path in self.files:
             self.by_name.setdefault(path.name, []).append(path)
+            self.by_stem.setdefault(path.stem, []).append(path)
 
     def find(self, name: str, folder: Path | None) -> tuple[Path | None, list[Path]]:
         """The image ``name`` refers to (None when not found), and every file of that name (several: duplicated)."""
         written = Path(name.replace("\\", "/"))
         same = self.by_name.get(written.name, [])
+        if not same and written.suffix.lower() not in IMAGE_SUFFIXES:  # a name written without its extension
+            same = self.by_stem.get(written.name, [])
+            written = written.with_name(same[0].name) if len(same) == 1 else written
         if not written.is_absolute() and ".." not in written.parts:
             for base in ([folder] if folder is not None else []) + [self.root]:
                 if (base / written) in same:

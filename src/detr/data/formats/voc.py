@@ -66,7 +66,7 @@ def parse(xml: Path) -> Labelled:
     except ET.ParseError as err:
         raise refusal(TITLE, xml, f"not valid XML ({err})", "fix or delete the file") from err
     width, height = (int(float(tree.findtext(f"size/{k}") or 0)) for k in ("width", "height"))
-    name = (tree.findtext("filename") or "").strip() or f"{xml.stem}.jpg"
+    name = (tree.findtext("filename") or "").strip() or xml.stem  # no <filename>: the image of the same stem
     labelled = Labelled(name, str(xml), size=(width, height) if width and height else None, folder=xml.parent)
     for k, obj in enumerate(tree.findall("object"), start=1):
         where = f"{xml}: <object> {k}"
