@@ -211,3 +211,25 @@ def test_tiling_an_onnx_export_gives_the_pytorch_detections(tmp_path):
     assert [d["class_id"] for d in ours] == [d["class_id"] for d in theirs]
     assert np.allclose([d["score"] for d in ours], [d["score"] for d in theirs], atol=1e-4)
     assert np.allclose([d["box"] for d in ours], [d["box"] for d in theirs], atol=0.05)  # pixels
+
+
+def test_detr_predict_tile_writes_the_tiled_detections(tmp_path):
+    import json
+
+    from detr.cli import main
+
+    model = _tiny_model(seed=2)
+    model.save_pretrained(tmp_path / "model")
+    _image(150, 220, seed=4).save(tmp_path / "large.png")
+    args = ["predict", str(tmp_path / "large.png"), "--weights", str(tmp_path / "model"), "--threshold", "0",
+            "--no-progress", "--device", "cpu"]  # fmt: skip
+    assert main(args + ["--out", str(tmp_path / "tiled"), "--tile", "64", "--tile-overlap", "0.25"]) == 0
+    found = json.loads((tmp_path / "tiled" / "detections.json").read_text())
+    (dets,) = found.values()
+    expected = model.predict(Image.open(tmp_path / "large.png"), tile=64, tile_overlap=0.25)[0]
+    assert len(dets) == len(expected) > 6  # more than one pass's 6 queries
+    assert np.allclose([d["box"] for d in dets], [d["box"] for d in expected], atol=1e-2)
+    assert main(args + ["--out", str(tmp_path / "capped"), "--tile", "64", "--max-detections", "4"]) == 0
+    assert len(next(iter(json.loads((tmp_path / "capped" / "detections.json").read_text()).values()))) == 4
+    with pytest.raises(SystemExit, match="go with --tile"):
+        main(args + ["--out", str(tmp_path / "x"), "--max-detections", "4"])

@@ -216,6 +216,20 @@ def _load_for_inference(weights: str, factory: str | None, device: Any, asked: s
     """``detr.load`` for eval and predict: PyTorch weights on ``device``; an exported file on it too,
     except that with ``--device auto`` an onnxruntime without a CUDA provider runs it on the CPU."""
     from .deploy.runtime import RuntimeUnsupported, is_exported, load_exported
+def _tiling(args: argparse.Namespace) -> dict[str, Any]:
+    """predict's tiling arguments from --tile and the flags that go with it (none without --tile)."""
+    if args.tile is None:
+        if args.tile_full_image or args.max_detections is not None:
+            raise SystemExit("error: --tile-full-image and --max-detections go with --tile (without it --k caps)")
+        return {}
+    return {
+        "tile": args.tile,
+        "tile_overlap": args.tile_overlap,
+        "tile_full_image": args.tile_full_image,
+        "max_detections": args.max_detections,
+    }
+
+
     from .loader import load
 
     if is_exported(weights) and asked == "auto" and device.type != "cpu":
@@ -272,6 +286,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if exported and args.bf16:
         raise SystemExit(
             "error: --bf16 applies to PyTorch weights; an exported file has its own precision "
+        **_tiling(args),
             "(detr export --precision fp16)"
         )
     classes = [c for item in args.classes for c in item.split(",") if c] if args.classes else None
@@ -658,7 +673,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         out="predictions",
         what="predictions",
     )
-    p.add_argument("--k", type=int, default=100, help="at most this many detections per image")
+    p.add_argument("--k", type=int, default=100, help="at most this many detections per image (with --tile: per tile)")
+    p.add_argument(
+        "--tile", type=int, metavar="SIZE", help="large images: cut into overlapping SIZE x SIZE tiles, unresized"
+    )
+    p.add_argument("--tile-overlap", type=float, default=0.2, help="fraction of a tile its neighbours share")
+    p.add_argument("--tile-full-image", action="store_true", help="with --tile: the whole image too (large objects)")
+    p.add_argument("--max-detections", type=int, help="with --tile: at most this many per image (default: all)")
     p.add_argument("--nms", type=float, help="drop a box overlapping a better one of its class above this IoU")
     p.add_argument("--size", type=int, help="short side of the resize (default: the model's, else 800)")
     p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")

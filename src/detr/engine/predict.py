@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..data.coco import DatasetError, find_split, load_coco_annotations, read_image
 from ..processing.preprocess import Batch, ImagePreprocessor
+from ..processing.tiling import predict_tiled
 
 if TYPE_CHECKING:  # any model with predict(); the fast copy is the usual one (deploy sits above engine)
     from ..deploy.inference import InferenceDETR
@@ -61,10 +62,14 @@ def predict_files(
 ) -> Iterator[ImagePrediction]:
     """:class:`ImagePrediction` of every file in ``paths`` (the unreadable ones with their error), in
     the order batches finish; ``options`` go to :meth:`InferenceDETR.predict` (``k``,
-    ``score_threshold``, ``nms``, ``classes``)."""
+    ``score_threshold``, ``nms``, ``classes``; ``tile`` and the rest: tiled prediction, where an image's
+    windows are its batches, :func:`detr.processing.tiling.predict_tiled`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     preprocessor = preprocessor or model.preprocessing
+    if options.get("tile") is not None:
+        yield from _predict_files_tiled(model, paths, preprocessor, batch_size, **options)
+        return
 
     def load(item: tuple[int, Path]) -> tuple[ImagePrediction, Batch | None]:
         index, path = item
@@ -96,6 +101,30 @@ def predict_files(
     for group in waiting.values():
         yield from run(group)
 
+
+def _predict_files_tiled(
+    model: Any, paths: Sequence[Path], preprocessor: ImagePreprocessor, batch_size: int, **options: Any
+) -> Iterator[ImagePrediction]:
+    """:func:`predict_files` through tiles: each image read ahead, cut and run ``batch_size`` windows a pass."""
+    tiling = {
+        "tile": options.pop("tile"),
+        "overlap": options.pop("tile_overlap", 0.2),
+        "full_image": options.pop("tile_full_image", False),
+    }
+
+    def load(item: tuple[int, Path]) -> ImagePrediction:
+        index, path = item
+        try:
+            return ImagePrediction(index, path, read_image(path, exif=True))
+        except DatasetError as err:  # one bad file does not stop the others
+            return ImagePrediction(index, path, error=str(err))
+
+    for prediction in read_ahead(load, enumerate(paths), ahead=2):
+        if prediction.image is not None:
+            (prediction.detections,) = predict_tiled(
+                model, [prediction.image], preprocessor=preprocessor, batch_size=batch_size, **tiling, **options
+            )
+        yield prediction
 
 
 def ground_truth_by_name(source: str | Path) -> dict[str, list[dict[str, Any]]]:
