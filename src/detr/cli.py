@@ -216,20 +216,6 @@ def _load_for_inference(weights: str, factory: str | None, device: Any, asked: s
     """``detr.load`` for eval and predict: PyTorch weights on ``device``; an exported file on it too,
     except that with ``--device auto`` an onnxruntime without a CUDA provider runs it on the CPU."""
     from .deploy.runtime import RuntimeUnsupported, is_exported, load_exported
-def _tiling(args: argparse.Namespace) -> dict[str, Any]:
-    """predict's tiling arguments from --tile and the flags that go with it (none without --tile)."""
-    if args.tile is None:
-        if args.tile_full_image or args.max_detections is not None:
-            raise SystemExit("error: --tile-full-image and --max-detections go with --tile (without it --k caps)")
-        return {}
-    return {
-        "tile": args.tile,
-        "tile_overlap": args.tile_overlap,
-        "tile_full_image": args.tile_full_image,
-        "max_detections": args.max_detections,
-    }
-
-
     from .loader import load
 
     if is_exported(weights) and asked == "auto" and device.type != "cpu":
@@ -270,6 +256,20 @@ def _output_names(paths: list[Path]) -> list[str]:
     ]
 
 
+def _tiling(args: argparse.Namespace) -> dict[str, Any]:
+    """predict's tiling arguments from --tile and the flags that go with it (none without --tile)."""
+    if args.tile is None:
+        if args.tile_full_image or args.max_detections is not None:
+            raise SystemExit("error: --tile-full-image and --max-detections go with --tile (without it --k caps)")
+        return {}
+    return {
+        "tile": args.tile,
+        "tile_overlap": args.tile_overlap,
+        "tile_full_image": args.tile_full_image,
+        "max_detections": args.max_detections,
+    }
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -286,7 +286,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if exported and args.bf16:
         raise SystemExit(
             "error: --bf16 applies to PyTorch weights; an exported file has its own precision "
-        **_tiling(args),
             "(detr export --precision fp16)"
         )
     classes = [c for item in args.classes for c in item.split(",") if c] if args.classes else None
@@ -327,6 +326,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         score_threshold=args.threshold,
         nms=args.nms,
         classes=classes,
+        **_tiling(args),
     )
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=args.no_progress, leave=False)
     for result in predictions:
