@@ -416,3 +416,18 @@ def test_a_voc_filename_without_its_extension_finds_the_image(tmp_path):
             written = written.replace("<filename>b</filename>", "")
         (tmp_path / f"{Path(name).stem}.xml").write_text(written)
     assert_truth(tmp_path)
+
+
+def test_show_gt_reads_every_image_of_a_dataset_split_here(tmp_path):
+    from detr.engine.predict import ground_truth_by_name
+
+    write_images(tmp_path)
+    rows = [["image", "x0", "y0", "x1", "y1", "label"]]
+    rows += [[n, x0, y0, x1, y1, c] for n, (_, objects) in TRUTH.items() for c, x0, y0, x1, y1 in objects]
+    with open(tmp_path / "boxes.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    for source in (tmp_path, tmp_path / "boxes.csv"):  # both sides of the hash split, from a folder or the file
+        truth = ground_truth_by_name(source)
+        assert {n: sorted((b["class_name"], *b["box"]) for b in v) for n, v in truth.items()} == {
+            n: sorted(objects) for n, (_, objects) in TRUTH.items()
+        }

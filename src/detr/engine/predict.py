@@ -128,8 +128,8 @@ def _predict_files_tiled(
 
 
 def ground_truth_by_name(source: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Ground-truth boxes of a dataset (anything ``--data`` takes: a COCO annotation file, a COCO, YOLO
-    or Pascal VOC folder, every split found) by image file name: ``{"box": xyxy pixels, "class_name"}``."""
+    """Ground-truth boxes of a dataset (anything ``--data`` takes: a COCO annotation file, a dataset folder or file
+    of any format read, every split found) by image file name: ``{"box": xyxy pixels, "class_name"}``."""
     found: dict[str, list[dict[str, Any]]] = {}
     splits = []
     for split in ("train", "val", "test"):
@@ -137,13 +137,13 @@ def ground_truth_by_name(source: str | Path) -> dict[str, list[dict[str, Any]]]:
             splits.append(find_split(source, split))
         except FileNotFoundError:
             continue
-        if Path(source).is_file():  # one annotation file: one split
+        if Path(source).is_file() and splits[-1].read is None:  # one COCO annotation file: one split
             break
     if not splits:
         raise FileNotFoundError(f"no annotations found in {source}: give a COCO annotation file or a dataset folder")
     read: set[Path] = set()
     for split in splits:
-        if split.annotation_file in read:  # e.g. a folder whose val and test name one file
+        if split.read is None and split.annotation_file in read:  # e.g. a COCO folder whose val and test name one file
             continue
         read.add(split.annotation_file)
         annotations = load_coco_annotations(split.annotation_file, split.read() if split.read else None)
