@@ -431,3 +431,21 @@ def test_show_gt_reads_every_image_of_a_dataset_split_here(tmp_path):
         assert {n: sorted((b["class_name"], *b["box"]) for b in v) for n, v in truth.items()} == {
             n: sorted(objects) for n, (_, objects) in TRUTH.items()
         }
+
+
+def test_one_export_file_as_data_trains_and_validates_on_its_hash_split(tmp_path):
+    from detr.engine.splits import dataset_splits
+
+    from .conftest import tiny_train_config
+
+    write_images(tmp_path)
+    (tmp_path / "export.json").write_text(json.dumps([
+        {"image": n, "annotations": [{"label": c, "coordinates": {"x": (x0 + x1) / 2, "y": (y0 + y1) / 2,
+                                                                  "width": x1 - x0, "height": y1 - y0}}
+                                     for c, x0, y0, x1, y1 in objects]}
+        for n, (_, objects) in TRUTH.items()
+    ]))  # fmt: skip
+    train, val = dataset_splits(tiny_train_config(tmp_path / "export.json", tmp_path / "run"))
+    assert train.format == val.format == "createml"
+    files = [sorted(Path(i["file_name"]).name for i in CocoDetection(s).images) for s in (train, val)]
+    assert len(files[1]) == 1 and sorted(files[0] + files[1]) == sorted(TRUTH)

@@ -54,7 +54,7 @@ def _detection_splits(config: TrainConfig) -> tuple[CocoSplit, CocoSplit | None]
         return train, annotation_file_split(config.val_annotations, images)
     if not config.val_split:
         return train, None
-    if Path(config.data).is_file():
+    if Path(config.data).is_file() and train.format == "coco":  # other formats' files: split by a hash
         log.warning("--data is one annotation file: no validation (give --val-annotations FILE to evaluate)")
         return train, None
     return train, find_split(config.data, config.val_split, images, config.val_fraction)
