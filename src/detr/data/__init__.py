@@ -1,5 +1,5 @@
-"""Datasets (:mod:`.coco`), transforms and batching (:mod:`.transforms`), mosaics (:mod:`.mosaic`), label
-spaces (:mod:`.labels`), synthetic data (:mod:`.synthetic`); names imported on first use."""
+"""Datasets (:mod:`.coco`), transforms and batching (:mod:`.transforms`), mosaics (:mod:`.mosaic`), tile crops
+(:mod:`.tile_crop`), label spaces (:mod:`.labels`), synthetic data (:mod:`.synthetic`); names imported on first use."""
 
 from .._lazy import lazy_exports
 
@@ -9,6 +9,7 @@ _EXPORTS = {
     "find_split": "coco",
     "load_coco_annotations": "coco",
     "Mosaic": "mosaic",
+    "TileCrop": "tile_crop",
     "collate": "transforms",
     "eval_transforms": "transforms",
     "train_transforms": "transforms",

@@ -50,6 +50,11 @@ class TrainConfig:
     mosaic: float = _field(
         0.0, "chance that a training sample is a mosaic of four images, scaled down (more objects a step; 0: off)"
     )
+    tile_crop: int = _field(
+        0,
+        "large images: train on crops of this many pixels, unresized, around objects and anywhere, as detr predict "
+        "--tile SIZE reads them (0: off; train at --train-scales SIZE --eval-size SIZE)",
+    )
     eval_size: int = _field(800, "short side at evaluation (and the model's default for predict)")
     workers: int = _field(2, "data-loading processes (0: load in the training process)")
     # model
@@ -138,6 +143,7 @@ class TrainConfig:
             ),
             (len(self.crop_size) == 2, "crop_size must be [min, max]"),
             (0.0 <= self.mosaic <= 1.0, f"mosaic must be a probability in [0, 1], got {self.mosaic!r}"),
+            (self.tile_crop == 0 or self.tile_crop >= 32, f"tile_crop must be 0 (off) or >= 32, got {self.tile_crop}"),
             (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction!r}"),
             (self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1"),
             (self.num_queries >= 1, "num_queries must be >= 1"),

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.coco import CocoDetection
 from ..data.mosaic import Mosaic
+from ..data.tile_crop import TileCrop
 from ..data.transforms import collate, train_transforms
 from ..device import resolve_device
 from ..distributed import (
@@ -247,7 +248,8 @@ class Trainer:
             raise ValueError("amp fp16 needs a GPU; on CPU use amp bf16")
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.amp == "fp16")
 
-        samples = Mosaic(self.train_set, config.mosaic) if config.mosaic > 0 else self.train_set
+        samples = TileCrop(self.train_set, config.tile_crop) if config.tile_crop else self.train_set
+        samples = Mosaic(samples, config.mosaic) if config.mosaic > 0 else samples
         self.seeded = SeededDataset(samples, config.seed)
         self.ema = ModelEMA(self.model, config.ema_decay, config.ema_warmup) if config.ema else None
         self.loggers: list[RunLogger] = []
