@@ -58,6 +58,6 @@ def test_detr_explain_writes_a_picture_per_image(tmp_path, capsys):
     assert len(report) == 2 and all(len(entry["detections"]) == 5 for entry in report.values())
     with Image.open(tmp_path / "x" / "one_explain.png") as picture:
         # 1 picture of the detections + 5 decoder maps + 2 encoder points = 8 tiles, 4 a row, each the
-        # 48 x 32 image scaled x5 (about 256 px)
-        assert picture.size == (4 * 240, 2 * 160)
+        # 48 x 32 image scaled x5 (about 256 px) under its 16 px title
+        assert picture.size == (4 * 240, 2 * (160 + 16))
     assert "5 detections" in capsys.readouterr().out

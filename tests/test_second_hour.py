@@ -242,3 +242,43 @@ def test_a_warm_up_longer_than_a_fifth_of_the_run_is_shortened_and_the_summary_s
     assert timed.lr_factor(10) == pytest.approx(11 / 400, rel=0.2)  # at the start, the steps set it
     timed.started -= 13.0  # a fifth of the minute has gone
     assert timed.lr_factor(10) == 1.0
+
+
+# ------------------------------------------------------------------ explain
+def test_explain_without_a_detection_over_the_threshold_gives_a_hint_with_the_best_score(model, tmp_path, capsys):
+    model.save_pretrained(tmp_path / "model")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(photo)
+    best = model.predict(Image.open(photo).convert("RGB"), k=1)[0][0]["score"]
+    assert best < 0.9  # an untrained model: nothing over the threshold
+    args = ["explain", str(photo), "--weights", str(tmp_path / "model"), "--out", str(tmp_path / "x"), "--threshold", "0.9"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out  # was: only the bare photo, no word
+    assert f"no detection scored >= 0.9 (the best: {best:.2f}); try --threshold" in printed
+    saved = json.loads((tmp_path / "x" / "explained.json").read_text())[str(photo)]
+    assert saved["best_score"] == pytest.approx(best, abs=1e-5) and saved["detections"] == []
+
+
+def test_explain_panels_carry_titles(model):
+    from detr.explain import explain_panels, explain_picture, image_attention
+
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    found = image_attention(model, image, threshold=0.0, max_detections=2)
+    panels = explain_panels(found, image, threshold=0.0, points=1, side=128)
+    titles = [t for t, _ in panels]
+    (a, b) = found.detections
+    assert titles[0] == "2 detections >= 0"
+    assert titles[1] == f"{a['class_name']} {a['score']:.2f}: decoder layer 0, mean of heads"
+    assert titles[2] == f"{b['class_name']} {b['score']:.2f}: decoder layer 0, mean of heads"
+    # the point: the feature cell holding the first detection's centre, in the image's pixels
+    x, y = map(float, titles[3].split(" at (")[1].split(") px")[0].split(", "))
+    cx, cy = (a["box"][0] + a["box"][2]) / 2, (a["box"][1] + a["box"][3]) / 2
+    cell_w, cell_h = 64 / found.cells[1], 48 / found.cells[0]
+    assert abs(x - cx) <= cell_w / 2 + 1 and abs(y - cy) <= cell_h / 2 + 1
+    assert titles[3].startswith("encoder layer 0 at (") and titles[3].endswith(f"px ({a['class_name']}), mean of heads")
+    assert [t for t, _ in explain_panels(found, image, 0.0, head=1, points=0)][1].endswith("decoder layer 0, head 1")
+    picture = explain_picture(found, image, threshold=0.0, points=1, side=128)
+    tile = panels[0][1]
+    assert picture.height > tile.height  # a title strip over each tile
+    strip = np.asarray(picture)[: picture.height - tile.height, : tile.width]
+    assert (strip < 128).any()  # with text in it

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -380,7 +381,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .data.coco import read_image
     from .device import resolve_device
-    from .explain import explain_image
+    from .explain import explain_picture, image_attention
     from .fileio import atomic_write, atomic_write_text, free_folder, holds_any
     from .loader import load_model
 
@@ -390,13 +391,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
     for path, name in zip(paths, _output_names(paths), strict=True):
-        picture, dets = explain_image(
-            model, read_image(path, exif=True), args.threshold, args.layer, args.head, args.points
-        )
+        image = read_image(path, exif=True)
+        found = image_attention(model, image, args.threshold)
+        picture = explain_picture(found, image, args.threshold, args.layer, args.head, args.points)
+        dets = found.detections
         target = out / f"{name}_explain.png"
         atomic_write(target, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
-        summary[str(path)] = {"picture": str(target), "detections": dets}
-        print(f"{path}: {len(dets)} detections -> {target}")
+        summary[str(path)] = {"picture": str(target), "detections": dets, "best_score": found.best_score}
+        if dets:
+            print(f"{path}: {len(dets)} detections -> {target}")
+        else:  # the picture alone would be the bare photo
+            print(
+                f"{path}: no detection scored >= {args.threshold:g} (the best: {found.best_score:.2f}); "
+                f"try --threshold {max(0.01, math.floor(found.best_score * 100) / 100):g} -> {target}"
+            )
     atomic_write_text(out / "explained.json", json.dumps(summary, indent=1))
     return 0
 

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch import Tensor
 
 from .models.detr import DETR
 from .models.transformer import MultiheadAttention
 from .options.deformable import DeformableCrossAttention
 from .processing.checks import check_images, padding_or_none
-from .processing.visualize import draw_detections, image_grid
+from .processing.visualize import draw_detections, image_grid, titled
 
 
 @contextmanager
@@ -109,6 +109,7 @@ class ImageAttention:
     queries: list[int]
     maps: dict[str, Tensor]
     cells: tuple[int, int]
+    best_score: float = 0.0  # the highest class score of any query, over the threshold or not
 
     def pick(self, heads: Tensor, head: int | None) -> Tensor:
         return heads.mean(0) if head is None else heads[head]
@@ -135,7 +136,7 @@ def image_attention(
     order = scores.argsort(descending=True)[: len(dets)]
     unpadded = ~maps["feature_mask"][0]
     cells = (int(unpadded.any(1).sum()), int(unpadded.any(0).sum()))
-    return ImageAttention(dets, order.tolist(), maps, cells)
+    return ImageAttention(dets, order.tolist(), maps, cells, float(scores.max()) if len(scores) else 0.0)
 
 
 def explain_image(
@@ -151,19 +152,61 @@ def explain_image(
     """A picture of what ``model`` looks at in ``image``: the detections (score >= ``threshold``, at most
     ``max_detections``), each beside its decoder attention (layer ``layer``, head ``head`` or the mean
     over heads), then the encoder self-attention (same layer) of ``points`` cells at the detections'
-    centres (Fig. 3 of the paper). Each tile is about ``side`` pixels. Returns the picture and the detections."""
+    centres (Fig. 3 of the paper). Each tile is about ``side`` pixels, under its title. Returns the picture
+    and the detections."""
     found = image_attention(model, image, threshold, max_detections)
+    return explain_picture(found, image, threshold, layer, head, points, side), found.detections
+
+
+def explain_picture(
+    found: ImageAttention,
+    image: Image.Image,
+    threshold: float = 0.5,
+    layer: int = -1,
+    head: int | None = None,
+    points: int = 4,
+    side: int = 256,
+) -> Image.Image:
+    """:func:`explain_image`'s picture of attention already found (:func:`image_attention`), its tiles titled."""
+    panels = explain_panels(found, image, threshold, layer, head, points, side)
+    tiles = [titled(tile, title) for title, tile in panels]
+    return image_grid(tiles, min(4, len(tiles)))
+
+
+def explain_panels(
+    found: ImageAttention,
+    image: Image.Image,
+    threshold: float = 0.5,
+    layer: int = -1,
+    head: int | None = None,
+    points: int = 4,
+    side: int = 256,
+) -> list[tuple[str, Image.Image]]:
+    """The tiles of :func:`explain_image`'s picture, each with its title: the detections (or, without any,
+    the best score found), each detection's decoder attention (class, score, layer, head), and the encoder
+    self-attention of the points at the detections' centres (their pixel coordinates)."""
     dets, maps, valid = found.detections, found.maps, found.cells
     h, w = maps["decoder"].shape[-2:]
     scale = max(1, round(side / max(image.size)))
     big = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
+    heads = "mean of heads" if head is None else f"head {head}"
 
     def scaled(ds: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         return [dict(d, box=[v * scale for v in d["box"]]) for d in ds]
 
-    tiles = [draw_detections(big, scaled(dets))]
+    def name(det: dict[str, Any]) -> str:
+        return str(det.get("class_name", det["class_id"]))
+
+    first = (
+        f"{len(dets)} detections >= {threshold:g}"
+        if dets
+        else f"no detection >= {threshold:g} (best score {found.best_score:.2f})"
+    )
+    panels = [(first, draw_detections(big, scaled(dets)))]
+    decoder_layer = layer % maps["decoder"].shape[0]
     for i, det in enumerate(dets):
-        tiles.append(draw_detections(heat_overlay(big, found.decoder(i, layer, head)), scaled([det])))
+        title = f"{name(det)} {det['score']:.2f}: decoder layer {decoder_layer}, {heads}"
+        panels.append((title, draw_detections(heat_overlay(big, found.decoder(i, layer, head)), scaled([det]))))
     encoder = maps["encoder"]
     if points and len(encoder):
         for det in dets[:points]:
@@ -173,12 +216,8 @@ def explain_image(
             heat = found.pick(encoder[layer, 0, :, cy * w + cx], head).view(h, w)[: valid[0], : valid[1]]
             marked = heat_overlay(big, heat)
             px, py = (cx + 0.5) / valid[1] * big.width, (cy + 0.5) / valid[0] * big.height
-            dot = {
-                "box": [px - 3, py - 3, px + 3, py + 3],
-                "score": 1.0,
-                "class_id": det["class_id"],
-                "class_name": "point",
-            }
-            tiles.append(draw_detections(marked, [dot]))
-    columns = min(4, len(tiles))
-    return image_grid(tiles, columns), dets
+            ImageDraw.Draw(marked).ellipse([px - 4, py - 4, px + 4, py + 4], outline="white", width=2)
+            at = f"({(cx + 0.5) / valid[1] * image.width:.0f}, {(cy + 0.5) / valid[0] * image.height:.0f})"
+            title = f"encoder layer {layer % len(encoder)} at {at} px ({name(det)}), {heads}"
+            panels.append((title, marked))
+    return panels

@@ -110,6 +110,21 @@ def _with_legend(image: Image.Image, classes: dict[int, str], font: ImageFont.Im
     return out
 
 
+def titled(image: Image.Image, title: str) -> Image.Image:
+    """``image`` below a white strip holding ``title`` (one line, cut with "..." where it is wider than the image)."""
+    font = _font(max(10, min(14, image.width // 22)))
+    pen = ImageDraw.Draw(image)
+    text = title
+    while len(text) > 4 and pen.textlength(text, font=font) > image.width - 6:
+        text = text[: len(text) - 4] + "..."
+    left, top, right, bottom = pen.textbbox((0, 0), "Ag" + text, font=font)
+    strip = bottom - top + 6
+    out = Image.new("RGB", (image.width, image.height + strip), "white")
+    out.paste(image.convert("RGB"), (0, strip))
+    ImageDraw.Draw(out).text((3 - left, 3 - top), text, fill="black", font=font)
+    return out
+
+
 def image_grid(images: Sequence[Image.Image], columns: int) -> Image.Image:
     """Images of equal size tiled row by row."""
     w, h = images[0].size
