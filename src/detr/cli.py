@@ -618,7 +618,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     from .engine.recipes import RECIPES  # the standard library only: start-up stays light
 
-    p = command("train", "train on a COCO-format dataset (flags override --config)", cmd_train)
+    p = command("train", "train on a dataset in any format read (see the README; flags override --config)", cmd_train)
     p.add_argument("--config", help="YAML or JSON file of training settings (any flag below)")
     p.add_argument(
         "--recipe",
@@ -630,7 +630,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _add_config_flags(p)
 
     p = command("eval", "COCO box AP of a model on a dataset split", cmd_eval)
-    p.add_argument("--data", required=True, help="dataset: a COCO-format folder or one COCO annotation file")
+    p.add_argument("--data", required=True, help="dataset: a folder or annotation file in any format read (README)")
     p.add_argument("--split", default="val", help="split of --data to evaluate (train, val, valid, test)")
     p.add_argument("--images", help="folder of the images of an annotation file (default: found next to it)")
     p.add_argument("--weights", required=True, help=weights_help)

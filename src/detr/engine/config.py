@@ -33,7 +33,7 @@ class TrainConfig:
     lr 1e-5, weight decay 1e-4, lr drop, gradient clipping 0.1, auxiliary losses)."""
 
     # data
-    data: str = _field("", "dataset: a COCO-format folder (either layout) or one COCO annotation file, see the README")
+    data: str = _field("", "dataset: a folder or an annotation file in any format read (COCO, YOLO, VOC, ...: README)")
     train_split: str = _field("train", "split to train on (train, val, valid, test or a folder's name)")
     val_split: str = _field("val", "split to evaluate on; '' for no evaluation")
     val_fraction: float = _field(
