@@ -269,6 +269,9 @@ def _cmyk() -> bytes:
 
 BAD = {
     "over --max-upload-mb": (lambda u: _post_file(u, os.urandom(600_000)), 413, "too_large"),
+    "over --max-upload-mb, streamed without a length": (
+        lambda u: httpx.post(u + "/predict", content=iter([b"{" + b" " * 100_000] * 7),
+                             headers={"content-type": "application/json"}), 413, "too_large"),  # fmt: skip
     "over --max-pixels": (lambda u: _post_file(u, _encoded(Image.new("RGB", (300, 300)))), 413, "too_many_pixels"),
     "not an image": (lambda u: _post_file(u, b"hello, this is text"), 415, "not_an_image"),
     "truncated image": (lambda u: _post_file(u, _truncated_jpeg(), "x.jpg"), 400, "truncated"),

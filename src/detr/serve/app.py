@@ -286,8 +286,6 @@ async def _read_images(request: Request, config: ServeConfig) -> tuple[list[tupl
     if content_type.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=config.max_images, max_fields=100)
-        except BadInput:
-            raise
         except Exception as err:  # the multipart parser's own refusals (too many files, malformed body)
             raise BadInput(f"cannot read the multipart body: {err}", kind="bad_multipart") from None
         for key, value in form.multi_items():
@@ -344,35 +342,48 @@ async def _read_images(request: Request, config: ServeConfig) -> tuple[list[tupl
 
 # ----------------------------------------------------------------------------- middleware
 class _BodyLimit:
-    """Refuses a body over ``limit`` bytes: at once when Content-Length says so, else when it gets there."""
+    """Refuses a body over ``limit`` bytes: at once when Content-Length says so, else once that much
+    arrived (the body is read here, up to the limit, and handed on whole)."""
 
     def __init__(self, app: Any, limit: int, on_refusal: Any) -> None:
         self.app, self.limit, self.on_refusal = app, limit, on_refusal
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        message = f"the request is over the server's --max-upload-mb {self.limit / 1024 / 1024:g}"
         try:
             declared = int(headers.get(b"content-length", b"0"))
         except ValueError:
             declared = 0
-        if declared > self.limit:
-            self.on_refusal("too_large")
-            response = _refusal(413, f"{message} ({declared} bytes)", "too_large")
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
+        chunks, seen, more = [], 0, declared <= self.limit
+        while more:
             event = await receive()
-            seen += len(event.get("body", b""))
-            if seen > self.limit:
-                raise BadInput(message, status=413, kind="too_large")
-            return event
+            if event["type"] != "http.request":  # the client went away
+                return
+            chunks.append(event.get("body", b""))
+            seen += len(chunks[-1])
+            more = event.get("more_body", False) and seen <= self.limit
+        if max(seen, declared) > self.limit:
+            self.on_refusal("too_large")
+            response = _refusal(
+                413,
+                f"the request is over the server's --max-upload-mb {self.limit / 1024 / 1024:g} "
+                f"({max(seen, declared)} bytes{' or more' if seen > declared else ''})",
+                "too_large",
+            )
+            return await response(scope, receive, send)
+        body = b"".join(chunks)
+        given = False
 
-        return await self.app(scope, counted, send)
+        async def replay() -> dict:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
 
 
 # ---------------------------------------------------------------------------------- the app
