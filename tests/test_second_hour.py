@@ -282,3 +282,21 @@ def test_explain_panels_carry_titles(model):
     assert picture.height > tile.height  # a title strip over each tile
     strip = np.asarray(picture)[: picture.height - tile.height, : tile.width]
     assert (strip < 128).any()  # with text in it
+
+
+# ------------------------------------------------------------------ output that fits where it goes
+def test_no_progress_bars_when_the_output_is_not_a_terminal(data, tmp_path):
+    out = tmp_path / "run"
+    args = [a for a in train_args(data, out, "--val-split", "") if a != "--no-progress"]  # bars asked for
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    trained = subprocess.run([sys.executable, "-m", "detr", *args], capture_output=True, text=True, env=env)
+    assert trained.returncode == 0, trained.stderr
+    assert "\r" not in trained.stdout + trained.stderr  # was: the bars' carriage returns in the log
+    assert "step 1/2" in trained.stdout and "step 2/2" in trained.stdout  # a line per step instead
+    # `detr eval ... > log.txt 2>&1`
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "detr", "eval", "--data", str(data), "--weights", str(out / "final"), "--workers", "0"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "\r" not in evaluated.stdout + evaluated.stderr and "AP" in evaluated.stdout

@@ -280,6 +280,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .fileio import atomic_write_text, free_folder, holds_any
     from .processing.interop import coco_results, mask_to_rle, yolo_lines
     from .processing.visualize import draw_detections
+    from .terminal import progress_bars
 
     device = resolve_device(args.device)
     model = _load_for_inference(args.weights, args.model, device, args.device)
@@ -329,7 +330,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         classes=classes,
         **_tiling(args),
     )
-    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=args.no_progress, leave=False)
+    shown = progress_bars(not args.no_progress)
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not shown, leave=False)
     for result in predictions:
         bar.update()
         if result.error is not None:

@@ -110,7 +110,9 @@ class TrainConfig:
     log_every: int = _field(10, "optimizer steps between log lines")
     resume: bool = _field(False, "continue the run in --output-dir from its checkpoint")
     exist_ok: bool = _field(False, "write into --output-dir even if it holds an earlier run")
-    progress: bool = _field(True, "progress bars (--no-progress: a line per --log-every steps instead)")
+    progress: bool = _field(
+        True, "progress bars at a terminal (--no-progress, or output to a file or pipe: a line per --log-every steps)"
+    )
     per_class_ap: bool = _field(False, "also compute AP per class at evaluation")
     eval_all_classes: bool = _field(
         False, "score every query-class pair at evaluation, not only each query's best class"

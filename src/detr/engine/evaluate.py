@@ -43,10 +43,12 @@ def predict_dataset(
     """
     from tqdm import tqdm
 
+    from ..terminal import progress_bars
+
     model.eval()
     results = []
     device = torch.device(device)
-    for images, mask, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
+    for images, mask, targets in tqdm(loader, desc="eval", disable=not progress_bars(progress), leave=False):
         images, mask = images.to(device), mask.to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logits, boxes = model.decode(images, mask, all_layers=False)

@@ -35,6 +35,7 @@ from ..distributed import (
 from ..fileio import atomic_write, atomic_write_text, free_folder, holds_any, run_lock
 from ..hub.checkpoints import CheckpointError, fetch_checkpoint
 from ..models.detr import DETR
+from ..terminal import progress_bars
 from .build import build_model, run_preprocessing
 from .config import RUN_CONFIG, TrainConfig
 from .ema import ModelEMA
@@ -392,11 +393,12 @@ class Trainer:
         loader = self._loader()
         self.loss_module.train()
         micro, sums = 0, {}
+        bars = progress_bars(cfg.progress)
         bar = tqdm(
             total=len(loader) // cfg.accumulate,
             initial=0,
             desc=f"epoch {self.epoch}",
-            disable=not (cfg.progress and self.dist.is_main),
+            disable=not (bars and self.dist.is_main),
             leave=False,
         )
         for images, mask, targets in loader:
@@ -436,7 +438,7 @@ class Trainer:
             if self.step % cfg.log_every == 0:
                 lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
                 self._log({"type": "train", "epoch": self.epoch, "step": self.step, **lrs, **averaged})
-                if not cfg.progress and self.dist.is_main:  # no bar: a line instead
+                if not bars and self.dist.is_main:  # no bar (asked for none, or no terminal): a line instead
                     terms = "  ".join(f"{k} {averaged[k]:.4f}" for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"))
                     print(
                         f"step {self.step}/{self.total_steps()}  epoch {self.epoch}  {terms}  lr {lrs['lr_transformer']:.2e}"
