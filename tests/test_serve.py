@@ -184,6 +184,17 @@ def test_predict_gives_the_detections_of_detr_predict(url, saved, images, tmp_pa
     _same(found["detections"], filtered)
 
 
+def test_bf16_serves_the_detections_of_detr_predict_bf16(saved, images, tmp_path):
+    assert main(["predict", str(images[3]), "--weights", str(saved), "--out", str(tmp_path / "p"), "--bf16",
+                 "--threshold", "0.05", "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
+    (expected,) = json.loads((tmp_path / "p" / "detections.json").read_text()).values()
+    with running(create_app(detr.load(saved), bf16=True)) as url:
+        assert httpx.get(url + "/model").json()["precision"] == "bf16"
+        found = _post_file(url, images[3].read_bytes(), threshold="0.05").json()["images"][0]["detections"]
+    assert expected
+    _same(found, expected)
+
+
 def test_the_same_image_alone_and_in_a_busy_batch(app, url, images):
     served = app.state.served
     sizes: list[int] = []
@@ -354,12 +365,16 @@ def test_the_api_key_and_urls(saved, images):
 
 
 def test_binding_beyond_loopback_warns_of_no_authentication():
+    from detr.models.segmentation import DETRSegmentation
+
     assert startup_warnings("127.0.0.1", ServeConfig()) == []
     (warning,) = startup_warnings("0.0.0.0", ServeConfig())
     assert "no authentication" in warning and "--api-key" in warning
     assert all("no authentication" not in w for w in startup_warnings("0.0.0.0", ServeConfig(api_key="k")))
     with pytest.raises(ValueError, match="max_batch_size"):
         ServeConfig(max_batch_size=0)
+    with pytest.raises(ValueError, match="bf16 is for PyTorch detection models"):
+        create_app(DETRSegmentation(detr.detr_r18(num_classes=2, **TINY_MODEL)), bf16=True)
 
 
 def test_detr_serve_prints_the_model_and_ctrl_c_lets_requests_finish(saved, images):

@@ -433,6 +433,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("DETR_API_KEY") or None,
         short_side=args.size,
         max_size=args.max_size,
+        bf16=args.bf16,
     )
     where = "cpu" if is_exported(args.weights) else str(device)  # exported files run on the CPU here
     serve(model, config, args.host, args.port, args.workers, weights=args.weights, device=where)
@@ -762,6 +763,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $DETR_API_KEY, else none)")
     p.add_argument("--size", type=int, help="short side of the resize (default: the model's, else 800)")
     p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for backbone and encoder (CPUs with AMX, GPUs)")
 
     p = command("convert", "convert a dataset (any format detr reads, see the README) to COCO or YOLO", cmd_convert)
     p.add_argument("source", help="the dataset: a folder in any format detr reads, or a COCO annotation file")

@@ -66,6 +66,7 @@ class ServeConfig:
     api_key: str | None = None  # when set, /predict /explain /model /metrics need "Authorization: Bearer KEY"
     short_side: int | None = None  # resize (default: the model's)
     max_size: int | None = None
+    bf16: bool = False  # detection models: backbone and encoder under bf16 autocast (detr predict --bf16)
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_pixels", "max_images"):
@@ -155,14 +156,20 @@ class ServedModel:
     ``model``: what :func:`detr.load` gives (a DETR, a mask model, or an exported file's model).
     """
 
-    def __init__(self, model: Any, preprocessor: ImagePreprocessor) -> None:
+    def __init__(self, model: Any, preprocessor: ImagePreprocessor, bf16: bool = False) -> None:
         self.model = model
         self.preprocessor = preprocessor
         self.exported = not isinstance(model, torch.nn.Module)
         self.masks = hasattr(model, "mask_head")
+        if bf16 and (self.exported or self.masks):
+            raise ValueError(
+                "bf16 is for PyTorch detection models: an exported file has its own precision (detr export "
+                "--precision fp16), a mask model predicts in float32"
+            )
         # what detr predict runs: the inference copy for detection models, mask and exported models as they are
-        self.fast = model if self.exported or self.masks else model.optimize_for_inference()
-        self.metadata = model.metadata if self.exported else ExportMetadata.of(model)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        self.fast = model if self.exported or self.masks else model.optimize_for_inference(dtype=dtype)
+        self.metadata = model.metadata if self.exported else ExportMetadata.of(model, "bf16" if bf16 else "fp32")
         self.category_ids = self.metadata.category_ids
         self.detector = getattr(model, "detr", model)  # a mask model's detector: its attention is explained
         self._explain_lock = threading.Lock()
@@ -398,7 +405,7 @@ def create_app(model: Any, config: ServeConfig | None = None, **settings: Any) -
     elif settings:
         raise ValueError(f"give config or settings, not both (got {sorted(settings)})")
     preprocessor = model.preprocessing.with_sizes(config.short_side, config.max_size)
-    served = ServedModel(model, preprocessor)
+    served = ServedModel(model, preprocessor, config.bf16)
     batcher = DynamicBatcher(
         lambda options, batch: served.run(options, batch), config.max_batch_size, config.max_wait_ms
     )
