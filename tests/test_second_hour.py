@@ -300,3 +300,17 @@ def test_no_progress_bars_when_the_output_is_not_a_terminal(data, tmp_path):
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
     assert "\r" not in evaluated.stdout + evaluated.stderr and "AP" in evaluated.stdout
+
+
+def test_check_data_draws_into_the_current_folder_or_out_never_into_the_dataset(data, tmp_path, monkeypatch, capsys):
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    work = tmp_path / "here"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["check-data", str(data)]) == 0
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before  # was: dataset_check.png in the dataset
+    assert (work / f"{data.name}_check.png").is_file()
+    assert f"wrote {data.name}_check.png" in capsys.readouterr().out
+    assert main(["check-data", str(data)]) == 0 and (work / f"{data.name}_check-2.png").is_file()  # none replaced
+    assert main(["check-data", str(data), "--out", str(tmp_path / "plot.png")]) == 0
+    assert (tmp_path / "plot.png").is_file()

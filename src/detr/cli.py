@@ -512,8 +512,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         print(f"  {problem}")
     if args.plot:
         png = plot_report(report, args.plot)
-    else:  # beside the data, under a name no earlier file has
-        stem = Path(args.data if Path(args.data).is_dir() else ".") / "dataset_check"
+    else:  # in the current folder (never into the dataset), under a name no earlier file has
+        stem = Path(f"{Path(args.data).resolve().stem or 'dataset'}_check")
         png = plot_report(report, free_folder(stem, lambda p: p.with_suffix(".png").exists()).with_suffix(".png"))
     print(f"wrote {png} (boxes per class, box sizes)")
     return 0
