@@ -772,7 +772,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     p = command("check-data", "what a dataset holds, per split; writes a PNG of classes and box sizes", cmd_check_data)
     p.add_argument("data", help="the dataset: a folder in any format detr reads, or a COCO annotation file")
-    p.add_argument("--plot", help="PNG to write (default: dataset_check.png in the dataset folder, -2 ... if taken)")
+    p.add_argument(
+        "--out", "--plot", dest="plot", help="PNG to write (default: NAME_check.png in the current folder, NAME the "
+        "dataset's folder or file name; -2 ... if taken)"
+    )
 
     p = command("synth", "generate a synthetic shapes dataset in COCO format", cmd_synth)
     p.add_argument("--out", required=True, help="folder to write the dataset to")
