@@ -30,10 +30,11 @@ ALL_SHAPES = SHAPES + MORE_SHAPES
 
 @dataclass
 class SynthConfig:
-    image_size: int = 128  # images are square, this many pixels a side
+    image_size: int = 128  # image width in pixels (and height, unless image_height says otherwise)
+    image_height: int = 0  # 0: square images; else this many pixels high (large images: 1600 x 1200)
     min_objects: int = 1
     max_objects: int = 4
-    min_size: float = 0.15  # object side as a fraction of the image side
+    min_size: float = 0.15  # object side as a fraction of the image's width
     max_size: float = 0.5
     max_aspect: float = 1.6  # width / height drawn in [1/max_aspect, max_aspect]
     max_overlap: float = 0.3  # largest IoU allowed between two objects
@@ -52,19 +53,22 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _background(rng: random.Random, size: int) -> Image.Image:
-    """Two-colour gradient + noise + blurred random strokes: clutter the model must learn to ignore."""
+def _background(rng: random.Random, width: int, height: int | None = None) -> Image.Image:
+    """Two-colour gradient + noise + blurred random strokes: clutter the model must learn to ignore
+    (``height``: ``width`` when None)."""
+    height = height or width
     c0 = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
     c1 = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
     angle = rng.uniform(0, 2 * math.pi)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = yy / height, xx / width
     t = (np.cos(angle) * xx + np.sin(angle) * yy + 1.5) / 3.0
     img = c0 * (1 - t[..., None]) + c1 * t[..., None]
-    noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(5, 25), (size, size, 3))
+    noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(5, 25), (height, width, 3))
     image = Image.fromarray(np.clip(img + noise, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(rng.randint(3, 10)):
-        pts = [(rng.uniform(0, size), rng.uniform(0, size)) for _ in range(rng.randint(2, 4))]
+        pts = [(rng.uniform(0, width), rng.uniform(0, height)) for _ in range(rng.randint(2, 4))]
         colour = tuple(rng.randint(0, 255) for _ in range(3))
         draw.line(pts, fill=colour, width=rng.randint(1, 3))
     return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.0)))
@@ -138,24 +142,25 @@ def _contrasting_colour(rng: random.Random, background: Image.Image, box: list[f
 
 def make_image(rng: random.Random, config: SynthConfig) -> tuple[Image.Image, list[tuple[list[float], int]]]:
     """One image and its objects as (xyxy pixel box, class index)."""
-    image, objects, _ = make_image_with_masks(rng, config)
+    image, objects, _ = make_image_with_masks(rng, config, masks=False)
     return image, objects
 
 
 def make_image_with_masks(
-    rng: random.Random, config: SynthConfig, lower: tuple[int, Image.Image] | None = None
+    rng: random.Random, config: SynthConfig, lower: tuple[int, Image.Image] | None = None, masks: bool = True
 ) -> tuple[Image.Image, list[tuple[list[float], int]], list[np.ndarray]]:
     """:func:`make_image` and each object's visible pixels, (H, W) bool: the shape as drawn, less what
     later shapes cover. The random stream is the one :func:`make_image` draws, so images do not change.
-    ``lower``: (row, background) pasted over the background from that row down (panoptic stuff)."""
-    size = config.image_size
-    image = _background(rng, size)
+    ``lower``: (row, background) pasted over the background from that row down (panoptic stuff).
+    ``masks=False``: no masks (an empty list), which large images with hundreds of objects cannot afford."""
+    size, height = config.image_size, config.image_height or config.image_size
+    image = _background(rng, size, height)
     if lower is not None:
         row, below = lower
-        image.paste(below.crop((0, row, size, size)), (0, row))
+        image.paste(below.crop((0, row, size, height)), (0, row))
     draw = ImageDraw.Draw(image)
     objects: list[tuple[list[float], int]] = []
-    masks: list[np.ndarray] = []
+    visible: list[np.ndarray] = []
     wanted = rng.randint(config.min_objects, config.max_objects)
     for _ in range(wanted * 20):
         if len(objects) == wanted:
@@ -163,8 +168,8 @@ def make_image_with_masks(
         side = rng.uniform(config.min_size, config.max_size) * size
         aspect = math.exp(rng.uniform(-math.log(config.max_aspect), math.log(config.max_aspect)))
         w, h = side * math.sqrt(aspect), side / math.sqrt(aspect)
-        w, h = min(w, size - 2.0), min(h, size - 2.0)
-        x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
+        w, h = min(w, size - 2.0), min(h, height - 2.0)
+        x0, y0 = rng.uniform(0, size - w), rng.uniform(0, height - h)
         box = [round(x0), round(y0), round(x0 + w), round(y0 + h)]
         if box[2] - box[0] < 4 or box[3] - box[1] < 4:
             continue
@@ -175,13 +180,14 @@ def make_image_with_masks(
         shape_draws = random.Random()
         shape_draws.setstate(rng.getstate())  # the mask is drawn with the random draws the shape gets
         _draw_shape(draw, config.classes[cls], box, colour, rng)
-        silhouette = Image.new("L", (size, size), 0)
-        _draw_shape(ImageDraw.Draw(silhouette), config.classes[cls], box, 255, shape_draws)  # type: ignore[arg-type]
-        drawn = np.asarray(silhouette) > 0
-        masks = [m & ~drawn for m in masks] + [drawn]  # a later shape hides what it covers
+        if masks:
+            silhouette = Image.new("L", (size, height), 0)
+            _draw_shape(ImageDraw.Draw(silhouette), config.classes[cls], box, 255, shape_draws)  # type: ignore[arg-type]
+            drawn = np.asarray(silhouette) > 0
+            visible = [m & ~drawn for m in visible] + [drawn]  # a later shape hides what it covers
         # PIL fills up to and including x1/y1: the object covers [x0, x1 + 1) in pixels
         objects.append(([float(box[0]), float(box[1]), float(box[2] + 1), float(box[3] + 1)], cls))
-    return image, objects, masks
+    return image, objects, visible
 
 
 def make_panoptic_image(
@@ -190,6 +196,8 @@ def make_panoptic_image(
     """:func:`make_image_with_masks` on a background of two stuff regions (``config.stuff[0]`` above a
     random row, ``config.stuff[1]`` below, each its own texture); also returns the stuff segments,
     (stuff index, (H, W) bool: its region less the objects' visible pixels), the non-empty ones."""
+    if config.image_height and config.image_height != config.image_size:
+        raise ValueError("panoptic images are square: leave image_height at 0")
     if len(config.stuff) != 2:
         raise ValueError(f"panoptic images have two stuff regions: give two stuff classes, got {config.stuff}")
     size = config.image_size
@@ -218,7 +226,7 @@ def write_split(out: Path, split: str, count: int, seed: int, config: SynthConfi
         if config.stuff:
             image, objects, masks, stuff = make_panoptic_image(rng, config)
         else:
-            image, objects, masks = make_image_with_masks(rng, config)
+            image, objects, masks = make_image_with_masks(rng, config, masks=config.masks)
         name = f"{split}_{i:05d}.jpg"
         image.save(image_dir / name, quality=92)  # JPEG: 10x faster to write than PNG for noisy images
         images.append({"id": i + 1, "file_name": name, "width": image.width, "height": image.height})
@@ -242,7 +250,7 @@ def write_split(out: Path, split: str, count: int, seed: int, config: SynthConfi
             panoptic_dir.mkdir(parents=True, exist_ok=True)
             panoptic_png(ids).save(panoptic_dir / png)  # COCO: id = R + 256 G + 256^2 B
             panoptic.append({"image_id": i + 1, "file_name": png, "segments_info": segments_info})
-        for (box, cls), visible in zip(objects, masks, strict=True):
+        for (box, cls), visible in zip(objects, masks if config.masks else [None] * len(objects), strict=True):
             w, h = box[2] - box[0], box[3] - box[1]
             annotation = {
                 "id": len(annotations) + 1,
