@@ -211,12 +211,8 @@ class ThreadProbe:
 
 def train_detr(job: dict[str, Any]) -> dict[str, Any]:
     """Our scratch recipe for ``minutes`` (``overrides``: TrainConfig values over it, a candidate change)."""
-    from torch.utils.data import DataLoader
-
-    from detr.data.coco import CocoDetection
-    from detr.data.transforms import collate, eval_transforms
     from detr.engine.config import TrainConfig
-    from detr.engine.evaluate import predict_dataset
+    from detr.engine.evaluate import evaluate_model, evaluation_dataset
     from detr.engine.train import Trainer
     from detr.loader import load_model
 
@@ -239,11 +235,10 @@ def train_detr(job: dict[str, Any]) -> dict[str, Any]:
     trainer.evaluate = lambda: None  # evaluation outside the clock: final/ is evaluated below
     summary = trainer.fit()
     model = load_model(out / "final").eval()
-    dataset = CocoDetection(data, "val", eval_transforms(config.eval_size, config.max_size))
-    loader = DataLoader(dataset, batch_size=16, collate_fn=collate)
-    match = dataset.match_model(model).category_of
+    dataset = evaluation_dataset(data, model.preprocessing, "val")  # as detr eval reads it
     scored = {
-        all_classes: predict_dataset(model, loader, match, all_classes=all_classes) for all_classes in (True, False)
+        all_classes: evaluate_model(model, dataset, tasks=("boxes",), batch_size=16, all_classes=all_classes).results
+        for all_classes in (True, False)
     }
     steps, seconds = summary["steps"], summary["seconds"]
     return {

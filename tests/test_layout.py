@@ -31,7 +31,12 @@ def _is_type_checking_block(node: ast.AST) -> bool:
 # lazily inside the method: ``model.save_pretrained(...)`` reads as the user expects, and the model module
 # itself does not depend on them.
 LAZY_DOORS = {
-    "detr.models.detr": {"DETR.save_pretrained", "DETR.from_pretrained", "DETR.export_hf", "DETR.optimize_for_inference"},
+    "detr.models.detr": {
+        "DETR.save_pretrained",
+        "DETR.from_pretrained",
+        "DETR.export_hf",
+        "DETR.optimize_for_inference",
+    },
     "detr.models.segmentation": {"DETRSegmentation.save_pretrained", "DETRSegmentation.export_hf"},
 }
 
@@ -147,7 +152,9 @@ def test_imports_point_down_the_layers():
 
 def test_the_direction_check_sees_upward_imports():
     assert layer_of("detr.models.detr") > layer_of("detr.models.layers") > layer_of("detr.hub.checkpoints")
-    assert layer_of("detr.hub.serialization") > layer_of("detr.models.detr") and layer_of("detr.demo") == len(LAYERS) - 1
+    assert (
+        layer_of("detr.hub.serialization") > layer_of("detr.models.detr") and layer_of("detr.demo") == len(LAYERS) - 1
+    )
     assert "detr.hub.serialization" not in imported_modules("detr.models.detr")  # only inside the doors
     assert "detr.models.detr" in imported_modules("detr.models.segmentation")
 

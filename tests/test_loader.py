@@ -1,8 +1,10 @@
-"""One loader: every way to name the same weights gives the same model, preprocessing and labels included."""
+"""One loader and one evaluation: every way to name the same weights gives the same model (preprocessing and
+labels included), and every way to evaluate it the same AP."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import detr
+from detr.cli import main
 from detr.data.synthetic import SynthConfig, make_dataset
 from detr.engine import TrainConfig
+from detr.engine.evaluate import METRIC_NAMES
 from detr.engine.train import train
 from detr.hub.checkpoints import CheckpointError
 from detr.loader import load_model
@@ -63,7 +67,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     found = {}
     for name, masks in (("boxes", False), ("masks", True)):
-        data = make_dataset(root / f"{name}_data", train=4, val=2, seed=5, config=SynthConfig(64, 2, masks=masks))
+        data = make_dataset(
+            root / f"{name}_data", train=4, val=2, seed=5, config=SynthConfig(image_size=64, max_objects=2, masks=masks)
+        )
         config = TrainConfig(
             data=str(data), output_dir=str(root / name), model="detr_r18", pretrained_backbone=False, num_queries=5,
             model_kwargs=SMALL, train_scales=[64], max_size=96, crop=False, eval_size=64, batch_size=2, workers=0,
@@ -122,3 +128,64 @@ def test_a_factory_given_a_saved_cut_backbone_folder_says_how_to_load_it():
     kwargs = json.loads((FIXTURE / "final" / "config.json").read_text())["kwargs"]
     kwargs = {k: v for k, v in kwargs.items() if k != "preprocessing"}
     detr.detr_r18(weights=FIXTURE / "final", **kwargs)
+
+
+# ------------------------------------------------------------------ one evaluation
+def _detr_eval(capsys, weights: Path, data: Path, out: Path, *flags: str) -> tuple[dict, str]:
+    capsys.readouterr()
+    assert (
+        main(["eval", "--data", str(data), "--weights", str(weights), "--workers", "0", "--out", str(out), *flags]) == 0
+    )
+    return json.loads(out.read_text())["metrics"], capsys.readouterr().out
+
+
+@pytest.mark.parametrize("task", ["boxes", "masks"])
+def test_detr_eval_gives_exactly_the_ap_training_printed_at_its_last_evaluation(runs, task, tmp_path, capsys):
+    from detr.engine.evaluate import format_metrics
+
+    trained = json.loads((runs[task] / "summary.json").read_text())["metrics"]  # what `detr train` printed
+    # the run's batch size (2, detr eval's default too): the same batches, so the same sums
+    results = tmp_path / "results.json"
+    metrics, printed = _detr_eval(
+        capsys, runs[task] / "final", runs[f"{task}_data"], tmp_path / "e.json", "--results", str(results)
+    )
+    assert {k: metrics[k] for k in METRIC_NAMES} == {k: trained[k] for k in METRIC_NAMES}
+    assert format_metrics(trained) in printed
+    # two steps of training score AP 0 on both sides: the detections themselves must be the same too
+    detections = json.loads(results.read_text())
+    assert detections and detections == json.loads((runs[task] / "predictions_val.json").read_text())
+    assert ("masks" in metrics) == (task == "masks")  # a mask model on data with masks: mask AP too
+
+
+def _labelled_by(model, data: Path, out: Path) -> Path:
+    """A copy of ``data`` whose validation ground truth is ``model``'s own two best detections an image, moved
+    right by 10% and 20% of their width (IoU 0.82, 0.67): an AP away from 0 and 1, for comparing evaluations
+    of an untrained model."""
+    shutil.copytree(data, out)
+    path = out / "annotations" / "instances_val.json"
+    truth = json.loads(path.read_text())
+    truth["annotations"] = []
+    for info in truth["images"]:
+        for shift, det in enumerate(model.predict(Image.open(out / "val" / info["file_name"]).convert("RGB"), k=2)[0]):
+            x0, y0, x1, y1 = det["box"]
+            dx = 0.1 * (shift + 1) * (x1 - x0)
+            truth["annotations"].append(
+                {"id": len(truth["annotations"]) + 1, "image_id": info["id"], "iscrowd": 0, "area": (x1 - x0) * (y1 - y0),
+                 "category_id": model.category_ids[det["class_id"]], "bbox": [x0 + dx, y0, x1 - x0, y1 - y0]}
+            )  # fmt: skip
+    path.write_text(json.dumps(truth))
+    return out
+
+
+def test_the_export_gate_measures_the_ap_detr_eval_gives_the_exported_file(runs, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from detr.deploy.export import export
+
+    model = load_model(runs["boxes"] / "final").eval()
+    data = _labelled_by(model, runs["boxes_data"], tmp_path / "data")
+    path, gate = export(model, tmp_path / "m.onnx", check_data=data)
+    assert 0.1 < gate.ap_model < 1 and gate.ap_exported > 0.1
+    batch = ["--batch-size", "8"]  # the gate's batches
+    exported, _ = _detr_eval(capsys, path, data, tmp_path / "e.json", *batch)
+    pytorch, _ = _detr_eval(capsys, runs["boxes"] / "final", data, tmp_path / "p.json", *batch)
+    assert (gate.ap_exported, gate.ap_model) == (exported["AP"], pytorch["AP"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -118,11 +117,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
-    from .data import CocoDetection, collate, eval_transforms
+    from .data.panoptic import find_panoptic
     from .device import resolve_device
-    from .engine.evaluate import METRIC_NAMES, coco_evaluate, format_metrics, predict_dataset
+    from .engine.evaluate import METRIC_NAMES, evaluate_model, evaluation_dataset, format_metrics
     from .fileio import atomic_write_text
 
     device = resolve_device(args.device)
@@ -133,63 +130,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     # a dataset without a validation split: the share the run (its split.json) held out, the same images
     fraction = args.val_fraction or run_val_fraction(args.weights) or 0.1
-    dataset = CocoDetection(
-        find_split(args.data, args.split, args.images, fraction),
-        transforms=eval_transforms(reading.short_side, reading.max_size, reading.mean, reading.std),
-    )
+    dataset = evaluation_dataset(find_split(args.data, args.split, args.images, fraction), reading)
     if dataset.split_note:
         print(f"{args.split}: {len(dataset)} images, {dataset.split_note} = {fraction:g}")
     dataset.check_images()
-    match = dataset.match_model(model)
-    print(f"label map: {match.describe()}")
-    model.to(device)
-    loader = DataLoader(
-        dataset,
-        batch_size=args.batch_size,
-        collate_fn=functools.partial(collate, size_divisor=reading.size_divisor),
-        num_workers=args.workers,
-    )
-    results = predict_dataset(
-        model,
-        loader,
-        match.category_of,
-        device,
-        progress=True,
-        all_classes=args.all_classes,
-        max_detections=args.max_detections,
-        nms_iou=args.nms,
-    )
-    metrics = coco_evaluate(dataset.annotations.raw, results, per_class=args.per_class)
+    print(f"label map: {dataset.match_model(model).describe()}")
+    evaluation = evaluate_model(
+        model.to(device), dataset, reading=reading, batch_size=args.batch_size, workers=args.workers, device=device,
+        progress=True, all_classes=args.all_classes, max_detections=args.max_detections, nms_iou=args.nms,
+        per_class=args.per_class, panoptic=find_panoptic(args.data, args.split) if Path(args.data).is_dir() else None,
+        panoptic_threshold=args.panoptic_threshold,
+    )  # fmt: skip
+    metrics, results = evaluation.metrics, evaluation.results
     print(format_metrics(metrics))
     print(format_metrics(metrics, METRIC_NAMES[6:]))
-    has_masks = any(s is not None for segs in dataset.annotations.segmentations.values() for s in segs)
-    if hasattr(model, "decode_with_masks") and has_masks:  # a mask model on data with masks: mask AP too
-        from .engine.evaluate import predict_masks
-
-        mask_results = predict_masks(model, loader, match.category_of, device, max_detections=args.max_detections)
-        metrics["masks"] = coco_evaluate(dataset.annotations.raw, mask_results, iou_type="segm")
+    if "masks" in metrics:  # a mask model on data with masks
         print("masks: " + format_metrics(metrics["masks"], ("AP", "AP50", "AP75", "APs", "APm", "APl")))
-    from .data.panoptic import find_panoptic, read_panoptic
-
-    found = find_panoptic(args.data, args.split) if Path(args.data).is_dir() else None
-    if hasattr(model, "panoptic") and found is not None:  # and panoptic annotations: PQ too
-        from .data.labels import match_categories
-        from .engine.panoptic_eval import evaluate_panoptic
-
-        annotations = read_panoptic(*found)
-        categories = sorted((int(c["id"]), str(c["name"])) for c in annotations.categories)
-        try:  # things and stuff: the panoptic file's categories, which a model of things alone lacks
-            panoptic_match = match_categories(
-                model.num_classes, model.class_names, model.category_ids, categories, source=str(found[0])
-            )
-        except ValueError as err:
-            print(f"panoptic: no PQ ({err})")
-        else:
-            metrics["panoptic"] = evaluate_panoptic(
-                model, annotations, dataset.images, dataset.image_dir, panoptic_match.category_of, reading,
-                args.panoptic_threshold,
-            )  # fmt: skip
-            print("panoptic: " + format_metrics(metrics["panoptic"], ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")))
+    if "panoptic" in metrics:  # and panoptic annotations
+        print("panoptic: " + format_metrics(metrics["panoptic"], ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")))
+    for note in evaluation.notes:
+        print(note)
     if args.per_class:
         for name, ap in metrics["per_class_AP"].items():
             print(f"  {name:<20} AP {ap:.3f}")

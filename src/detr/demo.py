@@ -72,29 +72,20 @@ def validation_grid(
 def segmentation_metrics(run: Path, data: Path, threshold: float = 0.85) -> dict[str, Any]:
     """The segmentation demo's model on its validation split: mask AP (the shapes' instance masks) and PQ
     (shapes and stuff, the panoptic annotations)."""
-    from torch.utils.data import DataLoader
-
-    from .data.coco import CocoDetection
-    from .data.labels import match_categories
-    from .data.panoptic import find_panoptic, read_panoptic
-    from .data.transforms import collate, eval_transforms
-    from .engine.evaluate import coco_evaluate, predict_masks
-    from .engine.panoptic_eval import evaluate_panoptic
+    from .data.panoptic import find_panoptic
+    from .engine.evaluate import evaluate_model, evaluation_dataset
     from .loader import load_model
 
     model = load_model(run / "final").eval()
-    reading = model.preprocessing
-    dataset = CocoDetection(data, "val", eval_transforms(reading.short_side, reading.max_size))
-    match = dataset.match_model(model)
-    loader = DataLoader(dataset, batch_size=16, collate_fn=collate)
-    masks = coco_evaluate(dataset.annotations.raw, predict_masks(model, loader, match.category_of), iou_type="segm")
-    panoptic = read_panoptic(*find_panoptic(data, "val"))
-    categories = sorted((int(c["id"]), str(c["name"])) for c in panoptic.categories)
-    panoptic_match = match_categories(model.num_classes, model.class_names, model.category_ids, categories)
-    quality = evaluate_panoptic(
-        model, panoptic, dataset.images, dataset.image_dir, panoptic_match.category_of, reading, threshold
-    )
-    return {"mask_AP": masks["AP"], "mask_AP50": masks["AP50"], "mask_AP75": masks["AP75"], **quality}
+    dataset = evaluation_dataset(data, model.preprocessing, "val")  # the shapes' instance masks
+    found = evaluate_model(
+        model, dataset, tasks=("masks", "panoptic"), panoptic=find_panoptic(data, "val"), panoptic_threshold=threshold,
+        batch_size=16,
+    )  # fmt: skip
+    if "masks" not in found.metrics or "panoptic" not in found.metrics:
+        raise ValueError(f"{run / 'final'} on {data}: no mask AP or PQ ({'; '.join(found.notes) or 'no masks'})")
+    masks = found.metrics["masks"]
+    return {"mask_AP": masks["AP"], "mask_AP50": masks["AP50"], "mask_AP75": masks["AP75"], **found.metrics["panoptic"]}
 
 
 def mask_pictures(run: Path, data: Path, count: int = 6, scale: int = 4) -> Path:

@@ -59,7 +59,7 @@ def read_training_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not a training checkpoint
+    except Exception:  # noqa: BLE001 (any unreadable file: not a training checkpoint)
         return None
     if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict) and "class_names" in ckpt and "model" in ckpt:
         return ckpt

@@ -11,11 +11,10 @@ no AP to measure: only the outputs are compared, on generated images, and the re
 
 from __future__ import annotations
 
-import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -119,39 +118,23 @@ def compare_on_data(
     images: str | Path | None = None,
 ) -> GateResult:
     """Evaluate ``exported`` and ``model`` on the same batches of ``data``'s ``split`` (any dataset
-    ``detr eval`` reads) and gate on the AP drop (default :data:`MAX_AP_DROP` of its precision)."""
-    from torch.utils.data import DataLoader
-
-    from ..data import CocoDetection, collate, eval_transforms
-    from ..engine.evaluate import coco_detections, coco_evaluate
-    from ..processing.preprocess import ImagePreprocessor
+    ``detr eval`` reads), each as ``detr eval`` does (:func:`detr.engine.evaluate.evaluate_model`, the split read
+    as each declares), and gate on the AP drop (default :data:`MAX_AP_DROP` of its precision)."""
+    from ..engine.evaluate import evaluate_model, evaluation_dataset
 
     max_ap_drop = MAX_AP_DROP[exported.precision] if max_ap_drop is None else max_ap_drop
-
-    def loader(reading: ImagePreprocessor) -> tuple[CocoDetection, DataLoader]:
-        """The split as ``reading`` reads it: each model gets the preprocessing it declares."""
-        transforms = eval_transforms(reading.short_side, reading.max_size, reading.mean, reading.std)
-        dataset = CocoDetection(data, split, transforms, images=images)
-        collate_fn = functools.partial(collate, size_divisor=reading.size_divisor)
-        return dataset, DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
-
-    dataset, exported_batches = loader(exported.preprocessing)
+    dataset = evaluation_dataset(data, exported.preprocessing, split, images)
     dataset.check_images()
-    match = dataset.match_model(exported)
-    model_dataset, model_batches = loader(model.preprocessing)
-    model_dataset.match_model(model)
-    model = model.eval()
-    results: dict[str, list[dict[str, Any]]] = {"model": [], "exported": []}
+    found = {}
+    for name, candidate in (("model", model.eval()), ("exported", exported)):
+        split_read = dataset if name == "exported" else evaluation_dataset(data, candidate.preprocessing, split, images)
+        found[name] = evaluate_model(
+            candidate, split_read, tasks=("boxes",), batch_size=batch_size, keep_outputs=True
+        )  # same batches: the outputs pair up
     diff = _Differences()
-    with torch.no_grad():
-        for (x, mask, targets), (x_ref, mask_ref, _) in zip(exported_batches, model_batches, strict=True):
-            ref = model.decode(x_ref, mask_ref, all_layers=False)  # (1, B, Q, K+1), (1, B, Q, 4)
-            out = exported.decode(x, mask)
-            sizes = torch.stack([t["orig_size"] for t in targets])
-            diff.add((ref[0][-1], ref[1][-1]), (out[0][-1], out[1][-1]), sizes)
-            for name, (logits, boxes) in (("model", ref), ("exported", out)):
-                results[name] += coco_detections(logits[-1], boxes[-1], targets, match.category_of)
-    ap = {name: coco_evaluate(dataset.annotations.raw, found)["AP"] for name, found in results.items()}
+    for ref, out in zip(found["model"].outputs, found["exported"].outputs, strict=True):
+        diff.add(ref[:2], out[:2], out[2])  # (logits (B, Q, K+1), boxes (B, Q, 4)), sizes (B, 2)
+    ap = {name: evaluation.metrics["AP"] for name, evaluation in found.items()}
     result = GateResult(
         exported.precision, f"{data} {split} ({len(dataset)} images)", ap["model"], ap["exported"],
         diff.score, diff.box_px, diff.detections, diff.unmatched, max_ap_drop, passed=False,

@@ -1,12 +1,19 @@
-"""COCO box and mask evaluation (pycocotools) of a DETR on a dataset."""
+"""Evaluation of a model on a split: COCO box AP and mask AP (pycocotools), panoptic quality, the label map.
+
+:func:`evaluate_model` is the one evaluation that ``detr train``, ``detr eval``, ``detr demo``, the export
+gate and the benchmarks run: a PyTorch model or an exported one, the split read as the model reads images
+(:func:`evaluation_dataset`), each measure the model and the data allow.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.coco import CocoDetection, CocoSplit
+from ..data.transforms import collate, eval_transforms
 from ..processing.postprocess import postprocess
+from ..processing.preprocess import ImagePreprocessor
 from .config import METRICS as METRIC_NAMES
+
+TASKS = ("boxes", "masks", "panoptic")  # what an evaluation may measure: box AP, mask AP, PQ
 
 
 @torch.no_grad()
@@ -29,8 +41,10 @@ def predict_dataset(
     all_classes: bool = False,
     max_detections: int = 100,
     nms_iou: float | None = None,
+    outputs: list[tuple[Tensor, Tensor, Tensor]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run ``model`` over a loader of (images, mask, targets) and return COCO results.
+    """Run ``model`` over a loader of (images, mask, targets) and return COCO results; ``outputs``, when
+    given, receives each batch's last-layer (logits (B, Q, K+1), boxes (B, Q, 4), original sizes (B, 2)).
 
     ``category_of`` maps a class id to the dataset's category id (None: a class the dataset lacks,
     whose detections are left out; see :func:`detr.data.labels.match_categories`).
@@ -52,6 +66,10 @@ def predict_dataset(
         images, mask = images.to(device), mask.to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logits, boxes = model.decode(images, mask, all_layers=False)
+        if outputs is not None:
+            outputs.append(
+                (logits[-1].float().cpu(), boxes[-1].float().cpu(), torch.stack([t["orig_size"] for t in targets]))
+            )
         results += coco_detections(
             logits[-1], boxes[-1], targets, category_of, all_classes, max_detections, nms_iou
         )  # (B, Q, K+1), (B, Q, 4)
@@ -183,6 +201,135 @@ def coco_evaluate(
             per[names[cat_id]] = float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
         metrics["per_class_AP"] = per
     return metrics
+
+
+def evaluation_dataset(
+    source: str | Path | CocoSplit,
+    reading: ImagePreprocessor,
+    split: str = "val",
+    images: str | Path | None = None,
+    masks: bool = False,
+) -> CocoDetection:
+    """``source``'s ``split`` (a dataset folder or annotation file, or a found :class:`CocoSplit`) as ``reading``
+    (a model's ``preprocessing``) reads images: resized, normalised by its mean and std; :func:`evaluate_model`
+    pads to its size divisor."""
+    transforms = eval_transforms(reading.short_side, reading.max_size, reading.mean, reading.std)
+    return CocoDetection(source, split, transforms, images=images, masks=masks)
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_model` measured: ``metrics`` (box metrics as :func:`coco_evaluate` returns them,
+    with ``"masks"`` (mask metrics) and ``"panoptic"`` (PQ, SQ, RQ ...) where measured), the COCO box results,
+    the mask results (COCO RLE) where measured, how the model's classes met the dataset's categories, and each
+    batch's last-layer outputs when asked for (``keep_outputs``)."""
+
+    metrics: dict[str, Any]
+    results: list[dict[str, Any]]
+    mask_results: list[dict[str, Any]] | None
+    label_map: str
+    outputs: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be measured, and why
+
+
+def _has_masks(dataset: CocoDetection) -> bool:
+    return any(s is not None for segs in dataset.annotations.segmentations.values() for s in segs)
+
+
+def evaluate_model(
+    model: Any,
+    dataset: CocoDetection,
+    *,
+    reading: ImagePreprocessor | None = None,
+    tasks: Collection[str] = TASKS,
+    panoptic: tuple[Path, Path] | None = None,
+    panoptic_threshold: float = 0.85,
+    batch_size: int = 8,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    all_classes: bool = False,
+    max_detections: int = 100,
+    nms_iou: float | None = None,
+    per_class: bool = False,
+    keep_outputs: bool = False,
+    shard: tuple[int, int] | None = None,
+    gather: Callable[[Any], list[Any] | None] | None = None,
+) -> Evaluation | None:
+    """Evaluate ``model`` (a DETR, a mask model, or an exported file's model) on ``dataset`` (read as
+    ``reading``, the model's ``preprocessing`` by default: see :func:`evaluation_dataset`).
+
+    Measured, of ``tasks``: COCO box AP; mask AP when the model predicts masks and the dataset has them; PQ
+    when the model predicts masks and ``panoptic`` (the split's panoptic JSON and PNG folder,
+    :func:`detr.data.panoptic.find_panoptic`) is given. Predictions are each query's best class (every
+    query-class pair with ``all_classes``), the ``max_detections`` best of an image, optionally after NMS at
+    ``nms_iou``. Under DDP each process predicts ``shard`` = (rank, world size)'s images and ``gather`` (e.g.
+    :func:`detr.distributed.gather_to_main`) brings them to the main process, which scores them; the others
+    get None.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"tasks must be among {TASKS}, got {sorted(unknown)}")
+    reading = reading or model.preprocessing
+    match = dataset.match_model(model)
+    part = dataset if shard is None else Subset(dataset, range(shard[0], len(dataset), shard[1]))
+    loader = DataLoader(
+        part,
+        batch_size=batch_size,
+        collate_fn=functools.partial(collate, size_divisor=reading.size_divisor),
+        num_workers=workers,
+    )
+    outputs: list[tuple[Tensor, Tensor, Tensor]] | None = [] if keep_outputs else None
+    results = predict_dataset(
+        model, loader, match.category_of, device, autocast_dtype, progress, all_classes, max_detections, nms_iou,
+        outputs,
+    )  # fmt: skip
+    masks = "masks" in tasks and model.task == "masks" and _has_masks(dataset)
+    mask_results = predict_masks(model, loader, match.category_of, device, max_detections) if masks else None
+    if gather is not None:
+        shards = gather((results, mask_results))
+        if shards is None:
+            return None
+        results = [r for found, _ in shards for r in found]
+        mask_results = [r for _, found in shards for r in found] if masks else None
+    metrics = coco_evaluate(dataset.annotations.raw, results, per_class=per_class)
+    evaluation = Evaluation(metrics, results, mask_results, match.describe(), outputs or [])
+    if mask_results is not None:
+        metrics["masks"] = coco_evaluate(dataset.annotations.raw, mask_results, iou_type="segm")
+    if "panoptic" in tasks and model.task == "masks" and panoptic is not None:
+        _panoptic_quality(model, dataset, panoptic, reading, panoptic_threshold, evaluation)
+    return evaluation
+
+
+def _panoptic_quality(
+    model: Any,
+    dataset: CocoDetection,
+    found: tuple[Path, Path],
+    reading: ImagePreprocessor,
+    threshold: float,
+    evaluation: Evaluation,
+) -> None:
+    """PQ into ``evaluation.metrics["panoptic"]``, the model's classes matched to the panoptic file's categories
+    (things and stuff, which a model of things alone lacks: then a note says why there is no PQ)."""
+    from ..data.labels import match_categories
+    from ..data.panoptic import read_panoptic
+    from .panoptic_eval import evaluate_panoptic
+
+    annotations = read_panoptic(*found)
+    categories = sorted((int(c["id"]), str(c["name"])) for c in annotations.categories)
+    try:
+        match = match_categories(
+            model.num_classes, model.class_names, model.category_ids, categories, source=str(found[0])
+        )
+    except ValueError as err:
+        evaluation.notes.append(f"panoptic: no PQ ({err})")
+        return
+    evaluation.metrics["panoptic"] = evaluate_panoptic(
+        model, annotations, dataset.images, dataset.image_dir, match.category_of, reading, threshold
+    )
 
 
 def format_metrics(metrics: dict[str, Any], names: tuple[str, ...] = METRIC_NAMES[:6]) -> str:
