@@ -233,3 +233,21 @@ def test_detr_predict_tile_writes_the_tiled_detections(tmp_path):
     assert len(next(iter(json.loads((tmp_path / "capped" / "detections.json").read_text()).values()))) == 4
     with pytest.raises(SystemExit, match="go with --tile"):
         main(args + ["--out", str(tmp_path / "x"), "--max-detections", "4"])
+
+
+def test_coco_scores_more_than_100_detections_an_image_when_asked():
+    from detr.engine.evaluate import coco_evaluate
+
+    # one image with 150 objects in a grid, each found exactly, scored 1.0 down to 0.5 in a line
+    boxes = [[20.0 * (i % 15), 20.0 * (i // 15), 10.0, 10.0] for i in range(150)]
+    ground_truth = {
+        "images": [{"id": 1, "width": 300, "height": 200}],
+        "categories": [{"id": 1, "name": "dot"}],
+        "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b} for i, b in enumerate(boxes)],
+    }
+    results = [{"image_id": 1, "category_id": 1, "bbox": b, "score": 1.0 - i / 300} for i, b in enumerate(boxes)]
+    # COCO's 100 find 100 of 150: precision 1 to recall 0.667, so 67 of the 101 recall points: AP 67 / 101
+    assert coco_evaluate(ground_truth, results)["AP"] == pytest.approx(67 / 101)
+    everything = coco_evaluate(ground_truth, results, max_detections=200)
+    assert everything["AP"] == pytest.approx(1.0) and everything["AP50"] == pytest.approx(1.0)
+    assert everything["AR100"] == pytest.approx(1.0)  # recall at the cap asked

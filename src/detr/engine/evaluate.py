@@ -157,8 +157,12 @@ def coco_evaluate(
     results: list[dict[str, Any]],
     per_class: bool = False,
     iou_type: str = "bbox",
+    max_detections: int = 100,
 ) -> dict[str, Any]:
     """COCO box metrics (``iou_type="segm"``: mask metrics) of ``results`` against a COCO ground-truth dict or file.
+
+    ``max_detections``: the detections of an image that count, COCO's 100 by default; more for images with
+    more objects than that (tiled prediction of large images), where AP and ``AR100`` are then at this many.
 
     Returns ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", ..., "ARl"}`` (fractions in
     [0, 1], None for what the split cannot measure, e.g. APl without large objects) and with
@@ -187,9 +191,13 @@ def coco_evaluate(
                 result["segmentation"]["counts"] = result["segmentation"]["counts"].encode("ascii")
         dt = gt.loadRes(found)
         evaluator = COCOeval(gt, dt, iouType=iou_type)
+        evaluator.params.maxDets = [1, 10, max_detections]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    if max_detections != 100:  # pycocotools' summary takes AP at 100 detections whatever maxDets says
+        precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (iou, recall, class) at all areas, the last cap
+        evaluator.stats[0] = float(np.mean(precision[precision > -1])) if (precision > -1).any() else -1.0
     # pycocotools says -1 for what a split cannot measure (no large objects in 64 px images): None, "n/a"
     metrics: dict[str, Any] = {name: (None if v < 0 else float(v)) for name, v in zip(METRIC_NAMES, evaluator.stats)}
     if per_class:
