@@ -177,6 +177,7 @@ def _labelled_by(model, data: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow  # the ONNX export: about 15 s on 2 cores
 def test_the_export_gate_measures_the_ap_detr_eval_gives_the_exported_file(runs, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from detr.deploy.export import export
