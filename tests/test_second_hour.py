@@ -314,3 +314,29 @@ def test_check_data_draws_into_the_current_folder_or_out_never_into_the_dataset(
     assert main(["check-data", str(data)]) == 0 and (work / f"{data.name}_check-2.png").is_file()  # none replaced
     assert main(["check-data", str(data), "--out", str(tmp_path / "plot.png")]) == 0
     assert (tmp_path / "plot.png").is_file()
+
+
+def test_a_confusion_matrix_of_many_classes_shows_the_most_confused_readably(tmp_path):
+    from detr.engine.report import confusion_view, evaluation_report, most_confused
+
+    names = [f"class{i:02d}" for i in range(80)]
+    gt = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+    results = []
+    for i in range(80):  # one object of each class, found
+        gt["images"].append({"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 100})
+        gt["annotations"].append({"id": i, "image_id": i, "category_id": i + 1, "bbox": [10, 10, 50, 50]})
+        results.append({"image_id": i, "category_id": i + 1, "bbox": [10, 10, 50, 50], "score": 0.9})
+    # and some mistaken for another: class03 for class40 (twice), class70 for class71
+    for image, (said, was) in enumerate([(3, 40), (3, 40), (70, 71)], start=100):
+        gt["images"].append({"id": image, "file_name": f"{image}.jpg", "width": 100, "height": 100})
+        gt["annotations"].append({"id": image, "image_id": image, "category_id": was + 1, "bbox": [0, 0, 40, 40]})
+        results.append({"image_id": image, "category_id": said + 1, "bbox": [0, 0, 40, 40], "score": 0.8})
+    report = evaluation_report(gt, results, tmp_path / "r")
+    matrix = np.array(json.loads((tmp_path / "r" / "report.json").read_text())["confusion"]["matrix"])
+    assert matrix.shape == (81, 81) and matrix[3, 40] == 2 and matrix[70, 71] == 1  # the whole matrix in the JSON
+    assert {3, 40, 70, 71} <= set(most_confused(matrix))
+    labels, view = confusion_view(report["confusion"]["labels"], matrix)
+    assert len(labels) == 22 and labels[-2:] == ["other (60 classes)", "background"]
+    assert view.sum() == matrix.sum() and view[labels.index("class03"), labels.index("class40")] == 2
+    with Image.open(tmp_path / "r" / "confusion_matrix.png") as picture:
+        assert max(picture.size) <= 1100  # was 3035 x 2985 with 81 unreadable labels

@@ -34,6 +34,9 @@ from ..fileio import atomic_write, atomic_write_text
 from .evaluate import coco_evaluate
 
 ERRORS = ("correct", "duplicate", "classification", "localisation", "both", "background", "missed")
+# classes a confusion-matrix picture shows by name: beyond about 20 its labels no longer read (80 classes made a
+# 3035 x 2985 px picture); the rest are summed in one "other classes" row and column, report.json keeps all
+CONFUSION_SHOWN = 20
 
 
 def _xyxy(box: list[float]) -> np.ndarray:
@@ -114,6 +117,31 @@ def error_analysis(
         "errors": errors,
         "confusion": {"labels": [names[c] for c in categories] + ["background"], "matrix": matrix.tolist()},
     }
+
+
+def most_confused(matrix: np.ndarray, count: int = CONFUSION_SHOWN) -> list[int]:
+    """Indices (in order) of the ``count`` classes of a confusion ``matrix`` ((K + 1, K + 1), its last row and column
+    background, see :func:`error_analysis`) with the most detections of one class covering an object of another,
+    either way; ties go to the most errors against the background, then to the most objects."""
+    k = len(matrix) - 1
+    classes = matrix[:k, :k]
+    between = classes.sum(0) + classes.sum(1) - 2 * np.diag(classes)  # confusions as detection or as object
+    background = matrix[:k, k] + matrix[k, :k]
+    order = np.lexsort((-classes.sum(0), -background, -between))  # the last key sorts first
+    return sorted(order[:count].tolist())
+
+
+def confusion_view(labels: list[str], matrix: np.ndarray, count: int = CONFUSION_SHOWN) -> tuple[list[str], np.ndarray]:
+    """A confusion matrix small enough to read: with more than ``count`` classes, the :func:`most_confused`
+    ones, the others summed into one "other (N classes)" row and column before the background's."""
+    k = len(labels) - 1
+    if k <= count:
+        return labels, matrix
+    shown = most_confused(matrix, count)
+    rest = [i for i in range(k) if i not in set(shown)]
+    groups = [[i] for i in shown] + [rest, [k]]  # each shown row/column: the sum of its group's
+    view = np.array([[matrix[np.ix_(rows, cols)].sum() for cols in groups] for rows in groups])
+    return [labels[i] for i in shown] + [f"other ({len(rest)} classes)", labels[k]], view
 
 
 def precision_recall(ground_truth: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -259,7 +287,8 @@ def evaluation_report(
     ax.set_xticklabels([f"{n}\n({r})" for n, r in zip(sizes, ("< 32 px", "32-96 px", "> 96 px"))])
     ax.set(ylabel="AP", ylim=(0, 1.1), title="AP by object size")
     save(fig, "ap_by_size.png")
-    labels, matrix = report["confusion"]["labels"], np.array(report["confusion"]["matrix"])
+    all_labels = report["confusion"]["labels"]
+    labels, matrix = confusion_view(all_labels, np.array(report["confusion"]["matrix"]))
     n = len(labels)
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * n + 2), max(4.5, 0.35 * n + 1.5)), dpi=100)
     ax.imshow(np.log1p(matrix), cmap="Blues")
@@ -273,7 +302,10 @@ def evaluation_report(
     ax.set_xticklabels(labels, rotation=90, fontsize=7)
     ax.set_yticklabels(labels, fontsize=7)
     ax.set(xlabel="object's class (background: no object)", ylabel="detection's class (background: missed)")
-    ax.set_title(f"confusion at IoU 0.5, score >= {score_threshold}")
+    title = f"confusion at IoU 0.5, score >= {score_threshold}"
+    if len(labels) < len(all_labels):
+        title += f"\nthe {n - 2} most confused of {len(all_labels) - 1} classes (all in report.json)"
+    ax.set_title(title)
     save(fig, "confusion_matrix.png")
     atomic_write_text(out / "report.json", json.dumps(report, indent=1))
     return report
