@@ -139,7 +139,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "detr", "serve", weights, "--host", "127.0.0.1", "--port", str(self.port),
-                   "--device", device, "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms)]  # fmt: skip
+                   "--device", device, "--max-batch-size", str(max_batch_size),
+                   "--max-wait-ms", str(max_wait_ms)]  # fmt: skip
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 180

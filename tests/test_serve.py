@@ -241,6 +241,15 @@ def test_explain_gives_each_detections_attention(url, saved, images):
         assert heat.sum() == pytest.approx(1.0, abs=1e-3)  # a distribution over the image's cells
         png = Image.open(io.BytesIO(base64.b64decode(det["attention_png"].split(",", 1)[1])))
         assert png.size == Image.open(images[1]).size
+    # a server resizing otherwise than the model (detr serve --size): predict and explain both read it so
+    other = ImagePreprocessor(short_side=96, max_size=128)
+    with running(create_app(model, short_side=96, max_size=128)) as resized:
+        assert httpx.get(resized + "/model").json()["preprocessing"]["short_side"] == 96
+        found = _post_file(resized, images[1].read_bytes(), endpoint="/explain", threshold="0.05", k="2").json()
+    expected = image_attention(model, Image.open(images[1]).convert("RGB"), 0.05, 2, other)
+    heat = np.array(found["detections"][0]["attention"])
+    assert heat.shape == tuple(expected.decoder(0).shape) == (4, 3)  # a 90 x 120 image read as 96 x 128: stride 32
+    np.testing.assert_allclose(heat, expected.decoder(0).numpy(), atol=1e-5)
 
 
 def test_a_mask_model_sends_its_masks_as_coco_rle(images):
@@ -347,7 +356,7 @@ def test_the_api_key_and_urls(saved, images):
         with running(app) as url:
             data = images[0].read_bytes()
             assert _post_file(url, data).status_code == 401
-            wrong = httpx.post(url + "/predict", files={"image": ("x.png", data)}, headers={"Authorization": "Bearer x"})
+            wrong = httpx.post(url + "/predict", files={"image": ("x.png", data)}, headers={"Authorization": "Bearer"})
             assert wrong.status_code == 401 and wrong.json()["kind"] == "unauthorized"
             assert httpx.get(url + "/model").status_code == 401 and httpx.get(url + "/metrics").status_code == 401
             assert httpx.get(url + "/health").status_code == 200  # probes need no key

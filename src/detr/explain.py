@@ -26,6 +26,7 @@ from .models.detr import DETR
 from .models.transformer import MultiheadAttention
 from .options.deformable import DeformableCrossAttention
 from .processing.checks import check_images, padding_or_none
+from .processing.preprocess import ImagePreprocessor
 from .processing.visualize import draw_detections, image_grid, titled
 
 
@@ -122,14 +123,20 @@ class ImageAttention:
 
 
 def image_attention(
-    model: DETR, image: Image.Image, threshold: float = 0.5, max_detections: int = 8
+    model: DETR,
+    image: Image.Image,
+    threshold: float = 0.5,
+    max_detections: int = 8,
+    preprocessor: ImagePreprocessor | None = None,
 ) -> ImageAttention:
     """``model``'s detections in ``image`` (score >= ``threshold``, at most ``max_detections``, as
-    ``predict`` gives them) with the attention of the same forward pass."""
-    batch = model.preprocessing([image])
+    ``predict`` gives them) with the attention of the same forward pass; ``preprocessor``: the image
+    read as that says (default: the model's own)."""
+    preprocessor = preprocessor or model.preprocessing
+    batch = preprocessor([image])
     device = next(model.parameters()).device
     maps = attention_maps(model, batch.pixel_values.to(device), batch.mask.to(device))
-    (dets,) = model.predict([image], k=max_detections, score_threshold=threshold)
+    (dets,) = model.predict([image], k=max_detections, score_threshold=threshold, preprocessor=preprocessor)
     probs = maps["logits"][0].softmax(-1)[:, :-1]  # (Q, K)
     # each detection's query: the one whose best class and score it is (predict keeps queries in score order)
     scores, _ = probs.max(-1)

@@ -16,7 +16,6 @@ import hmac
 import io
 import json
 import logging
-import os
 import threading
 import time
 import urllib.error
@@ -26,7 +25,6 @@ from collections.abc import Hashable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -216,7 +214,7 @@ class ServedModel:
                 kind="explain_unavailable",
             )
         with self._explain_lock:  # the recording switches the model's attention layers: one at a time
-            found = image_attention(self.detector, image, threshold, k)
+            found = image_attention(self.detector, image, threshold, k, self.preprocessor)
         out = []
         for i, det in enumerate(found.detections):
             heat = found.decoder(i, layer, head).float().cpu()
