@@ -478,6 +478,8 @@ def test_the_page_in_a_browser_shows_the_detections_of_predict(url, images, tmp_
             page.wait_for_function("document.getElementById('attention').naturalWidth > 0")
             size = page.eval_on_selector("#attention", "(e) => [e.naturalWidth, e.naturalHeight]")
             assert tuple(size) == Image.open(images[4]).size
+            title = page.text_content("#attention-title")
+            assert f"attention of {expected[0]['class_name']} {expected[0]['score']:.2f}" in title, title
             # the page's own COCO RLE decoder (masks of mask models) against pycocotools' encoder
             from pycocotools import mask as mask_utils
 

@@ -168,13 +168,17 @@ async function explain(index) {
   const form = new FormData();
   form.append("image", state.file);
   form.append("threshold", "0");
-  form.append("k", String(index + 1)); // the detections in score order, as /predict gave them: this one is last
+  // the detections in score order, as /predict gave them, and two more: explain runs the model itself,
+  // where near-ties may swap, so the answer's detection is found by class and box
+  form.append("k", String(index + 3));
   form.append("png", "true");
   $("attention-title").textContent = `attention of ${label(d)} ${d.score.toFixed(2)}: loading...`;
   try {
     const result = await answer(await fetch("explain", { method: "POST", body: form, headers: headers() }));
-    const found = result.detections[index];
-    if (!found) throw new Error("the model gave fewer detections this time");
+    const distance = (e) => e.box.reduce((sum, v, j) => sum + Math.abs(v - d.box[j]), 0);
+    const found = result.detections.filter((e) => e.class_id === d.class_id)
+      .reduce((best, e) => (best === null || distance(e) < distance(best) ? e : best), null);
+    if (!found) throw new Error("the model did not find this detection again");
     $("attention").src = found.attention_png;
     $("attention").style.display = "block";
     $("attention-title").textContent = `attention of ${label(d)} ${d.score.toFixed(2)} (decoder, last layer)`;
