@@ -340,3 +340,27 @@ def test_a_confusion_matrix_of_many_classes_shows_the_most_confused_readably(tmp
     assert view.sum() == matrix.sum() and view[labels.index("class03"), labels.index("class40")] == 2
     with Image.open(tmp_path / "r" / "confusion_matrix.png") as picture:
         assert max(picture.size) <= 1100  # was 3035 x 2985 with 81 unreadable labels
+
+
+def test_every_help_names_every_dataset_format_and_weights_file_kind():
+    from detr.cli import build_parser
+    from detr.data.formats import READERS
+
+    _, commands = build_parser()
+
+    def flat(text: str) -> str:
+        return "".join(text.lower().split()).replace("-", "")
+
+    formats = ["coco", *(reader.FORMAT.replace("-", "") for reader in READERS)]
+    assert {"yolo", "voc", "cvat", "labelstudio"} <= set(formats)
+    for name in ("train", "eval", "convert", "check-data", "export", "predict"):  # export --check-data, predict --show-gt
+        text = flat(commands[name].format_help())
+        assert [f for f in formats if f not in text] == [], name  # was: "a COCO-format folder"
+        assert "cocoformatfolder" not in text
+    for name in ("eval", "predict", "serve"):  # these run exported files too
+        text = flat(commands[name].format_help())
+        assert ".onnx" in text and ".xml" in text, name
+    for name in ("explain", "export"):  # PyTorch weights only, and they say so
+        assert "notanexported.onnx/.xml" in flat(commands[name].format_help()), name
+    for name in ("predict", "explain"):
+        assert ".jpg" in flat(commands[name].format_help()) and ".png" in flat(commands[name].format_help())

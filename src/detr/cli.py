@@ -574,7 +574,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         commands[name] = p
         return p
 
-    weights_help = "a saved model folder (e.g. runs/x/final), a run folder, a checkpoint file, or a published name"
+    from .engine.config import DATASET_HELP  # the standard library only: start-up stays light
+
+    weights_help = (
+        "a saved model folder (e.g. runs/x/final), a run folder, a checkpoint file (.pth, .pt, .safetensors; ours, "
+        "facebookresearch/detr's or transformers'), or a published name"
+    )
+    exported_help = weights_help + ", or a file detr export wrote (.onnx, OpenVINO .xml)"
+    pytorch_help = weights_help + " (PyTorch weights: not an exported .onnx / .xml)"
     model_help = "factory to load a plain state-dict checkpoint into (default: read from the weights, else detr_r50)"
     device_help = "auto (a GPU if there is one), cpu, cuda or cuda:N"
     command("models", "list the available models and their published weights", cmd_models)
@@ -593,10 +600,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _add_config_flags(p)
 
     p = command("eval", "COCO box AP of a model on a dataset split", cmd_eval)
-    p.add_argument("--data", required=True, help="dataset: a folder or annotation file in any format read (README)")
+    p.add_argument("--data", required=True, help=f"dataset: {DATASET_HELP}")
     p.add_argument("--split", default="val", help="split of --data to evaluate (train, val, valid, test)")
     p.add_argument("--images", help="folder of the images of an annotation file (default: found next to it)")
-    p.add_argument("--weights", required=True, help=weights_help)
+    p.add_argument("--weights", required=True, help=exported_help)
     p.add_argument(
         "--val-fraction", type=float,
         help="data without a validation split: the share that validates (default: the run's, from its split.json)",
@@ -625,11 +632,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--panoptic-threshold", type=float, default=0.85, help="mask models: least score of a panoptic segment (PQ)"
     )
 
-    def image_command(name: str, help: str, func, out: str, what: str) -> argparse.ArgumentParser:
+    def image_command(name: str, help: str, func, out: str, what: str, weights: str) -> argparse.ArgumentParser:
         """A command reading images with a model into an output folder (predict, explain)."""
         p = command(name, help, func)
-        p.add_argument("images", nargs="+", help="image files or folders")
-        p.add_argument("--weights", required=True, help=weights_help)
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        p.add_argument("images", nargs="+", help=f"image files ({suffixes}) or folders of them")
+        p.add_argument("--weights", required=True, help=weights)
         p.add_argument("--model", help=model_help)
         p.add_argument("--out", default=out, help=f"output folder (one holding earlier {what}: out-2)")
         p.add_argument("--threshold", type=float, default=0.5, help="minimum score of a detection")
@@ -643,6 +651,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         cmd_predict,
         out="predictions",
         what="predictions",
+        weights=exported_help,
     )
     p.add_argument("--k", type=int, default=100, help="at most this many detections per image (with --tile: per tile)")
     p.add_argument(
@@ -664,7 +673,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for backbone and encoder (CPUs with AMX, GPUs)")
     p.add_argument("--classes", nargs="+", help="keep only these classes (names or ids, e.g. --classes cat dog)")
     p.add_argument(
-        "--show-gt", metavar="DATA", help="draw the ground truth (white) of these annotations (as --data), by file name"
+        "--show-gt", metavar="DATA", help=f"draw the ground truth (white) of this dataset, by file name; {DATASET_HELP}"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -674,13 +683,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         cmd_explain,
         out="explained",
         what="pictures",
+        weights=pytorch_help,
     )
     p.add_argument("--layer", type=int, default=-1, help="decoder and encoder layer whose attention is shown")
     p.add_argument("--head", type=int, help="attention head shown (default: the mean over heads)")
     p.add_argument("--points", type=int, default=4, help="encoder self-attention of this many detection centres")
 
     p = command("export", "export a model to ONNX or OpenVINO (fp32, fp16, int8), behind an accuracy gate", cmd_export)
-    p.add_argument("--weights", required=True, help=weights_help)
+    p.add_argument("--weights", required=True, help=pytorch_help)
     p.add_argument("--model", help=model_help)
     p.add_argument("--out", help="file to write (default: detr.onnx; detr.xml and detr.bin for openvino)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -694,7 +704,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )  # fmt: skip
     p.add_argument(
         "--check-data", metavar="DATA",
-        help="evaluate the export and the model on this dataset (as --data) and refuse an AP drop over --max-ap-drop",
+        help="evaluate the export and the model on this dataset and refuse an AP drop over --max-ap-drop; "
+        f"{DATASET_HELP}",
     )  # fmt: skip
     p.add_argument("--split", default="val", help="split of --check-data")
     p.add_argument(
@@ -709,7 +720,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--verbose", action="store_true", help="show the exporter's and optimiser's own messages")
 
     p = command("serve", "serve a model over HTTP: predict and explain API, metrics, a page to try it", cmd_serve)
-    p.add_argument("weights", help=weights_help + ", or an exported .onnx / .xml")
+    p.add_argument("weights", help=exported_help)
     p.add_argument("--model", help=model_help)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network; see --api-key)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -726,12 +737,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for backbone and encoder (CPUs with AMX, GPUs)")
 
     p = command("convert", "convert a dataset (any format detr reads, see the README) to COCO or YOLO", cmd_convert)
-    p.add_argument("source", help="the dataset: a folder in any format detr reads, or a COCO annotation file")
+    p.add_argument("source", help=f"the dataset: {DATASET_HELP}")
     p.add_argument("--out", required=True, help="new folder to write the converted dataset to")
     p.add_argument("--to", default="coco", choices=("coco", "yolo"), help="the format written")
 
     p = command("check-data", "what a dataset holds, per split; writes a PNG of classes and box sizes", cmd_check_data)
-    p.add_argument("data", help="the dataset: a folder in any format detr reads, or a COCO annotation file")
+    p.add_argument("data", help=f"the dataset: {DATASET_HELP}")
     p.add_argument(
         "--out", "--plot", dest="plot", help="PNG to write (default: NAME_check.png in the current folder, NAME the "
         "dataset's folder or file name; -2 ... if taken)"

@@ -14,6 +14,12 @@ CROP_RESIZE_SCALES = (400, 500, 600)
 CROP_SIZE = (384, 600)
 # the fields that say where the training data is (what a recipe reads to adapt to it)
 DATA_KEYS = ("data", "train_split", "train_annotations", "images", "panoptic")
+# what a dataset may be, for every --help that takes one (the readers: detr.data.coco and detr.data.formats)
+DATASET_HELP = (
+    "a folder or annotation file: COCO (annotations/instances_<split>.json, <split>/_annotations.coco.json, or "
+    "one .json file), YOLO (data.yaml, images/ beside labels/), Pascal VOC (Annotations/, JPEGImages/), CVAT XML, "
+    "Label Studio JSON, CreateML JSON, LabelMe JSON, a CSV of boxes, or images/ beside masks/ (instance-mask PNGs)"
+)
 # where a run folder records the settings it trains with (written when training starts)
 RUN_CONFIG = "config.json"
 # the COCO metrics an evaluation reports (as detr.engine.evaluate.METRIC_NAMES)
@@ -33,7 +39,7 @@ class TrainConfig:
     lr 1e-5, weight decay 1e-4, lr drop, gradient clipping 0.1, auxiliary losses)."""
 
     # data
-    data: str = _field("", "dataset: a folder or an annotation file in any format read (COCO, YOLO, VOC, ...: README)")
+    data: str = _field("", f"dataset: {DATASET_HELP}")
     train_split: str = _field("train", "split to train on (train, val, valid, test or a folder's name)")
     val_split: str = _field("val", "split to evaluate on; '' for no evaluation")
     val_fraction: float = _field(
