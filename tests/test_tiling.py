@@ -251,3 +251,37 @@ def test_coco_scores_more_than_100_detections_an_image_when_asked():
     everything = coco_evaluate(ground_truth, results, max_detections=200)
     assert everything["AP"] == pytest.approx(1.0) and everything["AP50"] == pytest.approx(1.0)
     assert everything["AR100"] == pytest.approx(1.0)  # recall at the cap asked
+
+
+def test_detr_eval_tile_scores_the_merged_detections_of_large_images(tmp_path):
+    import json
+
+    from detr.cli import main
+    from detr.data.synthetic import SynthConfig, make_dataset
+
+    # three 240 x 180 images of 20-40 shapes of 6-16 px: small objects on a large image, for a 64 px model
+    config = SynthConfig(image_size=240, image_height=180, min_objects=20, max_objects=40, min_size=6 / 240,
+                         max_size=16 / 240, max_overlap=0.1, classes=("circle", "square", "triangle"))  # fmt: skip
+    make_dataset(tmp_path / "data", train=1, val=3, seed=5, config=config)
+    model = _tiny_model(seed=3)
+    model.class_names, model.category_ids = ["circle", "square", "triangle"], [1, 2, 3]
+    model.save_pretrained(tmp_path / "model")
+    base = ["eval", "--data", str(tmp_path / "data"), "--weights", str(tmp_path / "model"), "--workers", "0",
+            "--device", "cpu"]  # fmt: skip
+    assert main(base + ["--tile", "64", "--max-detections", "500", "--out", str(tmp_path / "tiled.json")]) == 0
+    tiled = json.loads((tmp_path / "tiled.json").read_text())
+    assert set(tiled["metrics"]) >= {"AP", "AP50", "APs"}
+    per_image: dict[int, list] = {}
+    for r in tiled["predictions"]:
+        per_image.setdefault(r["image_id"], []).append(r)
+    assert len(per_image) == 3 and all(len(found) > 6 for found in per_image.values())  # over one pass's 6 queries
+    # what was scored is the model's tiled prediction of the image file
+    info = json.loads((tmp_path / "data" / "annotations" / "instances_val.json").read_text())["images"][0]
+    expected = model.predict(Image.open(tmp_path / "data" / "val" / info["file_name"]), k=6, tile=64)[0]
+    scored = sorted(per_image[info["id"]], key=lambda r: -r["score"])
+    assert len(scored) == len(expected)
+    assert np.allclose([r["bbox"][:2] for r in scored], [d["box"][:2] for d in expected], atol=1e-2)
+    assert [r["category_id"] for r in scored] == [d["class_id"] + 1 for d in expected]
+    assert main(base + ["--out", str(tmp_path / "whole.json")]) == 0  # untiled: one pass, at most 6 an image
+    whole = json.loads((tmp_path / "whole.json").read_text())["predictions"]
+    assert max(sum(r["image_id"] == i for r in whole) for i in per_image) <= 6

@@ -121,6 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .engine.evaluate import METRIC_NAMES, evaluate_model, evaluation_dataset, format_metrics
     from .fileio import atomic_write_text
+    from .processing.tiling import Tiling
 
     device = resolve_device(args.device)
     model = _load_for_inference(args.weights, args.model, device, args.device)
@@ -139,7 +140,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model.to(device), dataset, reading=reading, batch_size=args.batch_size, workers=args.workers, device=device,
         progress=True, all_classes=args.all_classes, max_detections=args.max_detections, nms_iou=args.nms,
         per_class=args.per_class, panoptic=find_panoptic(args.data, args.split) if Path(args.data).is_dir() else None,
-        panoptic_threshold=args.panoptic_threshold,
+        panoptic_threshold=args.panoptic_threshold, tiling=Tiling(args.tile, args.tile_overlap, args.tile_full_image)
+        if args.tile else None,
     )  # fmt: skip
     metrics, results = evaluation.metrics, evaluation.results
     print(format_metrics(metrics))
@@ -619,6 +621,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--all-classes", action="store_true", help="score every query-class pair, not only each query's best class"
     )
     p.add_argument("--max-detections", type=int, default=100, help="detections kept per image, the best over all")
+    p.add_argument(
+        "--tile", type=int, metavar="SIZE", help="large images: predict through overlapping SIZE x SIZE tiles (boxes)"
+    )
+    p.add_argument("--tile-overlap", type=float, default=0.2, help="fraction of a tile its neighbours share")
+    p.add_argument("--tile-full-image", action="store_true", help="with --tile: the whole image too (large objects)")
     p.add_argument("--nms", type=float, help="class-aware NMS at this IoU before scoring (default: none, as DETR)")
     p.add_argument("--out", help="write the metrics and the predictions to this JSON file")
     p.add_argument("--results", help="write the predictions as COCO results JSON (as other tools read them)")

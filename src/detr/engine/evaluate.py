@@ -25,6 +25,7 @@ from ..data.coco import CocoDetection, CocoSplit
 from ..data.transforms import collate, eval_transforms
 from ..processing.postprocess import postprocess
 from ..processing.preprocess import ImagePreprocessor
+from ..processing.tiling import Tiling, predict_tiled
 from .config import METRICS as METRIC_NAMES
 
 TASKS = ("boxes", "masks", "panoptic")  # what an evaluation may measure: box AP, mask AP, PQ
@@ -73,6 +74,45 @@ def predict_dataset(
         results += coco_detections(
             logits[-1], boxes[-1], targets, category_of, all_classes, max_detections, nms_iou
         )  # (B, Q, K+1), (B, Q, 4)
+    return results
+
+
+@torch.no_grad()
+def predict_dataset_tiled(
+    model: Any,
+    dataset: CocoDetection,
+    indices: Sequence[int],
+    category_of: Sequence[int | None],
+    tiling: Tiling,
+    reading: ImagePreprocessor,
+    max_detections: int = 100,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """COCO results (as :func:`predict_dataset`'s) of ``model`` through tiles on the images ``indices`` of
+    ``dataset``: each image read unresized from its file, cut as ``tiling`` says, every query of every window
+    kept and merged (:func:`detr.processing.tiling.predict_tiled`), each window read as ``reading``; the
+    ``max_detections`` best of an image."""
+    from tqdm import tqdm
+
+    from ..data.coco import read_image
+
+    results = []
+    for index in tqdm(indices, desc="eval (tiles)", disable=not progress, leave=False):
+        info = dataset.images[index]
+        (found,) = predict_tiled(
+            model, [read_image(dataset.image_dir / info["file_name"])], tiling.tile, tiling.overlap,
+            tiling.full_image, k=model.num_queries, preprocessor=reading,
+        )  # fmt: skip
+        found = [d for d in found if category_of[d["class_id"]] is not None][:max_detections]
+        results += [
+            {
+                "image_id": int(info["id"]),
+                "category_id": category_of[d["class_id"]],
+                "bbox": [d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1]],
+                "score": d["score"],
+            }
+            for d in found
+        ]
     return results
 
 
@@ -264,6 +304,7 @@ def evaluate_model(
     keep_outputs: bool = False,
     shard: tuple[int, int] | None = None,
     gather: Callable[[Any], list[Any] | None] | None = None,
+    tiling: Tiling | None = None,
 ) -> Evaluation | None:
     """Evaluate ``model`` (a DETR, a mask model, or an exported file's model) on ``dataset`` (read as
     ``reading``, the model's ``preprocessing`` by default: see :func:`evaluation_dataset`).
@@ -274,7 +315,8 @@ def evaluate_model(
     query-class pair with ``all_classes``), the ``max_detections`` best of an image, optionally after NMS at
     ``nms_iou``. Under DDP each process predicts ``shard`` = (rank, world size)'s images and ``gather`` (e.g.
     :func:`detr.distributed.gather_to_main`) brings them to the main process, which scores them; the others
-    get None.
+    get None. ``tiling``: large images, predicted through tiles (:func:`predict_dataset_tiled`; boxes only),
+    with up to ``max_detections`` detections an image scored (COCO's 100 at least).
     """
     from torch.utils.data import DataLoader, Subset
 
@@ -291,11 +333,17 @@ def evaluate_model(
         num_workers=workers,
     )
     outputs: list[tuple[Tensor, Tensor, Tensor]] | None = [] if keep_outputs else None
-    results = predict_dataset(
-        model, loader, match.category_of, device, autocast_dtype, progress, all_classes, max_detections, nms_iou,
-        outputs,
-    )  # fmt: skip
-    masks = "masks" in tasks and model.task == "masks" and _has_masks(dataset)
+    if tiling is not None:
+        indices = range(len(dataset)) if shard is None else part.indices
+        results = predict_dataset_tiled(
+            model, dataset, indices, match.category_of, tiling, reading, max_detections, progress
+        )
+    else:
+        results = predict_dataset(
+            model, loader, match.category_of, device, autocast_dtype, progress, all_classes, max_detections, nms_iou,
+            outputs,
+        )  # fmt: skip
+    masks = "masks" in tasks and model.task == "masks" and _has_masks(dataset) and tiling is None
     mask_results = predict_masks(model, loader, match.category_of, device, max_detections) if masks else None
     if gather is not None:
         shards = gather((results, mask_results))
@@ -303,7 +351,8 @@ def evaluate_model(
             return None
         results = [r for found, _ in shards for r in found]
         mask_results = [r for _, found in shards for r in found] if masks else None
-    metrics = coco_evaluate(dataset.annotations.raw, results, per_class=per_class)
+    counted = max(100, max_detections) if tiling is not None else 100  # tiles give an image more than COCO's 100
+    metrics = coco_evaluate(dataset.annotations.raw, results, per_class=per_class, max_detections=counted)
     evaluation = Evaluation(metrics, results, mask_results, match.describe(), outputs or [])
     if mask_results is not None:
         metrics["masks"] = coco_evaluate(dataset.annotations.raw, mask_results, iou_type="segm")

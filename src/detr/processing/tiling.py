@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,19 @@ def tile_windows(height: int, width: int, tile: int, overlap: float) -> Tensor:
         for x0 in axis_starts(width, tile_w, overlap)
     ]
     return torch.tensor(windows, dtype=torch.int64)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How images are cut (:func:`predict_tiled`'s arguments, checked): ``tile`` x ``tile`` px windows sharing
+    ``overlap`` of a tile with their neighbours, and with ``full_image`` the whole image as one more window."""
+
+    tile: int
+    overlap: float = 0.2
+    full_image: bool = False
+
+    def __post_init__(self) -> None:
+        check_tiling(self.tile, self.overlap)
 
 
 def check_tiling(tile: int, overlap: float) -> None:
@@ -249,7 +263,7 @@ def predict_tiled(
         ``"class_name"``), sorted by decreasing score: what ``predict`` returns.
     """
     check_tiling(tile, overlap)
-    if hasattr(model, "mask_head"):
+    if getattr(model, "task", None) == "masks" or hasattr(model, "mask_head"):
         raise ValueError(NO_TILED_MASKS)
     if isinstance(images, Batch) or (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
         raise ValueError(
