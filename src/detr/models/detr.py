@@ -50,6 +50,35 @@ Output = tuple[Tensor, Tensor]
 
 
 @dataclass
+class DecoderPass:
+    """What one pass of the detector computes, for the heads that read more than boxes (the mask head):
+    logits (L, B, Q', K+1) and boxes (L, B, Q', 4), the options' state (None without options), the
+    projected backbone features ``src`` (B, d, h, w) and their mask (B, h, w) or None."""
+
+    logits: Tensor
+    boxes: Tensor
+    state: OptionState | None
+    src: Tensor
+    feat_mask: Tensor | None
+    plain_hidden: Tensor | None = None  # without options: the last decoder layer's embeddings (B, Q, d)
+    plain_memory: Tensor | None = None  # without options: the encoder output (B, d, h, w)
+
+    @property
+    def hidden(self) -> Tensor:
+        """The last decoder layer's embeddings of the queries the outputs are read from, (B, Q', d)."""
+        if self.state is None:
+            return self.plain_hidden
+        return self.state.hidden[-1][:, self.state.span_slice("matching")]
+
+    @property
+    def memory(self) -> Tensor:
+        """The encoder output as a feature map, (B, d, h, w)."""
+        if self.state is None:
+            return self.plain_memory
+        return self.state.memory.transpose(1, 2).reshape(self.src.shape)  # (B, HW, d) -> (B, d, h, w)
+
+
+@dataclass
 class DETRConfig:
     """What a :class:`DETR` is built from (the fields and defaults of the API document).
 
@@ -212,15 +241,28 @@ class DETR(nn.Module):
         Returns the logits and boxes of :meth:`decode` and, with options, their state (the outputs
         of their own queries, proposals), else None.
         """
-        src, feat_mask, pos = self._features(x, mask)
-        last_only = not (self.aux_loss if all_layers is None else all_layers)
+        found = self.decoder_pass(x, mask, not (self.aux_loss if all_layers is None else all_layers), targets)
+        return found.logits, found.boxes, found.state
+
+    def decoder_pass(
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        last_only: bool = False,
+        targets: Sequence[Target] | None = None,
+        features: Tensor | None = None,
+    ) -> DecoderPass:
+        """The detector's pass (backbone, transformer, heads; the options composing it when there are any),
+        without input checks: x (B, 3, H, W), mask (B, H, W) or None (nothing padded), the heads on the last
+        decoder layer only or on all; ``features``: the backbone's output when the caller already has it
+        (the mask head, which reads the backbone's earlier stages too)."""
+        src, feat_mask, pos = self._features(x, mask, features)
         if self.options:  # the training options compose the decoder pass over the same parts
-            return decode_with_options(self, src, feat_mask, pos, last_only, targets)
-        hs, _ = self.transformer(src, feat_mask, self.query_embed.weight, pos)  # (L, B, Q, d)
-        if last_only:
-            hs = hs[-1:]  # (1, B, Q, d)
-        logits, boxes = self.heads(hs)
-        return logits, boxes, None
+            logits, boxes, state = decode_with_options(self, src, feat_mask, pos, last_only, targets)
+            return DecoderPass(logits, boxes, state, src, feat_mask)
+        hs, memory = self.transformer(src, feat_mask, self.query_embed.weight, pos)  # (L, B, Q, d), (B, d, h, w)
+        logits, boxes = self.heads(hs[-1:] if last_only else hs)  # (1 or L, B, Q, ...)
+        return DecoderPass(logits, boxes, None, src, feat_mask, plain_hidden=hs[-1], plain_memory=memory)
 
     def decode(self, x: Tensor, mask: Tensor | None = None, all_layers: bool | None = None) -> Output:
         """Predictions of the decoder layers.

@@ -35,7 +35,7 @@ from ..processing.postprocess import class_ids, postprocess, valid_sizes
 from ..processing.preprocess import prediction_inputs
 from ..processing.tiling import NO_TILED_MASKS
 from ..processing.mask_postprocess import panoptic_segmentation, query_masks
-from ..options.base import OptionState, decode_with_options
+from ..options.base import OptionState
 from .detr import DETR
 
 
@@ -226,17 +226,10 @@ class DETRSegmentation(nn.Module):
         without options) and what the mask head reads: the last layer's embeddings (B, Q', d), the
         encoder memory (B, d, h, w), the feature mask (B, h, w) or None, the projected features
         (B, d, h, w) and the backbone stages it adds (deepest first)."""
-        detr = self.detr
-        levels = detr.backbone.levels(x)  # layer1 (stride 4) ... the last
-        src, feat_mask, pos = detr._features(x, mask, levels[-1])  # (B, d, h, w), (B, h, w) | None, (B, d, h, w)
-        if detr.options:  # the options compose the pass; their state keeps the embeddings and the memory
-            logits, boxes, state = decode_with_options(detr, src, feat_mask, pos, False, targets)
-            hidden = state.hidden[-1][:, state.span_slice("matching")]  # (B, Q', d)
-            memory = state.memory.transpose(1, 2).reshape(src.shape)  # (B, HW, d) -> (B, d, h, w)
-        else:
-            hs, memory = detr.transformer(src, feat_mask, detr.query_embed.weight, pos)  # (L, B, Q, d), (B, d, h, w)
-            (logits, boxes), hidden, state = detr.heads(hs), hs[-1], None
-        return logits, boxes, state, (hidden, memory, feat_mask, src, [levels[i] for i in self.fpn_levels])
+        levels = self.detr.backbone.levels(x)  # layer1 (stride 4) ... the last
+        found = self.detr.decoder_pass(x, mask, last_only=False, targets=targets, features=levels[-1])
+        fpns = [levels[i] for i in self.fpn_levels]
+        return found.logits, found.boxes, found.state, (found.hidden, found.memory, found.feat_mask, found.src, fpns)
 
     def _masks(self, context: tuple, images: Tensor | None = None, queries: Tensor | None = None) -> Tensor:
         """Mask logits of every query, (B, Q', H/4, W/4), or of the (image, query) pairs given, (M, H/4, W/4):
