@@ -269,7 +269,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"{args.out} holds earlier predictions, left as they are: writing to {out}")
     out.mkdir(parents=True, exist_ok=True)
     preprocessor = model.preprocessing.with_sizes(args.size, args.max_size)  # the model's, unless flags say otherwise
-    masks = hasattr(model, "mask_head")  # a mask model predicts through itself: its detections carry masks
+    masks = model.task == "masks"  # a mask model predicts through itself: its detections carry masks
     if masks and args.bf16:
         raise SystemExit("error: --bf16 is for detection models; a mask model predicts in float32")
     fast = (
