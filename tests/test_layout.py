@@ -42,7 +42,7 @@ LAZY_DOORS = {
 
 # The layers, lowest first: a module imports from its own layer or the ones below (README, "Layout").
 LAYERS = (
-    ("base", ("detr", "detr._lazy", "detr.fileio", "detr.device", "detr.distributed")),
+    ("base", ("detr", "detr._lazy", "detr.fileio", "detr.device", "detr.distributed", "detr.terminal")),
     ("processing", ("detr.processing",)),
     ("data", ("detr.data",)),
     ("weight files", ("detr.hub.download", "detr.hub.pretrained", "detr.hub.checkpoints")),

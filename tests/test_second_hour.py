@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -364,3 +365,64 @@ def test_every_help_names_every_dataset_format_and_weights_file_kind():
         assert "notanexported.onnx/.xml" in flat(commands[name].format_help()), name
     for name in ("predict", "explain"):
         assert ".jpg" in flat(commands[name].format_help()) and ".png" in flat(commands[name].format_help())
+
+
+# ------------------------------------------------------------------ a gate that cannot pass what it did not check
+CLASSES = ["circle", "square", "triangle", "cross", "ring"]  # the synthetic data's
+
+
+@pytest.fixture(scope="module")
+def unsure_model(tmp_path_factory) -> Path:
+    """A model of the data's classes that scores every detection far under 0.5 (its no-object bias high)."""
+    torch.manual_seed(0)
+    model = detr.detr_r18(num_classes=5, num_queries=5, class_names=CLASSES, **TINY_MODEL).eval()
+    model.preprocessing = model.preprocessing.with_sizes(32, 48)
+    with torch.no_grad():
+        model.class_head.bias[-1] = 8.0
+    folder = tmp_path_factory.mktemp("unsure") / "model"
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_the_gate_says_not_verified_without_a_confident_detection_and_refuses_unless_allowed(
+    unsure_model, data, tmp_path, capsys
+):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from detr.deploy.gate import compare_on_data
+
+    twelve = make_dataset(tmp_path / "d12", train=2, val=12, seed=4, config=SynthConfig(image_size=32, max_objects=2))
+    out = tmp_path / "m.onnx"
+    args = ["export", "--weights", str(unsure_model), "--out", str(out), "--check-data", str(twelve)]
+    assert main(args) == 1 and not out.exists()  # was: "gate: passed" over 0 detections, exit 0
+    err = capsys.readouterr().err
+    assert "could not be verified, nothing written" in err and "over the model's 0 detections" in err
+    assert "gate: not verified: the PyTorch model scores no detection >= 0.5" in err and "only" not in err
+    assert main([*args, "--allow-unverified"]) == 0 and out.is_file()
+    assert "gate: not verified: the PyTorch model scores no detection" in capsys.readouterr().out
+    # too few images to vouch for anything
+    result = compare_on_data(detr.load(out), detr.load(unsure_model), data)
+    assert result.passed and "only 4 images, under 10" in result.unverified
+
+
+def test_an_int8_export_left_mostly_in_float_says_so_with_both_file_sizes(unsure_model, data, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnx
+
+    from detr.deploy.export import export, export_onnx
+    from detr.deploy.precision import module_groups
+
+    model = detr.load(unsure_model)
+    groups = sorted(module_groups(onnx.load(str(export_onnx(model, tmp_path / "f.onnx", 48, 48)))))
+    assert len(groups) >= 4
+    kept = groups[1:]  # all but one group stay float
+    lines = []
+    path, _ = export(model, tmp_path / "q.onnx", precision="int8", calibration_data=data / "val",
+                     keep_float=kept, log=lines.append)  # fmt: skip
+    said = "\n".join(lines)  # was: nothing said, a file as large as fp32
+    assert f"int8: 1 of {len(groups)} module groups quantised, {len(kept)} left in float ({', '.join(kept)})" in said
+    assert "most of the model is still float" in said
+    int8_mib, fp32_mib = map(float, re.search(r"; ([\d.]+) MiB, fp32 ([\d.]+) MiB", said).groups())
+    assert int8_mib == pytest.approx(path.stat().st_size / 2**20, abs=0.06)
+    assert fp32_mib == pytest.approx((tmp_path / "f.onnx").stat().st_size / 2**20, abs=0.06)

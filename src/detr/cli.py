@@ -425,6 +425,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             max_ap_drop=args.max_ap_drop,
             height=args.height,
             width=args.width,
+            allow_unverified=args.allow_unverified,
         )
     except ExportRejected as err:
         print(f"error: {err}", file=sys.stderr)
@@ -715,6 +716,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         f"{DATASET_HELP}",
     )  # fmt: skip
     p.add_argument("--split", default="val", help="split of --check-data")
+    p.add_argument(
+        "--allow-unverified", action="store_true",
+        help="write the export even when --check-data cannot verify it (no detection of the model scored >= 0.5 "
+        "to compare, or fewer than 10 images); without it that is an error",
+    )  # fmt: skip
     p.add_argument(
         "--max-ap-drop",
         type=float,

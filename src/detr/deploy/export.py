@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..fileio import atomic_write
 from .inference import inference_copy
 from .metadata import PRECISIONS, PREFIX, ExportMetadata, write_onnx_metadata
-from .precision import to_fp16, to_int8
+from .precision import module_groups, to_fp16, to_int8
 
 if TYPE_CHECKING:
     from ..models.detr import DETR
@@ -175,10 +175,15 @@ def check_onnx(
 
 
 class ExportRejected(RuntimeError):
-    """The accuracy gate failed: nothing was written; ``result`` says what it measured."""
+    """The accuracy gate failed, or could not verify the export (and that was not allowed): nothing was
+    written; ``result`` says what it measured."""
 
     def __init__(self, result: GateResult) -> None:
-        super().__init__(f"the {result.precision} export lost too much accuracy, nothing written:\n{result.describe()}")
+        if result.passed:  # nothing failed, but nothing was shown either
+            problem = "could not be verified, nothing written (allow_unverified / --allow-unverified writes it)"
+        else:
+            problem = "lost too much accuracy, nothing written"
+        super().__init__(f"the {result.precision} export {problem}:\n{result.describe()}")
         self.result = result
 
 
@@ -224,6 +229,7 @@ def export(
     height: int | None = None,
     width: int | None = None,
     log: Callable[[str], None] = print,
+    allow_unverified: bool = False,
 ) -> tuple[Path, GateResult]:
     """Export ``model`` to ``path`` in ``precision`` (``fp32``, ``fp16``, ``int8``) and ``format``
     (``onnx``: a ``.onnx`` file; ``openvino``: ``path`` ``.xml`` with its ``.bin``), behind the gate.
@@ -231,7 +237,9 @@ def export(
     INT8 needs ``calibration_data`` (a folder of images like those the model will see). The export
     is checked against ``model`` on ``check_data``'s ``split`` (AP drop at most ``max_ap_drop`` AP points,
     default :data:`detr.deploy.gate.MAX_AP_DROP`), else on generated images; when the gate fails,
-    :class:`ExportRejected` is raised and nothing is left at ``path``. Returns the path and the gate's result.
+    :class:`ExportRejected` is raised and nothing is left at ``path``; so too when the data could not verify the
+    export (no detection of the model scored over 0.5, or too few images: ``result.unverified`` says which) unless
+    ``allow_unverified``. Returns the path and the gate's result.
     """
     from .gate import compare_on_data, compare_on_generated
     from .runtime import load_exported
@@ -269,6 +277,8 @@ def export(
                 proto = onnx.load(str(onnx_file))
             write_onnx_metadata(proto, metadata)
             onnx.save(proto, str(onnx_file))
+            if precision == "int8":
+                log(int8_outcome(metadata.float_modules, len(module_groups(onnx.load(str(fp32)))), fp32, onnx_file))
         written = [onnx_file]
         if format == "openvino":
             written = to_openvino(onnx_file, work / "model.xml")
@@ -277,7 +287,7 @@ def export(
             result = compare_on_data(exported, model, check_data, split, max_ap_drop)
         else:
             result = compare_on_generated(exported, model)
-        if not result.passed:
+        if not result.passed or (result.unverified and not allow_unverified):
             raise ExportRejected(result)
         targets = [path.with_suffix(p.suffix) for p in written]  # model.xml + model.bin
         for source, target in zip(written, targets, strict=True):
@@ -285,6 +295,23 @@ def export(
         return path, result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def int8_outcome(kept: Sequence[str], groups: int, fp32: Path, int8: Path) -> str:
+    """One line on what an int8 export quantised: the module groups left in float, both files' sizes, and a
+    warning where most of the model stayed in float (a file about as large as fp32, and about as slow)."""
+    fp32_mb, int8_mb = fp32.stat().st_size / 2**20, int8.stat().st_size / 2**20
+    line = (
+        f"int8: {groups - len(kept)} of {groups} module groups quantised, {len(kept)} left in float"
+        + (f" ({', '.join(kept)})" if kept else "")
+        + f"; {int8_mb:.1f} MiB, fp32 {fp32_mb:.1f} MiB"
+    )
+    if 2 * len(kept) > groups or int8_mb > 0.6 * fp32_mb:
+        line += (
+            "\nint8: most of the model is still float, so the file is neither much smaller nor faster: the groups above "
+            "lost too much accuracy alone; try more --calibration-images, or --precision fp16"
+        )
+    return line
 
 
 def to_openvino(onnx_file: Path, xml: Path) -> list[Path]:

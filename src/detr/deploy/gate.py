@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 MAX_AP_DROP = {"fp32": 0.2, "fp16": 0.5, "int8": 1.5}  # AP points (AP x 100) an export may lose by default
 DETECTION_SCORE = 0.5
 FP32_SCORE_TOLERANCE = 1e-3  # without data: an fp32 export's scores must match this closely
+MIN_GATE_IMAGES = 10  # the AP of fewer images says too little for the gate to vouch for an export
 
 
 @dataclass
@@ -44,6 +45,7 @@ class GateResult:
     unmatched: int  # of which the export has no box of the class at IoU >= 0.5
     max_ap_drop: float | None
     passed: bool
+    unverified: str = ""  # why the comparison cannot vouch for the export, though nothing failed ("": it can)
 
     @property
     def ap_drop(self) -> float | None:
@@ -65,7 +67,12 @@ class GateResult:
             f"score {self.max_score_diff:.2e}, box {self.max_box_diff_px:.2e} px; "
             f"{self.unmatched} without a box of their class from the export (IoU >= 0.5)"
         )
-        lines.append("  gate: passed" if self.passed else "  gate: FAILED")
+        if not self.passed:
+            lines.append("  gate: FAILED")
+        elif self.unverified:
+            lines.append(f"  gate: not verified: {self.unverified}")
+        else:
+            lines.append("  gate: passed")
         return "\n".join(lines)
 
 
@@ -140,6 +147,15 @@ def compare_on_data(
         diff.score, diff.box_px, diff.detections, diff.unmatched, max_ap_drop, passed=False,
     )  # fmt: skip
     result.passed = result.ap_drop is not None and result.ap_drop <= max_ap_drop
+    reasons = []
+    if diff.detections == 0:
+        reasons.append(
+            f"the PyTorch model scores no detection >= {DETECTION_SCORE} on these images, so there is none to "
+            "compare (a model trained for other data, or barely trained?)"
+        )
+    if len(dataset) < MIN_GATE_IMAGES:
+        reasons.append(f"only {len(dataset)} images, under {MIN_GATE_IMAGES}: their AP says too little")
+    result.unverified = "; ".join(reasons)
     return result
 
 

@@ -121,6 +121,17 @@ def _probabilities(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def module_groups(proto: Any) -> dict[str, list[str]]:
+    """The module groups of an ONNX graph that int8 may quantise (those holding :data:`INT8_OPS`), each with its
+    nodes' names; the glue outside any module (box arithmetic) stays float and is left out."""
+    groups = defaultdict(list)
+    for node in proto.graph.node:
+        if node.op_type in INT8_OPS:
+            groups[module_group(node)].append(node.name)
+    groups.pop("", None)
+    return dict(groups)
+
+
 def to_int8(
     source: Path,
     target: Path,
@@ -144,12 +155,7 @@ def to_int8(
     if not calibration:
         raise ValueError("INT8 calibration needs images: none were given")
     tolerance = tolerance or INT8_TOLERANCE
-    proto = onnx.load(str(source))
-    quantizable = defaultdict(list)
-    for node in proto.graph.node:
-        if node.op_type in INT8_OPS:
-            quantizable[module_group(node)].append(node.name)
-    quantizable.pop("", None)  # glue (box arithmetic): float
+    quantizable = module_groups(onnx.load(str(source)))
     if not quantizable:
         raise ValueError("the ONNX graph names no modules (was it written by detr.deploy.export_onnx?)")
 
