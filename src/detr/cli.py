@@ -565,6 +565,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _add_tile_flags(parser: argparse.ArgumentParser) -> None:
+    """--tile and the flags that go with it (predict and eval): large images through overlapping tiles."""
+    parser.add_argument(
+        "--tile", type=int, metavar="SIZE", help="large images: cut into overlapping SIZE x SIZE tiles, unresized"
+    )
+    parser.add_argument("--tile-overlap", type=float, default=0.2, help="fraction of a tile its neighbours share")
+    parser.add_argument(
+        "--tile-full-image", action="store_true", help="with --tile: the whole image too, for large objects"
+    )
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The ``detr`` parser and its subcommands' parsers (by name)."""
     parser = argparse.ArgumentParser(prog="detr", description="DETR object detection: train, evaluate, predict")
@@ -622,11 +633,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--all-classes", action="store_true", help="score every query-class pair, not only each query's best class"
     )
     p.add_argument("--max-detections", type=int, default=100, help="detections kept per image, the best over all")
-    p.add_argument(
-        "--tile", type=int, metavar="SIZE", help="large images: predict through overlapping SIZE x SIZE tiles (boxes)"
-    )
-    p.add_argument("--tile-overlap", type=float, default=0.2, help="fraction of a tile its neighbours share")
-    p.add_argument("--tile-full-image", action="store_true", help="with --tile: the whole image too (large objects)")
+    _add_tile_flags(p)
     p.add_argument("--nms", type=float, help="class-aware NMS at this IoU before scoring (default: none, as DETR)")
     p.add_argument("--out", help="write the metrics and the predictions to this JSON file")
     p.add_argument("--results", help="write the predictions as COCO results JSON (as other tools read them)")
@@ -662,11 +669,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         weights=exported_help,
     )
     p.add_argument("--k", type=int, default=100, help="at most this many detections per image (with --tile: per tile)")
-    p.add_argument(
-        "--tile", type=int, metavar="SIZE", help="large images: cut into overlapping SIZE x SIZE tiles, unresized"
-    )
-    p.add_argument("--tile-overlap", type=float, default=0.2, help="fraction of a tile its neighbours share")
-    p.add_argument("--tile-full-image", action="store_true", help="with --tile: the whole image too (large objects)")
+    _add_tile_flags(p)
     p.add_argument("--max-detections", type=int, help="with --tile: at most this many per image (default: all)")
     p.add_argument("--nms", type=float, help="drop a box overlapping a better one of its class above this IoU")
     p.add_argument("--size", type=int, help="short side of the resize (default: the model's, else 800)")

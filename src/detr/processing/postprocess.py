@@ -126,15 +126,23 @@ def detection_dicts(
 ) -> list[list[dict[str, Any]]]:
     """:func:`postprocess` (``options`` are its keyword arguments) as plain data: per image, a list of
     ``{"box": [x0, y0, x1, y1] pixels, "score", "class_id"}`` (plus ``"class_name"`` with ``class_names``)."""
+    return [
+        as_detections(res["boxes"], res["scores"], res["labels"], class_names)
+        for res in postprocess(pred_logits, pred_boxes, image_sizes, **options)
+    ]
+
+
+def as_detections(
+    boxes: Tensor, scores: Tensor, labels: Tensor, class_names: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """One image's (n, 4) xyxy pixel boxes, (n,) scores and (n,) class ids as ``predict``'s dicts:
+    ``{"box": [x0, y0, x1, y1], "score", "class_id"}`` (plus ``"class_name"`` with ``class_names``)."""
     detections = []
-    for res in postprocess(pred_logits, pred_boxes, image_sizes, **options):
-        image = []
-        for box, score, label in zip(res["boxes"].tolist(), res["scores"].tolist(), res["labels"].tolist()):
-            det = {"box": box, "score": score, "class_id": label}
-            if class_names is not None:
-                det["class_name"] = class_names[label]
-            image.append(det)
-        detections.append(image)
+    for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+        det = {"box": box, "score": score, "class_id": label}
+        if class_names is not None:
+            det["class_name"] = class_names[label]
+        detections.append(det)
     return detections
 
 

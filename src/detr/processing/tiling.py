@@ -46,6 +46,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from .postprocess import as_detections
 from .preprocess import Batch, ImagePreprocessor, as_image
 
 NO_TILED_MASKS = (
@@ -315,13 +316,7 @@ def predict_tiled(
             margin=max(2.0, 0.01 * min(tile, height, width)),  # a box this near an inner window edge is cut
         )
         kept = slice(None) if max_detections is None else slice(0, max_detections)
-        image_dets = []
-        for box, score, label in zip(
-            merged["boxes"][kept].tolist(), merged["scores"][kept].tolist(), merged["labels"][kept].tolist()
-        ):
-            det = {"box": box, "score": score, "class_id": label}
-            if class_names is not None:
-                det["class_name"] = class_names[label]
-            image_dets.append(det)
-        results.append(image_dets)
+        results.append(
+            as_detections(merged["boxes"][kept], merged["scores"][kept], merged["labels"][kept], class_names)
+        )
     return results
