@@ -8,6 +8,7 @@ the training options of :mod:`detr.options`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from ..data.coco_categories import COCO_CLASS_NAMES, COCO_PANOPTIC_CLASS_NAMES
 from ..hub.checkpoints import load_weights
-from ..options import from_switches
+from ..options import OPTION_SWITCHES, from_switches
 from ..processing.preprocess import ImagePreprocessor
 from .architectures import ARCHITECTURES, PANOPTIC_ARCHITECTURES
 from .backbone import ResNetBackbone
@@ -50,27 +51,19 @@ def build_detr(
     dim_feedforward: int = 2048,
     dropout: float = 0.1,
     normalize_before: bool = False,
-    query_groups: int = 1,
-    denoising_groups: int = 0,
-    denoising_box_noise: float = 0.4,
-    denoising_label_noise: float = 0.2,
-    box_refinement: bool = False,
-    dense_aux_loss: bool = False,
-    two_stage: bool = False,
-    two_stage_distinct_iou: float | None = None,
-    deformable_decoder: bool = False,
-    deformable_points: int = 4,
     freeze_stem: bool = True,
     backbone_layers: int = 4,
     backbone_blocks: int | None = None,
     masks: bool = False,
     freeze_detector: bool = False,
-    **loss_kwargs: Any,
+    **kwargs: Any,
 ) -> DETR | DETRSegmentation:
     """Build a DETR from its parts; the registered factories fix the backbone.
 
-    ``loss_kwargs`` go to :class:`DETRConfig` (``matcher``, ``class_loss_coef``, ``bbox_loss_coef``,
-    ``giou_loss_coef``, ``eos_coef``). The label space (``class_names``, ``category_ids``) is the one
+    ``kwargs``: the training options' switches (:data:`detr.options.OPTION_SWITCHES`: ``query_groups``,
+    ``denoising_groups``, ``box_refinement``, ``two_stage``, ``deformable_decoder`` ..., their defaults in
+    :func:`detr.options.from_switches`), the rest to :class:`DETRConfig` (``matcher``, ``class_loss_coef``,
+    ``bbox_loss_coef``, ``giou_loss_coef``, ``eos_coef``, ``iou_class_targets``). The label space (``class_names``, ``category_ids``) is the one
     given, else the checkpoint's (``weights``), else COCO's for 91 classes (class index = category id).
     ``reinit_heads``: with ``weights`` of other ``num_classes`` / ``num_queries``, fine-tune (rows of
     classes known by name kept, the others new) rather than refuse (see :func:`load_weights`).
@@ -98,22 +91,18 @@ def build_detr(
         dropout=dropout,
         normalize_before=normalize_before,
     )
-    config = DETRConfig(backbone, transformer, num_classes, num_queries=num_queries, aux_loss=aux_loss, **loss_kwargs)
+    switches = {name: kwargs.pop(name) for name in OPTION_SWITCHES if name in kwargs}
+    unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(DETRConfig)})
+    if unknown:
+        raise TypeError(
+            f"unknown model arguments {unknown}: a factory takes build_detr's arguments, the options' switches "
+            f"{list(OPTION_SWITCHES)} and DETRConfig's loss settings"
+        )
+    config = DETRConfig(backbone, transformer, num_classes, num_queries=num_queries, aux_loss=aux_loss, **kwargs)
     labels_given = class_names is not None
     if class_names is None and num_classes == len(COCO_CLASS_NAMES):
         class_names, category_ids = COCO_CLASS_NAMES, category_ids or list(range(num_classes))
-    options = from_switches(
-        query_groups=query_groups,
-        denoising_groups=denoising_groups,
-        denoising_box_noise=denoising_box_noise,
-        denoising_label_noise=denoising_label_noise,
-        box_refinement=box_refinement,
-        dense_aux_loss=dense_aux_loss,
-        two_stage=two_stage,
-        two_stage_distinct_iou=two_stage_distinct_iou,
-        deformable_decoder=deformable_decoder,
-        deformable_points=deformable_points,
-    )
+    options = from_switches(**switches)
     model = DETR(
         config,
         position_encoding=build_position_encoding(position_embedding, d_model),

@@ -17,6 +17,8 @@ the factories take the switches (:func:`from_switches`).
 
 from __future__ import annotations
 
+import inspect
+
 from .base import DETROption, OptionState, QuerySpan
 from .deformable import DeformableDecoder
 from .denoising import DenoisingQueries
@@ -62,7 +64,11 @@ def from_switches(
     return options
 
 
+# the switches' names, as the factories take them (their defaults are from_switches')
+OPTION_SWITCHES = tuple(inspect.signature(from_switches).parameters)
+
 __all__ = [
+    "OPTION_SWITCHES",
     "OPTION_TYPES",
     "AnchorRefinement",
     "DETROption",
