@@ -99,3 +99,19 @@ def test_tile_crop_settings_are_checked():
     with pytest.raises(ValueError, match="tile_crop must be 0"):
         TrainConfig(data="x", tile_crop=8)
     assert TrainConfig(data="x", tile_crop=640).tile_crop == 640
+
+
+def test_training_with_tile_crop_reads_crops_of_the_unresized_images(tmp_path):
+    from detr.data.synthetic import SynthConfig, make_dataset
+    from detr.engine.train import Trainer, train
+
+    from .conftest import tiny_train_config
+
+    config = SynthConfig(image_size=160, image_height=120, min_objects=8, max_objects=12, min_size=0.05, max_size=0.1)
+    make_dataset(tmp_path / "data", train=4, val=2, seed=1, config=config)
+    run = tiny_train_config(tmp_path / "data", tmp_path / "run", size=48, tile_crop=48, max_steps=2, eval_every=100)
+    trainer = Trainer(run)
+    assert isinstance(trainer.seeded.dataset, TileCrop)
+    image, _ = trainer.seeded[0]
+    assert tuple(image.shape[1:]) == (48, 48)  # a 48 px crop of the 160 x 120 image, not the image resized
+    assert train(run)["steps"] == 2
