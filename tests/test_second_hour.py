@@ -23,17 +23,7 @@ from detr.cli import main
 from detr.data.synthetic import SynthConfig, make_dataset
 
 from .conftest import TINY_MODEL
-
-TINY = json.dumps(TINY_MODEL)
-
-
-def train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train", "--data", str(data), "--output-dir", str(out), "--model", "detr_r18", "--no-pretrained-backbone",
-        "--num-queries", "5", "--model-kwargs", TINY, "--train-scales", "32", "--max-size", "48",
-        "--no-crop", "--eval-size", "32", "--batch-size", "4", "--workers", "0", "--max-steps", "2", "--no-progress",
-        "--log-every", "1", *extra,
-    ]  # fmt: skip
+from .test_first_hour import train_args  # a tiny run of 2 steps, a line each, no bars
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +251,7 @@ def test_explain_without_a_detection_over_the_threshold_gives_a_hint_with_the_be
 
 
 def test_explain_panels_carry_titles(model):
-    from detr.explain import explain_panels, explain_picture, image_attention
+    from detr.explain import explain_image, explain_panels, image_attention
 
     image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8))
     found = image_attention(model, image, threshold=0.0, max_detections=2)
@@ -278,7 +268,7 @@ def test_explain_panels_carry_titles(model):
     assert abs(x - cx) <= cell_w / 2 + 1 and abs(y - cy) <= cell_h / 2 + 1
     assert titles[3].startswith("encoder layer 0 at (") and titles[3].endswith(f"px ({a['class_name']}), mean of heads")
     assert [t for t, _ in explain_panels(found, image, 0.0, head=1, points=0)][1].endswith("decoder layer 0, head 1")
-    picture = explain_picture(found, image, threshold=0.0, points=1, side=128)
+    picture, _ = explain_image(model, image, threshold=0.0, points=1, side=128, found=found)
     tile = panels[0][1]
     assert picture.height > tile.height  # a title strip over each tile
     strip = np.asarray(picture)[: picture.height - tile.height, : tile.width]
@@ -405,6 +395,7 @@ def test_the_gate_says_not_verified_without_a_confident_detection_and_refuses_un
     assert result.passed and "only 4 images, under 10" in result.unverified
 
 
+@pytest.mark.slow  # int8 calibration: 92 s on 2 loaded cores
 def test_an_int8_export_left_mostly_in_float_says_so_with_both_file_sizes(unsure_model, data, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

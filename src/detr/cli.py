@@ -345,7 +345,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .data.coco import read_image
     from .device import resolve_device
-    from .explain import explain_picture, image_attention
+    from .explain import explain_image, image_attention
     from .fileio import atomic_write, atomic_write_text, free_folder, holds_any
     from .loader import load_model
 
@@ -357,8 +357,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for path, name in zip(paths, _output_names(paths), strict=True):
         image = read_image(path, exif=True)
         found = image_attention(model, image, args.threshold)
-        picture = explain_picture(found, image, args.threshold, args.layer, args.head, args.points)
-        dets = found.detections
+        picture, dets = explain_image(model, image, args.threshold, args.layer, args.head, args.points, found=found)
         target = out / f"{name}_explain.png"
         atomic_write(target, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
         summary[str(path)] = {"picture": str(target), "detections": dets, "best_score": found.best_score}

@@ -155,29 +155,17 @@ def explain_image(
     points: int = 4,
     side: int = 256,
     max_detections: int = 8,
+    found: ImageAttention | None = None,
 ) -> tuple[Image.Image, list[dict[str, Any]]]:
     """A picture of what ``model`` looks at in ``image``: the detections (score >= ``threshold``, at most
     ``max_detections``), each beside its decoder attention (layer ``layer``, head ``head`` or the mean
     over heads), then the encoder self-attention (same layer) of ``points`` cells at the detections'
-    centres (Fig. 3 of the paper). Each tile is about ``side`` pixels, under its title. Returns the picture
-    and the detections."""
-    found = image_attention(model, image, threshold, max_detections)
-    return explain_picture(found, image, threshold, layer, head, points, side), found.detections
-
-
-def explain_picture(
-    found: ImageAttention,
-    image: Image.Image,
-    threshold: float = 0.5,
-    layer: int = -1,
-    head: int | None = None,
-    points: int = 4,
-    side: int = 256,
-) -> Image.Image:
-    """:func:`explain_image`'s picture of attention already found (:func:`image_attention`), its tiles titled."""
-    panels = explain_panels(found, image, threshold, layer, head, points, side)
-    tiles = [titled(tile, title) for title, tile in panels]
-    return image_grid(tiles, min(4, len(tiles)))
+    centres (Fig. 3 of the paper). Each tile is about ``side`` pixels, under its title (see
+    :func:`explain_panels`). ``found``: the attention :func:`image_attention` already found for it (else
+    computed here). Returns the picture and the detections."""
+    found = found or image_attention(model, image, threshold, max_detections)
+    tiles = [titled(tile, title) for title, tile in explain_panels(found, image, threshold, layer, head, points, side)]
+    return image_grid(tiles, min(4, len(tiles))), found.detections
 
 
 def explain_panels(
