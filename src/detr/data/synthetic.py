@@ -31,7 +31,6 @@ ALL_SHAPES = SHAPES + MORE_SHAPES
 @dataclass
 class SynthConfig:
     image_size: int = 128  # image width in pixels (and height, unless image_height says otherwise)
-    image_height: int = 0  # 0: square images; else this many pixels high (large images: 1600 x 1200)
     min_objects: int = 1
     max_objects: int = 4
     min_size: float = 0.15  # object side as a fraction of the image's width
@@ -43,6 +42,8 @@ class SynthConfig:
     # panoptic: the background in two textured regions, these "stuff" classes (above, below a random row),
     # and COCO panoptic annotations (PNG + JSON) besides the instance ones
     stuff: tuple[str, ...] = ()
+    # last, so that positional calls written before it keep their meaning
+    image_height: int = 0  # 0: square images; else this many pixels high (large images: 1600 x 1200)
 
 
 def _iou(a: list[float], b: list[float]) -> float:
