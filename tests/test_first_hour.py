@@ -80,16 +80,13 @@ def test_an_annotation_file_as_data(data, tmp_path, capsys, caplog):
     )
     eval_args = ["--weights", str(tmp_path / "run" / "final"), "--workers", "0"]
     assert main(["eval", "--data", str(data / "annotations" / "instances_val.json"), *eval_args]) == 0
-    # a folder in no known layout (a YOLO yaml that names no train images): the message names the layouts
+    # a YOLO yaml that names no train images: the message names the format it saw and the layouts it knows
     yolo = tmp_path / "yolo"
     (yolo / "labels").mkdir(parents=True)
     (yolo / "data.yaml").write_text("names: [a]\n")
     assert main(train_args(yolo, tmp_path / "r3")) == 2
     err = capsys.readouterr().err
-    assert (
-        "Known layouts: annotations/instances_train*.json" in err
-        and "a YOLO dataset (data.yaml naming its train" in err
-    )
+    assert "looks like yolo but no images were found" in err and "Known layouts: a YOLO dataset (data.yaml" in err
 
 
 def test_a_missing_image_is_found_when_the_dataset_loads(data, tmp_path, capsys):

@@ -85,7 +85,12 @@ def format_split(found: Found, split: str, val_fraction: float = 0.1) -> tuple[R
         return (lambda: hashed_part(base(), name, val_fraction)), note
     if name in found.splits:
         return found.splits[name], ""
+    if found.splits:
+        raise FileNotFoundError(
+            f"no {split!r} split in {found.source} (read as {found.format}: it has {', '.join(found.splits)}); "
+            "give one of those as the split"
+        )
     raise FileNotFoundError(
-        f"no {split!r} split in {found.source} (read as {found.format}: it has {', '.join(found.splits) or 'none'}); "
-        "give one of those as the split"
+        f"{found.source} looks like {found.format} but no images were found in it: add the images and labels that "
+        f"format expects, or give a dataset of another layout. Known layouts: {KNOWN}"
     )
