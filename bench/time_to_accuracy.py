@@ -334,14 +334,11 @@ def train_yolo(job: dict[str, Any]) -> dict[str, Any]:
 
     validated: list[dict[str, Any]] = []
     trained.add_callback("on_val_end", lambda validator: validated.extend(validator.jdict))
+    scoring = {"imgsz": size, "conf": 0.001, "iou": 0.7, "max_det": 100, "device": "cpu"}  # both ways alike
     trained.val(
         data=str(yolo_data(data) / "data.yaml"),
-        imgsz=size,
         batch=YOLO_BATCH,
-        conf=0.001,
-        iou=0.7,
-        max_det=100,
-        device="cpu",
+        **scoring,
         save_json=True,
         plots=False,
         project=str(out.resolve()),
@@ -356,11 +353,7 @@ def train_yolo(job: dict[str, Any]) -> dict[str, Any]:
     predicted = []
     for prediction in trained.predict(
         source=[str(data / "val" / f) for f in image_ids],
-        imgsz=size,
-        conf=0.001,
-        iou=0.7,
-        max_det=100,
-        device="cpu",
+        **scoring,
         verbose=False,
         stream=True,
     ):
