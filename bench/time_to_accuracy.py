@@ -513,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]
         print("\n".join(summarize(rows)))
         return 0
+    args.systems = [f"{s}:default" if s in PEERS else s for s in args.systems]  # a bare peer name: its defaults
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown:
         parser.error(f"unknown systems {unknown}: choose from {', '.join(SYSTEMS)}")
