@@ -138,3 +138,29 @@ def test_ground_truth_by_file_name_from_a_dataset_folder():
     x, y, w, h = boxes[0]["bbox"]
     assert truth[image["file_name"]][0]["box"] == pytest.approx([x, y, x + w, y + h], abs=1e-3)
     assert len(truth) == 256  # train and val
+
+
+def test_prediction_writer_writes_the_files_of_detr_predict_from_python(tmp_path):
+    """detr predict's files without the command: results added in any order land in the inputs' order, COCO results
+    name the model's category ids and numeric file names' image ids, unreadable inputs go to skipped.json."""
+    from detr.engine.outputs import PredictionWriter
+    from detr.engine.predict import ImagePrediction
+
+    paths = [tmp_path / "in" / "000000000042.jpg", tmp_path / "in" / "sub" / "cat.png", tmp_path / "in" / "bad.jpg"]
+    image = Image.new("RGB", (100, 50))
+    dog = {"box": [10.0, 5.0, 30.0, 25.0], "score": 0.9, "class_id": 1, "class_name": "dog"}
+    writer = PredictionWriter(tmp_path / "out", paths, category_ids=[3, 18], yolo_labels=True)
+    writer.add(ImagePrediction(1, paths[1], image, []))
+    writer.add(ImagePrediction(2, paths[2], error="cannot identify image file"))
+    writer.add(ImagePrediction(0, paths[0], image, [dog]))
+    report = writer.finish()
+    out = tmp_path / "out"
+    assert report == {str(paths[0]): [dog], str(paths[1]): []}
+    assert list(json.loads((out / "detections.json").read_text())) == [str(paths[0]), str(paths[1])]
+    assert json.loads((out / "results.coco.json").read_text()) == [
+        {"image_id": 42, "category_id": 18, "bbox": [10.0, 5.0, 20.0, 20.0], "score": 0.9, "file_name": str(paths[0])}
+    ]
+    assert (out / "labels" / "000000000042.txt").read_text() == "1 0.200000 0.300000 0.200000 0.400000 0.90000\n"
+    assert (out / "labels" / "sub__cat.txt").read_text() == ""
+    assert json.loads((out / "skipped.json").read_text()) == {str(paths[2]): "cannot identify image file"}
+    assert sorted(p.name for p in out.glob("*.png")) == ["000000000042_detections.png", "sub__cat_detections.png"]

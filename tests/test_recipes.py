@@ -139,10 +139,11 @@ def test_cli_and_config_file_apply_it(small_shapes, tmp_path):
     assert saved["model_kwargs"] == {**SCRATCH_MODEL, "backbone_layers": 2}
     config_file = tmp_path / "scratch.yaml"
     config_file.write_text(yaml.safe_dump({"recipe": "scratch", "data": str(small_shapes), "lr": 2e-4}))
-    from detr.cli import _train_config, build_parser
+    from detr.cli import build_parser
+    from detr.cli.train_command import train_config
 
     parsed = build_parser()[0].parse_args(["train", "--config", str(config_file), "--max-steps", "3"])
-    config = _train_config(parsed)
+    config = train_config(parsed)
     assert config.model == "detr_r18" and config.lr == 2e-4 and config.max_steps == 3
 
 
