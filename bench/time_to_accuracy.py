@@ -402,6 +402,21 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs"
 
 
+def commit() -> str:
+    """The commit the benchmark's code was checked out at ("+dirty" where it has uncommitted changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], check=False, cwd=here, capture_output=True, text=True
+        ).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."], check=False, cwd=here.parent, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return head.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.strip() else "unknown"
+
+
 def run_one(task: str, data: Path, system: str, run: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """Train and predict ``system`` in a fresh process, then score both of its result sets here."""
     folder.mkdir(parents=True, exist_ok=False)
@@ -444,6 +459,7 @@ def run_one(task: str, data: Path, system: str, run: int, args: argparse.Namespa
         "AP50_alt": alt["AP50"],
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
+        "commit": commit(),
         "folder": str(folder),
     }
 
@@ -497,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of every system")
     parser.add_argument("--data-seed", type=int, default=None, help="task data seed (default: the task's own)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of run 0 (run k uses seed + k)")
+    parser.add_argument(
+        "--first-run", type=int, default=0, help="index of the first run (to add run 2 to an earlier pair of runs)"
+    )
     parser.add_argument("--out", default="runs/time_to_accuracy")
     parser.add_argument(
         "--detr-overrides",
@@ -529,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         if TASKS[task].tuned_on and seed == TASKS[task].seed:
             print(f"note: {task} with data seed {seed} is data the recipe was tuned on: no claim rests on it")
         data = task_data(out, task, seed)
-        for run in range(args.runs):
+        for run in range(args.first_run, args.first_run + args.runs):
             order = args.systems if run % 2 == 0 else list(reversed(args.systems))
             for system in order:
                 folder = out / task / f"seed{seed}" / f"{stamp}-run{run}-{system.replace(':', '-')}"
