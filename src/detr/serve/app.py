@@ -2,9 +2,9 @@
 
 Endpoints: ``POST /predict`` (detections in the original pixels), ``POST /explain`` (each detection's
 decoder attention), ``GET /health``, ``GET /model``, ``GET /metrics`` (Prometheus), ``GET /`` (a page
-to try the model in a browser), ``/docs`` (OpenAPI). Images come as multipart uploads, JSON base64,
-or URLs when ``allow_urls``; refusals are 4xx with ``{"error": one line, "kind": ...}``. Concurrent
-requests' images are batched (:mod:`detr.serve.batching`). The app holds no state between requests
+to try the model in a browser), ``/docs`` and ``/redoc`` (OpenAPI, no CDN). Images come as multipart
+uploads, JSON base64, or URLs when ``allow_urls``; refusals are 4xx with ``{"error": one line, "kind": ...}``.
+Concurrent requests' images are batched (:mod:`detr.serve.batching`). The app holds no state between requests
 besides the model and its counters: run N replicas behind a load balancer to scale out.
 """
 
@@ -31,6 +31,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -415,7 +416,9 @@ def create_app(model: Any, config: ServeConfig | None = None, **settings: Any) -
         yield
         await run_in_threadpool(batcher.close)  # what is queued still runs: requests in flight get answers
 
-    app = FastAPI(
+    # /docs and /redoc as FastAPI draws them, their scripts and styles served from the fastapi-offline
+    # package (under /static-offline-docs) instead of a CDN: the docs work offline, as the page at / does
+    app = FastAPIOffline(
         title="detr serve",
         version=__version__,
         description=f"DETR object detection: {served.metadata.model}, {served.metadata.num_classes} classes",

@@ -2,9 +2,19 @@
 
 Images wait up to ``max_wait_ms`` for others to join them, up to ``max_batch_size``. Only images of
 the same padded size and the same prediction options share a batch, as ``detr predict --batch-size``
-groups them (:mod:`detr.engine.predict`): each image is padded as it would be alone, so its
-detections are the same whoever else is in the batch. One thread runs the model: requests queue
-up instead of competing for the cores.
+groups them (:mod:`detr.engine.predict`): each image is padded as it would be alone. One thread runs
+the model: requests queue up instead of competing for the cores.
+
+Every batch runs at one shape, ``max_batch_size`` images, places no request took filled with copies
+of one of its images (their results dropped). Batched kernels may sum in another order at another
+batch size (float32 rounding: the tiny test model's logits move by about 1e-6), which can swap two
+near-tied detections or move one across the threshold, so an image's detections would depend on who
+else was waiting; at one shape they were bit-for-bit the same at every place in the batch, whatever
+the neighbours (measured on CPU). Rounding the answers would not do: a value within float noise of a
+rounding boundary still rounds both ways. The price: a lone image costs a whole batch's pass
+(``--max-batch-size`` trades that latency against throughput under load). Padded and unpadded
+images do not share a batch either: a batch with no padding takes the unmasked path
+(:mod:`detr.deploy.inference`), on a GPU other attention kernels than the masked one's.
 """
 
 from __future__ import annotations
@@ -31,10 +41,11 @@ class DynamicBatcher:
     padded size -> B results) on the images submitted, batched by ``key``.
 
     Args:
-        run: the model call; ``key`` carries the prediction options the batch shares.
-        max_batch_size: most images in one call.
+        run: the model call; ``key`` carries the prediction options the batch shares. It always gets
+            ``max_batch_size`` images, those past the submitted ones copies (see the module's docstring).
+        max_batch_size: images in one call.
         max_wait_ms: longest time the first image of a batch waits for others.
-        on_batch: called with each batch's size (metrics).
+        on_batch: called with the number of submitted images in each batch (metrics).
     """
 
     def __init__(
@@ -74,7 +85,8 @@ class DynamicBatcher:
                 self._thread = threading.Thread(target=self._loop, name="detr-batcher", daemon=True)
                 self._thread.start()
             padded = tuple(batch.pixel_values.shape[2:])  # each image padded as if alone
-            self._waiting.setdefault((padded, key), []).append(_Waiting(batch, done))
+            masked = bool(batch.mask.any())  # the model's masked or unmasked path, whoever else is in the batch
+            self._waiting.setdefault((padded, masked, key), []).append(_Waiting(batch, done))
             self._cond.notify_all()
 
     async def predict(self, key: Hashable, batch: Batch) -> Any:
@@ -124,7 +136,7 @@ class DynamicBatcher:
                         self._waiting[key] = rest
                     else:
                         del self._waiting[key]
-                    return key[1], taken
+                    return key[-1], taken
                 self._cond.wait(left)
 
     def _loop(self) -> None:
@@ -132,8 +144,9 @@ class DynamicBatcher:
             key, group = next_group
             if self.on_batch is not None:
                 self.on_batch(len(group))
+            filler = [group[-1].batch] * (self.max_batch_size - len(group))  # one shape for every batch
             try:
-                results = self.run(key, Batch.concat([w.batch for w in group]))
+                results = self.run(key, Batch.concat([w.batch for w in group] + filler))[: len(group)]
             except BaseException as err:  # the model's error goes to every request of the batch
                 for waiting in group:
                     waiting.done(None, err)

@@ -34,7 +34,10 @@ class ServeMetrics:
             registry=self.registry,
         )
         self.batch_size = Histogram(
-            "detr_batch_size", "images per forward pass", buckets=BATCH_BUCKETS, registry=self.registry
+            "detr_batch_size",
+            "requests' images per forward pass (each pass runs --max-batch-size images, copies filling the rest)",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
         )
         self.images = Counter("detr_images", "images predicted", registry=self.registry)
         self.queue = Gauge("detr_queue_length", "images waiting for the model", registry=self.registry)
