@@ -3,13 +3,15 @@
 Starts ``detr serve`` in a child process on a free 127.0.0.1 port (the model: ``--weights``, or a
 random one of ``--model`` saved to a temporary folder; speed does not depend on the weights), then
 sends ``--requests`` single-image requests from 1, 4 and 16 concurrent clients (httpx). For each:
-images a second, p50 / p99 latency, the batch sizes the server ran (from its /metrics), failed
-requests (must be 0) and the server's resident memory before and after. Then the 16-client run
-again against a server started with ``--max-batch-size 1`` (one request at a time): batching must
-give more images a second. Prints a Markdown table; ``--out`` also writes the figures as JSON.
+images a second, p50 / p99 latency, the batch sizes the server ran (requests' images per pass, from
+its /metrics; every pass runs ``--max-batch-size`` images, copies filling the rest, so a lone client
+pays a whole batch's pass), failed requests (must be 0) and the server's resident memory before and
+after. Then the 16-client run again against a server started with ``--max-batch-size 1`` (one request
+at a time): batching must give more images a second. Prints a Markdown table; ``--out`` also writes
+the figures as JSON.
 
-    .venv/bin/python bench/serve_load.py                      # the full run (2000 requests a row)
-    .venv/bin/python bench/serve_load.py --requests 100       # a short check that it works
+    .venv/bin/python bench/serve_load.py --model detr_r18 --size 256 --image-size 320 240   # 2000 requests a row
+    .venv/bin/python bench/serve_load.py --model detr_r18 --size 128 --image-size 160 120 --requests 20  # smoke
 """
 
 from __future__ import annotations
@@ -208,8 +210,11 @@ def main() -> int:
             model.preprocessing = ImagePreprocessor(short_side=args.size, max_size=args.size * 3 // 2)
             weights = str(model.save_pretrained(Path(folder) / "model"))
         images = pictures(16, *args.image_size)
+        cpuinfo = Path("/proc/cpuinfo")
+        lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.machine())
         print(
-            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch "
+            f"{time.strftime('%Y-%m-%d')}, machine: {cpu}, {os.cpu_count()} cores; torch "
             f"{torch.__version__}; model {args.weights or args.model + ' (random)'}; images "
             f"{args.image_size[0]}x{args.image_size[1]}; {args.requests} requests a row; "
             f"--max-wait-ms {args.max_wait_ms:g}\n"
@@ -236,6 +241,7 @@ def main() -> int:
     print(f"\nwith {max(args.clients)} clients, batching gives {speedup:.2f}x the images a second of one at a time; "
           f"{failed} failed requests")  # fmt: skip
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"rows": rows, "speedup": speedup}, indent=1))
     return 1 if failed else 0
 
