@@ -17,7 +17,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network; see --api-key)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--max-batch-size", type=int, default=8, help="most images of concurrent requests run together")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=8,
+        help="most images of concurrent requests run together; every pass runs this many (copies fill the rest, so "
+        "an image's detections never depend on its neighbours): on a CPU a lone request pays for all of them",
+    )
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="longest an image waits for others to batch with")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body")
