@@ -247,3 +247,127 @@ def test_openvino_runs_the_export_like_onnxruntime(trained, onnx_file, tmp_path)
     batch = reference.preprocessing([Image.open(p).convert("RGB") for p in sorted((trained[0] / "val").iterdir())[:4]])
     for a, b in zip(exported(batch.pixel_values, batch.mask), reference(batch.pixel_values, batch.mask)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------- a mask model's file
+
+
+@pytest.fixture(scope="module")
+def mask_export(tmp_path_factory) -> tuple[torch.nn.Module, Path, Path]:
+    """(a small random mask model with three named classes, reading images at 64 px; its ONNX file; a folder of
+    four noise images of four sizes, so that a batch of them is padded)."""
+    from detr.deploy.export import export_onnx
+    from detr.processing.preprocess import ImagePreprocessor
+
+    torch.manual_seed(0)
+    model = detr.detr_r18(
+        num_classes=3, num_queries=6, backbone_layers=2, d_model=32, nhead=4, num_encoder_layers=1,
+        num_decoder_layers=2, dim_feedforward=32, masks=True, backbone_norm="bn",
+        class_names=["circle", "square", "triangle"], category_ids=[1, 2, 3], preprocessing=ImagePreprocessor(64, 96),
+    ).eval()  # fmt: skip
+    with torch.no_grad():  # random heads find "no object" everywhere: make them name objects, for panoptic segments
+        model.detr.class_head.bias[-1] -= 5
+    root = tmp_path_factory.mktemp("mask_export")
+    path = export_onnx(model, root / "masks.onnx", height=64, width=96)
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    for i, (height, width) in enumerate(((70, 100), (90, 60), (64, 64), (80, 120))):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"{i}.png")
+    return model, path, root / "images"
+
+
+def _pictures(folder: Path) -> list[Image.Image]:
+    return [Image.open(p).convert("RGB") for p in sorted(folder.iterdir())]
+
+
+def test_a_mask_models_onnx_file_predicts_its_masks_as_the_model(mask_export, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    model, path, images = mask_export
+    exported = detr.load(path)
+    assert exported.task == "masks" and exported.metadata.task == "masks"
+    pictures = _pictures(images)
+    ours, theirs = model.predict(pictures, k=6), exported.predict(pictures, k=6)  # one batch of four sizes, padded
+    partial = 0
+    for picture, a, b in zip(pictures, ours, theirs, strict=True):
+        assert [d["class_name"] for d in a] == [d["class_name"] for d in b]
+        np.testing.assert_allclose([d["score"] for d in a], [d["score"] for d in b], atol=1e-4, rtol=0)
+        np.testing.assert_allclose([d["box"] for d in a], [d["box"] for d in b], atol=0.01, rtol=0)  # pixels
+        for ours_det, theirs_det in zip(a, b, strict=True):
+            assert ours_det["mask"].shape == theirs_det["mask"].shape == (picture.height, picture.width)
+            assert (ours_det["mask"] == theirs_det["mask"]).float().mean() > 0.999  # a pixel at 0.5 may flip
+            partial += bool(0.01 < ours_det["mask"].float().mean() < 0.99)
+    assert partial >= 4  # masks neither empty nor full: the comparison means something
+    is_thing = [True, True, False]
+    for a, b in zip(model.panoptic(pictures, is_thing, 0.0), exported.panoptic(pictures, is_thing, 0.0), strict=True):
+        assert len(a["segments_info"]) == len(b["segments_info"]) > 0
+        assert (a["segmentation"] == b["segmentation"]).float().mean() > 0.999
+    # detr predict on the file writes the masks (COCO RLE), as predict gives them
+    out = tmp_path / "predicted"
+    argv = ["predict", str(images), "--weights", str(path), "--out", str(out), "--threshold", "0", "--k", "6"]
+    assert main([*argv, "--no-progress"]) == 0
+    written = _detections(out)
+    for file, picture in zip(sorted(images.iterdir()), pictures, strict=True):
+        alone = exported.predict(picture, k=6)[0]
+        assert len(written[file.name]) == len(alone) > 0
+        for det, expected in zip(written[file.name], alone, strict=True):
+            rle = dict(det["segmentation"], counts=det["segmentation"]["counts"].encode("ascii"))
+            assert (mask_utils.decode(rle).astype(bool) == expected["mask"].numpy()).mean() > 0.999
+
+
+def test_a_mask_models_openvino_file_gives_the_onnx_masks(mask_export, tmp_path):
+    pytest.importorskip("openvino")
+    from detr.deploy.export import to_openvino
+
+    _, path, images = mask_export
+    xml, _ = to_openvino(path, tmp_path / "masks.xml")
+    exported, reference = detr.load(xml), detr.load(path)
+    assert exported.task == "masks"
+    batch = reference.preprocessing(_pictures(images))
+    found = exported.decode_with_masks(batch.pixel_values, batch.mask)
+    for a, b in zip(found, reference.decode_with_masks(batch.pixel_values, batch.mask), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def _truth_of_predictions(model: torch.nn.Module, images: Path, out: Path) -> Path:
+    """A COCO file whose objects are ``model``'s own three best detections (box and mask) on each image: ground
+    truth on which the model scores high, and an export whose masks were wrong would not."""
+    from detr.processing.interop import mask_to_rle
+
+    entries, annotations = [], []
+    for image_id, file in enumerate(sorted(images.iterdir()), 1):
+        picture = Image.open(file).convert("RGB")
+        entries.append({"id": image_id, "file_name": file.name, "height": picture.height, "width": picture.width})
+        for det in model.predict(picture, k=3)[0]:
+            x0, y0, x1, y1 = det["box"]
+            if det["mask"].any() and x1 - x0 > 1 and y1 - y0 > 1:
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id, "category_id": det["class_id"] + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float(det["mask"].sum()), "iscrowd": 0,
+                    "segmentation": mask_to_rle(det["mask"].numpy()),
+                })  # fmt: skip
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(model.class_names)]
+    out.write_text(json.dumps({"images": entries, "annotations": annotations, "categories": categories}))
+    return out
+
+
+def test_evaluating_a_mask_models_onnx_file_gives_the_models_mask_ap(mask_export, tmp_path, capsys):
+    from detr.engine.evaluate import evaluate_model, evaluation_dataset
+
+    model, path, images = mask_export
+    truth = _truth_of_predictions(model, images, tmp_path / "truth.json")
+    found = {}
+    for name, candidate in (("torch", model), ("onnx", detr.load(path))):
+        dataset = evaluation_dataset(truth, candidate.preprocessing, images=images)
+        found[name] = evaluate_model(candidate, dataset, batch_size=2).metrics
+    assert found["torch"]["masks"]["AP"] > 0.5  # its own detections as the truth: a wrong mask would lower it
+    for key in ("AP", "AP50", "AP75"):
+        assert found["onnx"]["masks"][key] == pytest.approx(found["torch"]["masks"][key], abs=1e-3), key
+        assert found["onnx"][key] == pytest.approx(found["torch"][key], abs=1e-3), key
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--data", str(truth), "--images", str(images), "--weights", str(path), "--workers", "0"]
+    assert main([*argv, "--batch-size", "2", "--out", str(out)]) == 0
+    assert "masks: AP" in capsys.readouterr().out
+    printed = json.loads(out.read_text())["metrics"]["masks"]["AP"]
+    assert printed == pytest.approx(found["onnx"]["masks"]["AP"], abs=1e-6)  # detr eval runs evaluate_model

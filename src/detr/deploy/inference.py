@@ -29,7 +29,7 @@ from ..models.backbone import ConvFrozenBN2d, conv_norm_pairs
 from ..processing.checks import check_images, padding_or_none
 from ..processing.postprocess import predictions
 from ..processing.preprocess import ImagePreprocessor, prediction_inputs
-from ..processing.tiling import predict_tiled
+from ..processing.tiling import tiled_or_capped
 
 if TYPE_CHECKING:
     from ..models.detr import DETR
@@ -189,12 +189,12 @@ class InferenceDETR(nn.Module):
         """Detections per image, as :meth:`detr.models.detr.DETR.predict` gives them, for raw images (one
         or a list: PIL, numpy, (3, H, W) tensors; read by ``preprocessor``, the model's by default) or
         a preprocessed :class:`~detr.processing.preprocess.Batch`; ``tile`` and the rest: tiled, as there."""
-        if tile is not None:
-            return predict_tiled(
-                self, images, tile, tile_overlap, tile_full_image, k, score_threshold, preprocessor, nms, classes,
-                max_detections,
-            )  # fmt: skip
-        k = k if max_detections is None else min(k, max_detections)  # untiled: one window, one cap
+        tiled, k = tiled_or_capped(
+            self, images, tile, tile_overlap, tile_full_image, k, score_threshold, preprocessor, nms, classes,
+            max_detections,
+        )  # fmt: skip
+        if tiled is not None:
+            return tiled
         x, mask, sizes = prediction_inputs(images, None, None, preprocessor or self.preprocessing)
         device = next(self.model.parameters()).device
         logits, boxes = self(x.to(device), mask.to(device))

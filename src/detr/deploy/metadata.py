@@ -1,4 +1,4 @@
-"""What an exported file needs to be used like the model: class names, preprocessing, precision.
+"""What an exported file needs to be used like the model: class names, preprocessing, precision, task.
 
 It travels inside the file: ONNX ``metadata_props`` (``detr.*`` keys, JSON values, readable in Netron
 or with ``onnx.load(path).metadata_props``) and OpenVINO ``rt_info`` under ``detr``. A file without
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 PREFIX = "detr."
 PRECISIONS = ("fp32", "fp16", "int8")
+TASKS = ("boxes", "masks")  # what the graph gives: logits and boxes; a mask model's also masks (its third output)
 
 
 class ForeignModelError(ValueError):
@@ -41,6 +42,7 @@ class ExportMetadata:
     preprocessing: dict[str, Any]
     precision: str = "fp32"
     float_modules: list[str] = field(default_factory=list)  # parts left in float32 (int8, fp16)
+    task: str = "boxes"  # "masks": a mask model's file (files written before this field: boxes)
     library_version: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -58,6 +60,7 @@ class ExportMetadata:
             classes=[{"id": i, "name": n, "category_id": c} for i, (n, c) in enumerate(zip(names, ids, strict=True))],
             preprocessing=model.preprocessing.to_dict(),
             precision=precision,
+            task=model.task,
             library_version=__version__,
         )
 
@@ -99,7 +102,11 @@ class ExportMetadata:
             metadata = cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
         except (json.JSONDecodeError, TypeError) as err:
             raise ForeignModelError(f"{source} has unreadable detr metadata ({err}): export the model again") from err
-        if metadata.precision not in PRECISIONS or len(metadata.classes) != metadata.num_classes:
+        if (
+            metadata.precision not in PRECISIONS
+            or metadata.task not in TASKS
+            or len(metadata.classes) != metadata.num_classes
+        ):
             raise ForeignModelError(f"{source} has inconsistent detr metadata: export the model again")
         return metadata
 

@@ -1,9 +1,11 @@
 """Exported models as models: an ONNX file (onnxruntime) or an OpenVINO IR (openvino) with ``predict``.
 
 :func:`load` takes any file or folder the library writes and returns an object with the same
-``predict()`` (and ``decode``, ``class_names``, ``preprocessing``, ``num_classes``), so that
+``predict()`` (and ``decode``, ``class_names``, ``preprocessing``, ``num_classes``, ``task``), so that
 ``detr predict`` and ``detr eval`` run an exported file exactly as the PyTorch weights: the same
-preprocessing (read from the file's metadata), the same post-processing, the same output files.
+preprocessing (read from the file's metadata), the same post-processing, the same output files. A mask
+model's file (``task == "masks"``) predicts masks and panoptic segments as the mask model does
+(:class:`~detr.models.segmentation.MaskPredictor`: one post-processing for both).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..models.segmentation import MaskPredictor
 from ..processing.checks import check_images
 from ..processing.postprocess import predictions
 from ..processing.preprocess import ImagePreprocessor, prediction_inputs
-from ..processing.tiling import predict_tiled
+from ..processing.tiling import tiled_or_capped
 from .metadata import ExportMetadata
 
 ONNX_SUFFIXES = (".onnx",)
@@ -31,14 +34,14 @@ class RuntimeUnsupported(RuntimeError, ValueError):
     ValueError too, so that the command line reports it as bad input, without a traceback."""
 
 
-class ExportedDETR:
-    """What the exported DETRs share: metadata, input checks, ``decode`` and ``predict`` as the model's.
+class ExportedDETR(MaskPredictor):
+    """What the exported DETRs share: metadata, input checks, ``decode`` and ``predict`` as the model's (a mask
+    model's file: ``decode_with_masks``, ``predict`` with masks and ``panoptic``, as :class:`DETRSegmentation`'s).
 
-    Subclasses run the graph: ``_run(pixel_values (B, 3, H, W) float32, pixel_mask (B, H, W) bool)
-    -> (logits (B, Q, K+1), boxes (B, Q, 4) normalized cxcywh)`` as numpy arrays.
+    Subclasses run the graph: ``_run(pixel_values (B, 3, H, W) float32, pixel_mask (B, H, W) bool, names)``
+    -> the outputs named, as numpy arrays: ``logits`` (B, Q, K+1), ``boxes`` (B, Q, 4) normalized cxcywh, and
+    a mask model's ``masks`` (B, Q, H/4, W/4) mask logits.
     """
-
-    task = "boxes"  # an exported graph gives boxes (a mask model's too)
 
     def __init__(self, path: Path, metadata: ExportMetadata) -> None:
         self.path = path
@@ -49,8 +52,9 @@ class ExportedDETR:
         self.category_ids = metadata.category_ids
         self.preprocessing: ImagePreprocessor = metadata.preprocessor
         self.precision = metadata.precision
+        self.task = metadata.task  # "boxes", or "masks": a mask model's file, its masks a third output
 
-    def _run(self, pixel_values: np.ndarray, pixel_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, pixel_values: np.ndarray, pixel_mask: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -65,16 +69,32 @@ class ExportedDETR:
             raise ValueError(f"{type(self).__name__} runs on the CPU here; got device {device}")
         return self
 
+    def _outputs(self, x: Tensor, mask: Tensor | None, names: Sequence[str]) -> list[Tensor]:
+        """The graph's outputs ``names`` for x (B, 3, H, W) float normalized images, mask (B, H, W) bool (True
+        on padding) or None, as float32 tensors."""
+        mask = check_images(x, mask)
+        found = self._run(x.detach().float().cpu().contiguous().numpy(), mask.cpu().numpy(), names)
+        return [torch.from_numpy(np.asarray(output, np.float32)) for output in found]
+
     def __call__(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x (B, 3, H, W) float normalized images, mask (B, H, W) bool (True on padding) or None ->
         ``(pred_logits (B, Q, K+1), pred_boxes (B, Q, 4) normalized cxcywh)`` float32, as the model's."""
-        mask = check_images(x, mask)
-        logits, boxes = self._run(
-            x.detach().float().cpu().contiguous().numpy(), mask.cpu().numpy()
-        )  # (B, Q, K+1), (B, Q, 4)
-        return torch.from_numpy(np.asarray(logits, np.float32)), torch.from_numpy(np.asarray(boxes, np.float32))
+        logits, boxes = self._outputs(x, mask, ("logits", "boxes"))
+        return logits, boxes
 
     forward = __call__
+
+    def decode_with_masks(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """A mask model's file, as :meth:`~detr.models.segmentation.DETRSegmentation.decode_with_masks`: logits
+        (B, Q, K+1), boxes (B, Q, 4) and mask logits (B, Q, H/4, W/4)."""
+        if self.task != "masks":
+            raise ValueError(
+                f"{self.path} is a detection model's export: it has no masks (export a mask model for masks)"
+            )
+        logits, boxes, masks = self._outputs(x, mask, ("logits", "boxes", "masks"))
+        return logits, boxes, masks
+
+    _mask_outputs = decode_with_masks  # what MaskPredictor's predict and panoptic run
 
     def decode(self, x: Tensor, mask: Tensor | None = None, all_layers: bool = False) -> tuple[Tensor, Tensor]:
         """As :meth:`detr.models.detr.DETR.decode`: ``(logits (1, B, Q, K+1), boxes (1, B, Q, 4))``;
@@ -99,14 +119,20 @@ class ExportedDETR:
         tile_overlap: float = 0.2,
         tile_full_image: bool = False,
         max_detections: int | None = None,
+        mask_threshold: float = 0.5,
     ) -> list[list[dict[str, Any]]]:
-        """Detections per image, exactly as :meth:`detr.models.detr.DETR.predict` (same arguments, tiles too)."""
-        if tile is not None:
-            return predict_tiled(
-                self, x, tile, tile_overlap, tile_full_image, k, score_threshold, preprocessor, nms, classes,
-                max_detections,
-            )  # fmt: skip
-        k = k if max_detections is None else min(k, max_detections)  # untiled: one window, one cap
+        """Detections per image, exactly as :meth:`detr.models.detr.DETR.predict` (same arguments, tiles too);
+        a mask model's file as :meth:`detr.models.segmentation.DETRSegmentation.predict`: each detection with
+        its ``"mask"`` (``sigmoid > mask_threshold``), no tiles."""
+        tiled, k = tiled_or_capped(
+            self, x, tile, tile_overlap, tile_full_image, k, score_threshold, preprocessor, nms, classes, max_detections
+        )
+        if tiled is not None:
+            return tiled
+        if self.task == "masks":
+            return self._mask_detections(
+                x, mask, k, score_threshold, image_sizes, preprocessor, nms, classes, mask_threshold
+            )
         x, mask, sizes = prediction_inputs(x, mask, image_sizes, preprocessor or self.preprocessing)
         logits, boxes = self(x, mask)
         return predictions(logits, boxes, sizes, self.class_names, k, score_threshold, nms, classes)
@@ -167,9 +193,8 @@ class OnnxDETR(ExportedDETR):
             raise ValueError(f"this ONNX session runs on {self.device}: load it again with device={str(device)!r}")
         return self
 
-    def _run(self, pixel_values: np.ndarray, pixel_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, boxes = self.session.run(["logits", "boxes"], {"pixel_values": pixel_values, "pixel_mask": pixel_mask})
-        return logits, boxes
+    def _run(self, pixel_values: np.ndarray, pixel_mask: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+        return self.session.run(list(names), {"pixel_values": pixel_values, "pixel_mask": pixel_mask})
 
 
 class OpenVINODETR(ExportedDETR):
@@ -196,9 +221,9 @@ class OpenVINODETR(ExportedDETR):
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, device, config)
 
-    def _run(self, pixel_values: np.ndarray, pixel_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run(self, pixel_values: np.ndarray, pixel_mask: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
         out = self.compiled({"pixel_values": pixel_values, "pixel_mask": pixel_mask})
-        return out[self.compiled.output("logits")], out[self.compiled.output("boxes")]
+        return [out[self.compiled.output(name)] for name in names]
 
 
 def is_exported(path: str | Path) -> bool:

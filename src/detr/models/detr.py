@@ -39,7 +39,7 @@ from ..options.base import DETROption, OptionState, decode_with_options
 from ..processing.checks import Target, check_images, check_targets, is_positive_int, padding_or_none
 from ..processing.postprocess import predictions
 from ..processing.preprocess import ImagePreprocessor, prediction_inputs
-from ..processing.tiling import predict_tiled
+from ..processing.tiling import tiled_or_capped
 from .layers import MLP
 from .position_encoding import PositionEmbeddingSine
 
@@ -358,12 +358,11 @@ class DETR(nn.Module):
         ``k`` detections per window, merged across window borders, at most ``max_detections`` per image
         (:mod:`detr.processing.tiling`): for large images with small objects.
         """
-        if tile is not None:
-            return predict_tiled(
-                self, x, tile, tile_overlap, tile_full_image, k, score_threshold, preprocessor, nms, classes,
-                max_detections,
-            )  # fmt: skip
-        k = k if max_detections is None else min(k, max_detections)  # untiled: one window, one cap
+        tiled, k = tiled_or_capped(
+            self, x, tile, tile_overlap, tile_full_image, k, score_threshold, preprocessor, nms, classes, max_detections
+        )
+        if tiled is not None:
+            return tiled
         x, mask, sizes = prediction_inputs(x, mask, image_sizes, preprocessor or self.preprocessing)
         device = next(self.parameters()).device
         x, mask = x.to(device), mask.to(device)

@@ -30,12 +30,12 @@ from torch import Tensor, nn
 from ..data.coco_categories import COCO_PANOPTIC_THING_MAX_ID
 from ..losses.criterion import num_boxes_across_processes
 from ..losses.mask_loss import DICE_LOSS_COEF, MASK_LOSS_COEF, mask_loss_terms
+from ..options.base import OptionState
 from ..processing.checks import Target, check_images, check_targets, padding_or_none
-from ..processing.postprocess import class_ids, postprocess, valid_sizes
+from ..processing.mask_postprocess import panoptic_segmentation, query_masks
+from ..processing.postprocess import as_detections, class_ids, postprocess, valid_sizes
 from ..processing.preprocess import prediction_inputs
 from ..processing.tiling import NO_TILED_MASKS
-from ..processing.mask_postprocess import panoptic_segmentation, query_masks
-from ..options.base import OptionState
 from .detr import DETR
 
 
@@ -125,7 +125,90 @@ class MaskHeadSmallConv(nn.Module):
         return self.out_lay(x)
 
 
-class DETRSegmentation(nn.Module):
+class MaskPredictor:
+    """A mask model's post-processing, whatever computes its outputs: detections with masks (``predict``'s,
+    :meth:`_mask_detections`) and :meth:`panoptic` segments, for :class:`DETRSegmentation` and for its exported
+    file (:mod:`detr.deploy.runtime`) alike. A subclass has ``preprocessing``, ``class_names`` and
+    ``num_classes``, and gives :meth:`_mask_outputs`."""
+
+    def _mask_outputs(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, 3, H, W) normalized images, mask (B, H, W) bool (True on padding) -> the last layer's logits
+        (B, Q, K+1), boxes (B, Q, 4) normalized cxcywh and mask logits (B, Q, H/4, W/4), as in eval mode."""
+        raise NotImplementedError
+
+    def _outputs_for(self, x: Any, mask: Tensor | None, image_sizes: Tensor | None, preprocessor: Any) -> tuple:
+        """Outputs for ``predict``'s inputs: logits, boxes of the last layer, mask logits, the sizes to scale
+        to, the resized images' sizes inside the padded input, and its padded size."""
+        x, mask, sizes = prediction_inputs(x, mask, image_sizes, preprocessor or self.preprocessing)
+        logits, boxes, masks = self._mask_outputs(x, mask)
+        return logits, boxes, masks, sizes, valid_sizes(mask), tuple(x.shape[-2:])
+
+    @torch.no_grad()
+    def _mask_detections(
+        self,
+        x: Any,
+        mask: Tensor | None,
+        k: int,
+        score_threshold: float,
+        image_sizes: Tensor | None,
+        preprocessor: Any,
+        nms: float | None,
+        classes: Sequence[int | str] | None,
+        mask_threshold: float,
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`DETRSegmentation.predict`'s detections: each with its ``"mask"``, (H, W) bool in the original
+        image's pixels (``sigmoid > mask_threshold``, the reference's rule)."""
+        logits, boxes, masks, sizes, inputs, padded = self._outputs_for(x, mask, image_sizes, preprocessor)
+        wanted = None if classes is None else class_ids(classes, self.class_names, self.num_classes)
+        found = postprocess(logits, boxes, sizes, score_threshold, k, nms_iou=nms, classes=wanted)
+        detections = []
+        for i, result in enumerate(found):
+            size = tuple(int(v) for v in sizes[i])
+            image_masks = query_masks(
+                masks[i, result["queries"]], size, tuple(int(v) for v in inputs[i]), padded, mask_threshold
+            )  # (n, H, W)
+            image = as_detections(result["boxes"], result["scores"], result["labels"], self.class_names)
+            for det, image_mask in zip(image, image_masks.cpu(), strict=True):
+                det["mask"] = image_mask
+            detections.append(image)
+        return detections
+
+    @torch.no_grad()
+    def panoptic(
+        self,
+        x: Any,
+        is_thing: Any = None,
+        threshold: float = 0.85,
+        mask: Tensor | None = None,
+        image_sizes: Tensor | None = None,
+        preprocessor: Any = None,
+        **options: Any,
+    ) -> list[dict[str, Any]]:
+        """Panoptic segmentation of each image (:func:`detr.processing.mask_postprocess.panoptic_segmentation`):
+        ``{"segmentation": (H, W) segment ids, "segments_info": [...]}`` in the original image's pixels.
+
+        ``is_thing``: per class id, whether it is a countable thing (default: COCO panoptic's rule for
+        a 250-class model, ids up to 90). ``threshold``: the reference's 0.85 minimum query score.
+        """
+        if is_thing is None:
+            if self.num_classes != 250:
+                raise ValueError("give is_thing (per class id: a countable thing, or stuff) for this model's classes")
+            is_thing = [i <= COCO_PANOPTIC_THING_MAX_ID for i in range(self.num_classes)]
+        logits, _, masks, sizes, inputs, padded = self._outputs_for(x, mask, image_sizes, preprocessor)
+        results = []
+        for i in range(logits.shape[0]):
+            h, w = (int(v) for v in inputs[i])
+            # the mask logits of the image itself, without the padding, at 1/4 of its resized size
+            crop = masks[
+                i : i + 1, :, : math.ceil(h * masks.shape[-2] / padded[0]), : math.ceil(w * masks.shape[-1] / padded[1])
+            ]
+            results += panoptic_segmentation(
+                logits[i : i + 1], crop, sizes[i : i + 1], is_thing, threshold=threshold, **options
+            )
+        return results
+
+
+class DETRSegmentation(MaskPredictor, nn.Module):
     """A DETR with the paper's mask head (the reference's ``DETRsegm``).
 
     ``forward(x, mask=None)`` returns ``(pred_logits (B, Q, K+1), pred_boxes (B, Q, 4) normalized
@@ -305,27 +388,15 @@ class DETRSegmentation(nn.Module):
         return self.get_loss_dict(x, targets, mask)["loss"]
 
     # -------------------------------------------------------------- inference
-    def _outputs_for(self, x: Any, mask: Tensor | None, image_sizes: Tensor | None, preprocessor: Any) -> tuple:
-        """Eval-mode outputs for ``predict``'s inputs: logits, boxes of the last layer, mask logits, the
-        sizes to scale to, the resized images' sizes inside the padded input, and its padded size."""
-        x, mask, sizes = prediction_inputs(x, mask, image_sizes, preprocessor or self.preprocessing)
+    def _mask_outputs(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`decode_with_masks` in eval mode on the model's device (:class:`MaskPredictor`'s pass)."""
         device = next(self.parameters()).device
-        x, mask = x.to(device), mask.to(device)
         was_training = self.training
         self.eval()
         try:
-            logits, boxes, masks, _ = self._decode(x, padding_or_none(mask))
+            return self.decode_with_masks(x.to(device), mask.to(device))
         finally:
             self.train(was_training)
-        queries = slice(0, self.num_queries)
-        return (
-            logits[-1, :, queries],
-            boxes[-1, :, queries],
-            masks[:, queries],
-            sizes,
-            valid_sizes(mask),
-            tuple(x.shape[-2:]),
-        )
 
     @torch.no_grad()
     def predict(
@@ -346,56 +417,6 @@ class DETRSegmentation(nn.Module):
         No tiles (``tile`` is refused, saying why): tiled prediction gives boxes only."""
         if tile is not None:
             raise ValueError(NO_TILED_MASKS)
-        logits, boxes, masks, sizes, inputs, padded = self._outputs_for(x, mask, image_sizes, preprocessor)
-        wanted = None if classes is None else class_ids(classes, self.class_names, self.num_classes)
-        found = postprocess(logits, boxes, sizes, score_threshold, k, nms_iou=nms, classes=wanted)
-        detections = []
-        for i, result in enumerate(found):
-            size = tuple(int(v) for v in sizes[i])
-            image_masks = query_masks(
-                masks[i, result["queries"]], size, tuple(int(v) for v in inputs[i]), padded, mask_threshold
-            )  # (n, H, W)
-            image = []
-            for j, (box, score, label) in enumerate(
-                zip(result["boxes"].tolist(), result["scores"].tolist(), result["labels"].tolist())
-            ):
-                det = {"box": box, "score": score, "class_id": label, "mask": image_masks[j].cpu()}
-                if self.class_names is not None:
-                    det["class_name"] = self.class_names[label]
-                image.append(det)
-            detections.append(image)
-        return detections
-
-    @torch.no_grad()
-    def panoptic(
-        self,
-        x: Any,
-        is_thing: Any = None,
-        threshold: float = 0.85,
-        mask: Tensor | None = None,
-        image_sizes: Tensor | None = None,
-        preprocessor: Any = None,
-        **options: Any,
-    ) -> list[dict[str, Any]]:
-        """Panoptic segmentation of each image (:func:`detr.processing.mask_postprocess.panoptic_segmentation`):
-        ``{"segmentation": (H, W) segment ids, "segments_info": [...]}`` in the original image's pixels.
-
-        ``is_thing``: per class id, whether it is a countable thing (default: COCO panoptic's rule for
-        a 250-class model, ids up to 90). ``threshold``: the reference's 0.85 minimum query score.
-        """
-        if is_thing is None:
-            if self.num_classes != 250:
-                raise ValueError("give is_thing (per class id: a countable thing, or stuff) for this model's classes")
-            is_thing = [i <= COCO_PANOPTIC_THING_MAX_ID for i in range(self.num_classes)]
-        logits, _, masks, sizes, inputs, padded = self._outputs_for(x, mask, image_sizes, preprocessor)
-        results = []
-        for i in range(logits.shape[0]):
-            h, w = (int(v) for v in inputs[i])
-            # the mask logits of the image itself, without the padding, at 1/4 of its resized size
-            crop = masks[
-                i : i + 1, :, : math.ceil(h * masks.shape[-2] / padded[0]), : math.ceil(w * masks.shape[-1] / padded[1])
-            ]
-            results += panoptic_segmentation(
-                logits[i : i + 1], crop, sizes[i : i + 1], is_thing, threshold=threshold, **options
-            )
-        return results
+        return self._mask_detections(
+            x, mask, k, score_threshold, image_sizes, preprocessor, nms, classes, mask_threshold
+        )

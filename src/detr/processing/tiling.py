@@ -223,6 +223,31 @@ def _image_size(image: Image.Image | Tensor) -> tuple[int, int]:
     return int(image.shape[1]), int(image.shape[2])
 
 
+def tiled_or_capped(
+    model: Any,
+    images: Any,
+    tile: int | None,
+    tile_overlap: float,
+    tile_full_image: bool,
+    k: int,
+    score_threshold: float,
+    preprocessor: ImagePreprocessor | None,
+    nms: float | None,
+    classes: Sequence[int | str] | None,
+    max_detections: int | None,
+) -> tuple[list[list[dict[str, Any]]] | None, int]:
+    """A ``predict``'s tiling arguments, in one place for every model: with ``tile``, ``(the detections through
+    tiles, k)`` (:func:`predict_tiled`); without, ``(None, k at most max_detections)`` (untiled: one window, one
+    cap) for the model's own pass."""
+    if tile is not None:
+        found = predict_tiled(
+            model, images, tile, tile_overlap, tile_full_image, k, score_threshold, preprocessor, nms, classes,
+            max_detections,
+        )  # fmt: skip
+        return found, k
+    return None, k if max_detections is None else min(k, max_detections)
+
+
 @torch.no_grad()
 def predict_tiled(
     model: Any,
