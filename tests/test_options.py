@@ -26,6 +26,23 @@ def small(**kwargs) -> detr.DETR:
     )
 
 
+def test_without_options_the_one_pass_is_the_transformers_reference_call():
+    """The pass runs the transformer as its encoder and decoder steps (between which options act); without
+    options that is, bitwise, the reference's single call with the heads on every layer, and what the mask
+    head reads (the last layer's embeddings, the encoder output as a map) is what that call gives."""
+    model = small().eval()
+    x = torch.randn(2, 3, 64, 96)
+    mask = torch.zeros(2, 64, 96, dtype=torch.bool)
+    mask[1, 40:, 64:] = True
+    with torch.no_grad():
+        found = model.decoder_pass(x, mask)
+        src, feat_mask, pos = model._features(x, mask)
+        hs, memory = model.transformer(src, feat_mask, model.query_embed.weight, pos)  # (L, B, Q, d), (B, d, h, w)
+        logits, boxes = model.class_head(hs), model.box_head(hs).sigmoid()
+    assert torch.equal(found.logits, logits) and torch.equal(found.boxes, boxes)
+    assert torch.equal(found.hidden, hs[-1]) and torch.equal(found.memory, memory)
+
+
 def test_query_groups_train_separately_and_infer_with_the_first():
     model = small(query_groups=3)
     assert model.query_embed.weight.shape == (15, 32)
@@ -420,7 +437,8 @@ def test_deformable_attention_reads_the_memory_at_its_box_and_ignores_padding():
     memory = torch.randn(1, 4 * 6, 8)  # a 4 x 6 map
     # centres on token (row 2, column 3) and halfway between columns 0 and 1 of row 1
     anchors = torch.tensor([[[3.5 / 6, 2.5 / 4, 0.2, 0.2], [1.0 / 6, 1.5 / 4, 0.2, 0.2]]])
-    out = attention(torch.randn(1, 2, 8), memory, anchors, (4, 6), None)  # the query does not move the point
+    # the query does not move the point; the key is not read
+    out = attention(torch.randn(1, 2, 8), None, memory, anchors=anchors, feature_size=(4, 6))
     grid = memory.view(4, 6, 8)
     torch.testing.assert_close(out[0, 0], grid[2, 3])
     torch.testing.assert_close(out[0, 1], (grid[1, 0] + grid[1, 1]) / 2)
@@ -435,8 +453,9 @@ def test_deformable_attention_reads_the_memory_at_its_box_and_ignores_padding():
     padded[0, :4, :6] = grid
     mask = torch.ones(1, 5, 8, dtype=torch.bool)
     mask[0, :4, :6] = False
-    expected = attention(query, memory, anchors, (4, 6), None)
-    torch.testing.assert_close(attention(query, padded.view(1, 40, 8), anchors, (5, 8), mask), expected)
+    expected = attention(query, None, memory, anchors=anchors, feature_size=(4, 6))
+    found = attention(query, None, padded.view(1, 40, 8), mask.flatten(1), anchors=anchors, feature_size=(5, 8))
+    torch.testing.assert_close(found, expected)
 
 
 def test_deformable_decoder_trains_saves_and_loads(tmp_path):
@@ -459,6 +478,30 @@ def test_deformable_decoder_trains_saves_and_loads(tmp_path):
         torch.testing.assert_close(fast(x, mask), model(x, mask)[-1], atol=1e-4, rtol=1e-4)
 
 
+def test_deformable_decoder_is_a_part_of_the_paper_layers_that_samples_where_its_hook_says():
+    """The decoder layers stay the paper's (their own forward); only their cross-attention is the option's, and
+    where it reads comes from the option's hook. A bf16 inference copy, whose decoder layers run wrapped in
+    float32, reads there too (before the hook, the wrapper hid the deformable layer: the copy failed)."""
+    from detr.models.transformer import TransformerDecoderLayer
+    from detr.options.deformable import DeformableCrossAttention
+
+    model = small(box_refinement=True, deformable_decoder=True, backbone_layers=2).eval()
+    for layer in model.transformer.decoder.layers:
+        assert type(layer) is TransformerDecoderLayer and isinstance(layer.multihead_attn, DeformableCrossAttention)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        logits = model(x)[-1][0]
+        hook = model.deformable.cross_attention_inputs
+        # the hook hands over the anchors to sample around: hand over others and the layers read elsewhere
+        model.deformable.cross_attention_inputs = lambda m, state, anchors: hook(m, state, anchors.flip(1))
+        moved = model(x)[-1][0]
+        del model.deformable.cross_attention_inputs
+        assert not torch.allclose(moved, logits, atol=1e-3)
+        torch.testing.assert_close(model(x)[-1][0], logits)
+        bf16 = model.optimize_for_inference(dtype=torch.bfloat16)
+        assert (bf16(x)[0].softmax(-1) - logits.softmax(-1)).abs().max() < 0.05  # scores
+
+
 def test_deformable_attention_records_the_weights_it_read_the_map_with():
     """The recorded (B, heads, N, hw) map, times the projected memory, is what the layer read: the same as
     its bilinear samples, on a padded map with points that move with the query."""
@@ -476,7 +519,7 @@ def test_deformable_attention_records_the_weights_it_read_the_map_with():
     mask[1, :, 5:] = True
     anchors = torch.rand(2, 4, 4) * 0.6 + 0.2
     attention.record_weights = True
-    out = attention(query, memory, anchors, (5, 7), mask)  # (B, N, d)
+    out = attention(query, None, memory, mask.flatten(1), anchors=anchors, feature_size=(5, 7))  # (B, N, d)
     weights = attention.weights  # (B, heads, N, hw)
     assert weights.shape == (2, 2, 4, 35) and (weights.view(2, 2, 4, 5, 7)[1, ..., 5:] == 0).all()
     values = attention.value_proj(memory).masked_fill(mask.flatten(1)[..., None], 0).view(2, 35, 2, 4)  # heads of 4

@@ -17,9 +17,9 @@ Boxes are normalized (cx, cy, w, h) relative to each image's valid (unpadded) re
 reference code: a padded batch predicts the same boxes for an image as that image alone.
 
 Training options that go beyond the paper (:mod:`detr.options`: query groups, denoising queries,
-anchor-box refinement, a dense auxiliary head, two-stage anchors) plug in through one extension
-point, :class:`detr.options.base.DETROption`; without them (the default) nothing below runs
-anything but the paper's path.
+anchor-box refinement, a dense auxiliary head, two-stage anchors, deformable cross-attention) act
+on step 3 of the one decoder pass (:meth:`DETR.decoder_pass`) at the hooks of
+:class:`detr.options.base.DETROption`; without them (the default) no hook runs: the pass is the paper's.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..losses.criterion import SetCriterion
 from ..losses.matcher import HungarianMatcher
-from ..options.base import DETROption, OptionState, decode_with_options
+from ..options.base import DETROption, OptionState, QuerySpan, assemble_queries, runs_in_steps
 from ..processing.checks import Target, check_images, check_targets, is_positive_int, padding_or_none
 from ..processing.postprocess import predictions
 from ..processing.preprocess import ImagePreprocessor, prediction_inputs
@@ -52,30 +52,18 @@ Output = tuple[Tensor, Tensor]
 @dataclass
 class DecoderPass:
     """What one pass of the detector computes, for the heads that read more than boxes (the mask head):
-    logits (L, B, Q', K+1) and boxes (L, B, Q', 4), the options' state (None without options), the
-    projected backbone features ``src`` (B, d, h, w) and their mask (B, h, w) or None."""
+    logits (L, B, Q', K+1) and boxes (L, B, Q', 4) of the model's queries, the last decoder layer's
+    embeddings of those queries ``hidden`` (B, Q', d), the encoder output ``memory`` (B, d, h, w), the
+    projected backbone features ``src`` (B, d, h, w) and their mask ``feat_mask`` (B, h, w) or None, and
+    the pass's ``state`` (what the options' hooks read and made; None with a transformer of one's own)."""
 
     logits: Tensor
     boxes: Tensor
-    state: OptionState | None
+    hidden: Tensor
+    memory: Tensor
     src: Tensor
     feat_mask: Tensor | None
-    plain_hidden: Tensor | None = None  # without options: the last decoder layer's embeddings (B, Q, d)
-    plain_memory: Tensor | None = None  # without options: the encoder output (B, d, h, w)
-
-    @property
-    def hidden(self) -> Tensor:
-        """The last decoder layer's embeddings of the queries the outputs are read from, (B, Q', d)."""
-        if self.state is None:
-            return self.plain_hidden
-        return self.state.hidden[-1][:, self.state.span_slice("matching")]
-
-    @property
-    def memory(self) -> Tensor:
-        """The encoder output as a feature map, (B, d, h, w)."""
-        if self.state is None:
-            return self.plain_memory
-        return self.state.memory.transpose(1, 2).reshape(self.src.shape)  # (B, HW, d) -> (B, d, h, w)
+    state: OptionState | None
 
 
 @dataclass
@@ -85,7 +73,9 @@ class DETRConfig:
     backbone: module with a positive int ``num_channels``; maps (B, 3, H, W) to (B, num_channels, h, w).
     transformer: module with a positive int ``d_model``; called as
         ``transformer(src (B, d, h, w), mask (B, h, w) bool or None, query_embed (Q, d), pos_embed (B, d, h, w))``
-        and returning ``(hs (L, B, Q, d), memory)`` (the reference code's signature).
+        and returning ``(hs (L, B, Q, d), memory)`` (the reference code's signature). One with ``encode`` and
+        ``decoder`` (:class:`~detr.models.transformer.Transformer`) runs as those two steps instead, the same
+        computation, between which training options act.
     num_classes: number of foreground classes (COCO: 91, the category-id range); the model adds "no object".
     num_queries: object queries, the most detections per image.
     aux_loss: forward returns, and the loss uses, every decoder layer's predictions.
@@ -238,8 +228,8 @@ class DETR(nn.Module):
         """Like :meth:`decode`, without input checks; ``mask`` None means no padding (and no attention
         masking at all). ``targets`` reach the training options that use them (denoising queries).
 
-        Returns the logits and boxes of :meth:`decode` and, with options, their state (the outputs
-        of their own queries, proposals), else None.
+        Returns the logits and boxes of :meth:`decode` and the pass's state (with options, the outputs of
+        their own queries, proposals; None with a transformer of one's own).
         """
         found = self.decoder_pass(x, mask, not (self.aux_loss if all_layers is None else all_layers), targets)
         return found.logits, found.boxes, found.state
@@ -252,17 +242,49 @@ class DETR(nn.Module):
         targets: Sequence[Target] | None = None,
         features: Tensor | None = None,
     ) -> DecoderPass:
-        """The detector's pass (backbone, transformer, heads; the options composing it when there are any),
-        without input checks: x (B, 3, H, W), mask (B, H, W) or None (nothing padded), the heads on the last
-        decoder layer only or on all; ``features``: the backbone's output when the caller already has it
-        (the mask head, which reads the backbone's earlier stages too)."""
-        src, feat_mask, pos = self._features(x, mask, features)
-        if self.options:  # the training options compose the decoder pass over the same parts
-            logits, boxes, state = decode_with_options(self, src, feat_mask, pos, last_only, targets)
-            return DecoderPass(logits, boxes, state, src, feat_mask)
-        hs, memory = self.transformer(src, feat_mask, self.query_embed.weight, pos)  # (L, B, Q, d), (B, d, h, w)
-        logits, boxes = self.heads(hs[-1:] if last_only else hs)  # (1 or L, B, Q, ...)
-        return DecoderPass(logits, boxes, None, src, feat_mask, plain_hidden=hs[-1], plain_memory=memory)
+        """The detector's one pass, steps 1-4 of the module docstring, without input checks: x (B, 3, H, W),
+        mask (B, H, W) or None (nothing padded), the heads on the last decoder layer only or on all; ``targets``
+        reach the options that read them (denoising queries); ``features``: the backbone's output when the
+        caller already has it (the mask head, which reads the backbone's earlier stages too).
+
+        The training options act on step 3 at the hooks of :class:`~detr.options.base.DETROption` (the
+        encoder output read, the queries changed or added to, the decoder layers run); without options no
+        hook runs and the pass is the paper's.
+        """
+        src, feat_mask, pos = self._features(x, mask, features)  # (B, d, h, w), (B, h, w) or None, (B, d, h, w)
+        if not runs_in_steps(self.transformer):  # a transformer of one's own, with the reference's call only
+            hs, memory = self.transformer(src, feat_mask, self.query_embed.weight, pos)  # (L, B, Q, d), (B, d, h, w)
+            logits, boxes = self.heads(hs[-1:] if last_only else hs)  # (1 or L, B, Q, ...)
+            return DecoderPass(logits, boxes, hs[-1], memory, src, feat_mask, None)
+        batch, d_model, h, w = src.shape
+        # (B, HW, d), (B, HW) or None, (B, HW, d)
+        memory, memory_mask, memory_pos = self.transformer.encode(src, feat_mask, pos)
+        state = OptionState(memory, memory_mask, memory_pos, (h, w), feat_mask, targets)
+        # the paper's queries: Q learned positions with empty content, one block; the options change them, add theirs
+        positions = self.query_embed.weight[: self.num_queries]  # (Q, d)
+        blocks = torch.zeros(len(positions), dtype=torch.int64, device=positions.device)
+        state.spans["matching"] = QuerySpan(content=None, position=positions, anchors=None, blocks=blocks)
+        options = self.options
+        for option in options:
+            option.read_encoder(self, state)
+        for option in options:
+            option.add_queries(self, state)
+        queries = assemble_queries(list(state.spans.values()), batch, d_model, positions)  # every span's, in order
+        runner = next((option for option in options if option.runs_decoder), None)
+        if runner is None:  # the paper's decoder, (L, B, N, d); the box head reads each layer's embeddings
+            hs = self.transformer.decoder(
+                queries.content, memory, memory_mask, memory_pos, queries.position, queries.attn_mask
+            )
+            layer_boxes = None
+        else:  # an option runs the decoder layers itself, each layer's boxes made on the way: (L, B, N, 4)
+            hs, layer_boxes = runner.run_decoder(self, state, queries)
+        if last_only:
+            hs, layer_boxes = hs[-1:], None if layer_boxes is None else layer_boxes[-1:]
+        logits, boxes = self.heads(hs) if layer_boxes is None else (self.class_head(hs), layer_boxes.to(hs.dtype))
+        state.logits, state.boxes, state.hidden = logits, boxes, hs
+        own = state.span_slice("matching")  # the model's own queries (and their groups, in training)
+        memory_map = memory.transpose(1, 2).reshape(src.shape)  # (B, HW, d) -> (B, d, h, w)
+        return DecoderPass(logits[:, :, own], boxes[:, :, own], hs[-1][:, own], memory_map, src, feat_mask, state)
 
     def decode(self, x: Tensor, mask: Tensor | None = None, all_layers: bool | None = None) -> Output:
         """Predictions of the decoder layers.

@@ -305,8 +305,8 @@ class DETRSegmentation(MaskPredictor, nn.Module):
     def _detect(
         self, x: Tensor, mask: Tensor | None, targets: Sequence[Target] | None = None
     ) -> tuple[Tensor, Tensor, OptionState | None, tuple]:
-        """The detector's pass: logits (L, B, Q', K+1), boxes (L, B, Q', 4), the options' state (None
-        without options) and what the mask head reads: the last layer's embeddings (B, Q', d), the
+        """The detector's pass: logits (L, B, Q', K+1), boxes (L, B, Q', 4), the pass's state (None with a
+        transformer of one's own) and what the mask head reads: the last layer's embeddings (B, Q', d), the
         encoder memory (B, d, h, w), the feature mask (B, h, w) or None, the projected features
         (B, d, h, w) and the backbone stages it adds (deepest first)."""
         levels = self.detr.backbone.levels(x)  # layer1 (stride 4) ... the last
@@ -330,8 +330,8 @@ class DETRSegmentation(MaskPredictor, nn.Module):
         self, x: Tensor, mask: Tensor | None, targets: Sequence[Target] | None = None
     ) -> tuple[Tensor, Tensor, Tensor, OptionState | None]:
         """x (B, 3, H, W), mask (B, H, W) or None (nothing padded) -> logits (L, B, Q', K+1), boxes
-        (L, B, Q', 4), mask logits (B, Q', H/4, W/4) of the last layer, and the options' state (None
-        without options). ``targets`` reach the options that use them (denoising queries)."""
+        (L, B, Q', 4), mask logits (B, Q', H/4, W/4) of the last layer, and the pass's state (None with a
+        transformer of one's own). ``targets`` reach the options that use them (denoising queries)."""
         logits, boxes, state, context = self._detect(x, mask, targets)
         return logits, boxes, self._masks(context), state
 

@@ -11,6 +11,7 @@ load without renaming inside the transformer.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -200,22 +201,28 @@ class TransformerDecoderLayer(nn.Module):
         pos: Tensor | None,
         query_pos: Tensor | None,
         self_attn_mask: Tensor | None = None,
+        **cross_inputs: Any,
     ) -> Tensor:
-        """tgt, query_pos: (B, Q, C); memory, pos: (B, HW, C); mask (B, HW); self_attn_mask (Q, Q) -> (B, Q, C)."""
+        """tgt, query_pos: (B, Q, C); memory, pos: (B, HW, C); mask (B, HW); self_attn_mask (Q, Q) -> (B, Q, C).
+
+        ``cross_inputs``: what a cross-attention other than the paper's reads besides the memory, passed on to
+        ``multihead_attn`` (the deformable one of :mod:`detr.options.deformable`: where to sample); none here."""
         if self.normalize_before:
             tgt2 = self.norm1(tgt)
             q = _with_pos(tgt2, query_pos)
             tgt = tgt + self.dropout1(self.self_attn(q, q, tgt2, attn_mask=self_attn_mask))
             tgt2 = self.norm2(tgt)
             tgt2 = self.multihead_attn(
-                _with_pos(tgt2, query_pos), _with_pos(memory, pos), memory, memory_key_padding_mask
+                _with_pos(tgt2, query_pos), _with_pos(memory, pos), memory, memory_key_padding_mask, **cross_inputs
             )
             tgt = tgt + self.dropout2(tgt2)
             tgt2 = self.norm3(tgt)
             return tgt + self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(tgt2)))))
         q = _with_pos(tgt, query_pos)
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt, attn_mask=self_attn_mask)))
-        tgt2 = self.multihead_attn(_with_pos(tgt, query_pos), _with_pos(memory, pos), memory, memory_key_padding_mask)
+        tgt2 = self.multihead_attn(
+            _with_pos(tgt, query_pos), _with_pos(memory, pos), memory, memory_key_padding_mask, **cross_inputs
+        )
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         tgt2 = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout3(tgt2))

@@ -1,22 +1,27 @@
-"""The extension point of DETR's training options, and the decoder pass that applies them.
+"""The extension point of DETR's training options: the hooks of the model's one decoder pass.
 
-The paper's model (:mod:`detr.models.detr`) calls its transformer once: Q learned query
-positions, empty (zero) query content, every query attending to every other. A training option
-changes that pass at one or more of four named hooks of :class:`DETROption`, each doing nothing
-by default:
+The paper's pass (:meth:`detr.models.detr.DETR.decoder_pass`) encodes the features, then decodes Q
+learned query positions with empty (zero) query content, every query attending to every other. A
+training option changes that pass at one or more named hooks of :class:`DETROption`, each doing
+nothing by default:
 
 1. ``read_encoder(model, state)``: read the encoder output (the dense head makes proposals);
 2. ``add_queries(model, state)``: change the model's queries (query groups, anchor boxes) or add a
    :class:`QuerySpan` of its own (denoising queries); queries attend only within their block;
-3. ``run_decoder(model, state, tgt, anchors, attn_mask)``: run the decoder layers itself
-   (anchor-box refinement; one option at most);
-4. ``loss_terms(model, state, targets)``: loss terms under the option's own names, and their
+3. ``run_decoder(model, state, queries)``: run the decoder layers itself on the assembled
+   :class:`DecoderQueries` (anchor-box refinement; one option at most);
+4. ``cross_attention_inputs(model, state, anchors)``: what the decoder layers' cross-attention reads
+   besides the memory, for queries at their anchors (the deformable decoder: where to sample);
+   the decoder loop of ``run_decoder`` collects them (:func:`cross_attention_inputs`);
+5. ``loss_terms(model, state, targets)``: loss terms under the option's own names, and their
    weighted sum under ``"loss"``, added to the model's total.
 
 An option is an ``nn.Module`` that becomes a submodule of the model under its ``name`` (so its
 parameters are ``<name>.*`` in the state dict), builds its layers in ``attach(model)`` from the
-model's sizes, and says in ``spec()`` how to build it again. Options need more of the transformer
-than the reference call: ``encode(src, mask, pos)`` and a ``decoder`` called as
+model's sizes (where it replaces a part of the model, that part's parameters keep their place: query
+groups' longer ``query_embed``, the deformable decoder's cross-attention in each decoder layer), and
+says in ``spec()`` how to build it again. Options need more of the transformer than the reference
+call: ``encode(src, mask, pos)`` and a ``decoder`` called as
 ``decoder(tgt, memory, memory_key_padding_mask, pos, query_pos, self_attn_mask)``, as
 :class:`detr.models.transformer.Transformer` has.
 
@@ -65,7 +70,7 @@ class QuerySpan:
 
 @dataclass
 class OptionState:
-    """What one decoder pass with options knows, filled in as it goes.
+    """What one decoder pass knows, filled in as it goes: what the options' hooks read and change.
 
     memory, memory_mask, memory_pos: the encoder output (B, HW, d), its key padding mask (B, HW) or
         None, and its position encoding (B, HW, d); feature_size (h, w) and feature_mask (B, h, w)
@@ -158,19 +163,35 @@ class DETROption(nn.Module):
 
     runs_decoder: ClassVar[bool] = False
 
-    def run_decoder(
-        self, model: DETR, state: OptionState, tgt: Tensor, anchors: Tensor | None, attn_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    def run_decoder(self, model: DETR, state: OptionState, queries: DecoderQueries) -> tuple[Tensor, Tensor]:
         """hs (L, B, N, d) normed layer outputs and boxes (L, B, N, 4); only where ``runs_decoder``."""
         raise NotImplementedError
+
+    def cross_attention_inputs(self, model: DETR, state: OptionState, anchors: Tensor) -> dict[str, Any]:
+        """Keyword inputs of every decoder layer's cross-attention for queries at ``anchors`` (B, N, 4)."""
+        return {}
 
     def loss_terms(self, model: DETR, state: OptionState | None, targets: Sequence[Target]) -> dict[str, Tensor]:
         return {}
 
 
+def cross_attention_inputs(model: DETR, state: OptionState, anchors: Tensor) -> dict[str, Any]:
+    """Every option's :meth:`DETROption.cross_attention_inputs` for queries at ``anchors``, together."""
+    inputs: dict[str, Any] = {}
+    for option in model.options:
+        inputs.update(option.cross_attention_inputs(model, state, anchors))
+    return inputs
+
+
+def runs_in_steps(transformer: nn.Module) -> bool:
+    """Whether ``transformer`` runs its encoder and its decoder as separate steps (``encode``, ``decoder``),
+    between which the options act; a transformer with the reference's single call only takes no option."""
+    return callable(getattr(transformer, "encode", None)) and callable(getattr(transformer, "decoder", None))
+
+
 def check_transformer_api(transformer: nn.Module, option: str) -> None:
     """Options run the encoder and the decoder separately: say so when the transformer cannot."""
-    if not callable(getattr(transformer, "encode", None)) or not callable(getattr(transformer, "decoder", None)):
+    if not runs_in_steps(transformer):
         raise ValueError(
             f"the training option {option} needs a transformer with encode(src, mask, pos) -> (memory, "
             "key_padding_mask, pos) and a decoder module called as decoder(tgt, memory, memory_key_padding_mask, "
@@ -183,12 +204,21 @@ def _concat(parts: list[Tensor]) -> Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def assemble_queries(
-    spans: Sequence[QuerySpan], batch: int, d_model: int, like: Tensor
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """The decoder's inputs from the spans, in order: content (B, N, d), positions (B, N, d) or
-    None, anchors (B, N, 4) or None (unless every span has them), and the self-attention mask,
+@dataclass
+class DecoderQueries:
+    """The decoder's queries, every span's in order: ``content`` (B, N, d), ``position`` (B, N, d) or None,
+    ``anchors`` (B, N, 4) or None (unless every span has them), and ``attn_mask``, the self-attention mask,
     True = may attend: None (one block, all valid), (N, N), or (B, 1, N, N) with invalid keys."""
+
+    content: Tensor
+    position: Tensor | None
+    anchors: Tensor | None
+    attn_mask: Tensor | None
+
+
+def assemble_queries(spans: Sequence[QuerySpan], batch: int, d_model: int, like: Tensor) -> DecoderQueries:
+    """The decoder's queries from the spans (see :class:`DecoderQueries`); ``like``: a tensor of the dtype
+    and device of the zero content."""
     content = _concat([s.content if s.content is not None else like.new_zeros(batch, len(s), d_model) for s in spans])
     positions = [s.position for s in spans]
     position = None
@@ -216,46 +246,4 @@ def assemble_queries(
         same = block[:, None] == block[None, :]  # (N, N)
         eye = torch.eye(len(block), dtype=torch.bool, device=block.device)  # every query sees itself: no empty row
         attn_mask = ((same[None] & key_valid[:, None, :]) | eye)[:, None]  # (B, 1, N, N)
-    return content, position, anchors, attn_mask
-
-
-def decode_with_options(
-    model: DETR,
-    src: Tensor,
-    feat_mask: Tensor | None,
-    pos: Tensor,
-    last_only: bool,
-    targets: Sequence[Target] | None,
-) -> tuple[Tensor, Tensor, OptionState]:
-    """The decoder pass of a model with options: encoder, hooks, decoder, heads.
-
-    src, pos: (B, d, h, w) projected features and their position encoding; feat_mask (B, h, w) or
-    None. Returns the logits (L, B, n, K+1) and boxes (L, B, n, 4) of the matching span (n = Q, or
-    more with query groups in training; L = 1 with ``last_only``), and the pass's state.
-    """
-    batch, d_model, h, w = src.shape
-    memory, memory_mask, memory_pos = model.transformer.encode(src, feat_mask, pos)  # (B, HW, d), (B, HW), (B, HW, d)
-    state = OptionState(memory, memory_mask, memory_pos, (h, w), feat_mask, targets)
-    queries = model.query_embed.weight[: model.num_queries]  # (Q, d)
-    blocks = torch.zeros(len(queries), dtype=torch.int64, device=queries.device)
-    state.spans["matching"] = QuerySpan(content=None, position=queries, anchors=None, blocks=blocks)
-    options = model.options
-    for option in options:
-        option.read_encoder(model, state)
-    for option in options:
-        option.add_queries(model, state)
-
-    tgt, query_pos, anchors, attn_mask = assemble_queries(list(state.spans.values()), batch, d_model, queries)
-    decoders = [option for option in options if option.runs_decoder]
-    if decoders:
-        hs, boxes = decoders[0].run_decoder(model, state, tgt, anchors, attn_mask)  # (L, B, N, d), (L, B, N, 4)
-        if last_only:
-            hs, boxes = hs[-1:], boxes[-1:]
-        logits, boxes = model.class_head(hs), boxes.to(hs.dtype)
-    else:
-        hs = model.transformer.decoder(tgt, memory, memory_mask, memory_pos, query_pos, attn_mask)  # (L, B, N, d)
-        if last_only:
-            hs = hs[-1:]
-        logits, boxes = model.heads(hs)
-    state.logits, state.boxes, state.hidden = logits, boxes, hs
-    return *state.outputs("matching"), state
+    return DecoderQueries(content, position, anchors, attn_mask)

@@ -7,9 +7,13 @@ its anchor box (an offset of (1, 1) x points reaches the box's corner) and a wei
 reads the encoder memory there by bilinear interpolation (``grid_sample``). A query so looks at its
 box from the first step, and at sub-cell positions: what its box's edges need.
 
-Replaces the cross-attention of every decoder layer (:class:`DeformableDecoderLayer`); the rest of the
-layer (self-attention, FFN, norms) is the paper's. Needs ``box_refinement`` (the anchors to sample
-around). Changes the architecture (used at inference); exports to ONNX (``GridSample``, opset 16).
+A part of the paper's decoder layers, and a hook of the pass: the option puts a
+:class:`DeformableCrossAttention` in place of every decoder layer's cross-attention (``multihead_attn``, so its
+parameters are ``transformer.decoder.layers.<i>.multihead_attn.*``); the rest of the layer (self-attention, FFN,
+norms) is the paper's, and so is its forward, which hands its cross-attention what the option's
+:meth:`DeformableDecoder.cross_attention_inputs` hook gives for the queries' anchors. Needs ``box_refinement``
+(the anchors to sample around, and the decoder loop that calls the hook). Changes the architecture (used at
+inference); exports to ONNX (``GridSample``, opset 16).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.transformer import TransformerDecoderLayer, _with_pos
-from .base import DETROption
+from ..models.transformer import TransformerDecoderLayer
+from .base import DETROption, OptionState
 
 if TYPE_CHECKING:
     from ..models.detr import DETR
@@ -31,7 +35,8 @@ if TYPE_CHECKING:
 class DeformableCrossAttention(nn.Module):
     """Attention of queries to a feature map at a few points around each query's box.
 
-    ``points`` sampling points per head; offsets and weights are predicted from the query.
+    ``points`` sampling points per head; offsets and weights are predicted from the query. Called as a decoder
+    layer calls its cross-attention (:class:`~detr.models.transformer.MultiheadAttention`), plus where to sample.
     """
 
     def __init__(self, d_model: int, nhead: int, points: int = 4) -> None:
@@ -71,20 +76,24 @@ class DeformableCrossAttention(nn.Module):
     def forward(
         self,
         query: Tensor,
+        key: Tensor | None,
         value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        *,
         anchors: Tensor,
         feature_size: tuple[int, int],
-        feature_mask: Tensor | None,
     ) -> Tensor:
-        """query (B, N, d) (with its position); value (B, hw, d) the encoder memory of an (h, w) map,
-        feature_mask (B, h, w) True on padding or None; anchors (B, N, 4) normalized cxcywh relative to
-        the valid region. Returns (B, N, d)."""
+        """query (B, N, d) (with its position); ``key`` is not read (the points are placed, not searched
+        for); value (B, hw, d) the encoder memory of an ``feature_size`` (h, w) map, key_padding_mask (B, hw)
+        True on padding or None; anchors (B, N, 4) normalized cxcywh relative to the valid region.
+        Returns (B, N, d)."""
         batch, count, d_model = query.shape
         h, w = feature_size
         heads, points = self.nhead, self.points
+        feature_mask = None if key_padding_mask is None else key_padding_mask.view(batch, h, w)  # (B, h, w)
         value = self.value_proj(value)  # (B, hw, d)
-        if feature_mask is not None:
-            value = value.masked_fill(feature_mask.flatten(1)[..., None], 0.0)
+        if key_padding_mask is not None:
+            value = value.masked_fill(key_padding_mask[..., None], 0.0)
         value = value.transpose(1, 2).reshape(batch * heads, d_model // heads, h, w)  # (B*H, d/H, h, w)
         offsets = self.sampling_offsets(query).view(batch, count, heads, points, 2)  # (B, N, H, P, 2) x, y
         weights = self.attention_weights(query).view(batch, count, heads, points).softmax(-1)  # (B, N, H, P)
@@ -119,56 +128,11 @@ def _cell_weights(grid: Tensor, weights: Tensor, h: int, w: int) -> Tensor:
     return (per_point * weights[:, 0, :, :, None, None]).sum(2)  # (M, N, h, w)
 
 
-class DeformableDecoderLayer(TransformerDecoderLayer):
-    """The paper's decoder layer with :class:`DeformableCrossAttention` for its cross-attention."""
-
-    samples_at_anchors = True  # the refining decoder loop passes anchors and the feature map's layout
-
-    def __init__(self, layer: TransformerDecoderLayer, points: int) -> None:
-        d_model, nhead = layer.linear1.in_features, layer.self_attn.num_heads
-        super().__init__(d_model, nhead, layer.linear1.out_features, layer.dropout.p, "relu", layer.normalize_before)
-        self.activation = layer.activation
-        self.load_state_dict(layer.state_dict())  # self-attention, FFN and norms as they were
-        self.multihead_attn = DeformableCrossAttention(d_model, nhead, points)  # type: ignore[assignment]
-
-    def forward(  # type: ignore[override]
-        self,
-        tgt: Tensor,
-        memory: Tensor,
-        memory_key_padding_mask: Tensor | None,
-        pos: Tensor | None,
-        query_pos: Tensor | None,
-        self_attn_mask: Tensor | None = None,
-        *,
-        anchors: Tensor,
-        feature_size: tuple[int, int],
-        feature_mask: Tensor | None,
-    ) -> Tensor:
-        """As :meth:`TransformerDecoderLayer.forward`, the cross-attention reading ``memory`` (B, hw, d) of an
-        ``feature_size`` map around ``anchors`` (B, Q, 4); ``pos`` is not used (the points are placed)."""
-
-        def cross(x: Tensor) -> Tensor:
-            return self.multihead_attn(_with_pos(x, query_pos), memory, anchors, feature_size, feature_mask)
-
-        if self.normalize_before:
-            tgt2 = self.norm1(tgt)
-            q = _with_pos(tgt2, query_pos)
-            tgt = tgt + self.dropout1(self.self_attn(q, q, tgt2, attn_mask=self_attn_mask))
-            tgt = tgt + self.dropout2(cross(self.norm2(tgt)))
-            tgt2 = self.norm3(tgt)
-            return tgt + self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(tgt2)))))
-        q = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt, attn_mask=self_attn_mask)))
-        tgt = self.norm2(tgt + self.dropout2(cross(tgt)))
-        tgt2 = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout3(tgt2))
-
-
 class DeformableDecoder(DETROption):
-    """Swaps every decoder layer's cross-attention for :class:`DeformableCrossAttention`."""
+    """Every decoder layer's cross-attention a :class:`DeformableCrossAttention`, reading around the anchors."""
 
     name = "deformable"
-    order = 5  # after the refinement it needs; it has no hooks of its own
+    order = 5  # after the refinement whose anchors it reads
     used_at_inference = True
     requires = ("refinement",)
 
@@ -182,14 +146,20 @@ class DeformableDecoder(DETROption):
         return "deformable_decoder samples around each query's anchor box: set box_refinement=True with it"
 
     def attach(self, model: DETR) -> None:
-        layers = model.transformer.decoder.layers
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(model.transformer.decoder.layers):
             if not isinstance(layer, TransformerDecoderLayer):
                 raise ValueError(
                     f"deformable_decoder replaces the cross-attention of detr.TransformerDecoderLayer; decoder "
                     f"layer {i} is a {type(layer).__name__}"
                 )
-            layers[i] = DeformableDecoderLayer(layer, self.points)
+            d_model, nhead = layer.linear1.in_features, layer.self_attn.num_heads
+            # the random draws of the layer copy this option once made (its weights then overwritten): a seed
+            # keeps building the weights it built before
+            TransformerDecoderLayer(d_model, nhead, layer.linear1.out_features, layer.dropout.p)
+            layer.multihead_attn = DeformableCrossAttention(d_model, nhead, self.points)
+
+    def cross_attention_inputs(self, model: DETR, state: OptionState, anchors: Tensor) -> dict[str, Any]:
+        return {"anchors": anchors, "feature_size": state.feature_size}
 
     def spec(self) -> dict[str, Any]:
         return {"points": self.points}

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.layers import box_sine_embedding, inverse_sigmoid
-from .base import DETROption, OptionState
+from .base import DecoderQueries, DETROption, OptionState, cross_attention_inputs
 
 if TYPE_CHECKING:
     from ..models.detr import DETR
@@ -69,25 +69,20 @@ class AnchorRefinement(DETROption):
         span.anchors = self.initial_anchors(len(span)).unsqueeze(0).expand(batch, -1, -1)  # (B, n, 4)
         span.position = None  # made from the anchors, layer by layer
 
-    def run_decoder(
-        self, model: DETR, state: OptionState, tgt: Tensor, anchors: Tensor | None, attn_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    def run_decoder(self, model: DETR, state: OptionState, queries: DecoderQueries) -> tuple[Tensor, Tensor]:
         """Run the decoder's layers, refining the anchors on the way.
 
-        tgt: (B, N, d) initial content; anchors: (B, N, 4) normalized cxcywh (every span has them);
-        attn_mask as the decoder's. Returns hs (L, B, N, d) normed layer outputs and boxes (L, B, N, 4).
+        queries: the initial content (B, N, d), the anchors (B, N, 4) normalized cxcywh (every span has
+        them) and the self-attention mask. Returns hs (L, B, N, d) normed layer outputs and boxes (L, B, N, 4).
         """
+        tgt, anchors, attn_mask = queries.content, queries.anchors, queries.attn_mask
         assert anchors is not None, "every query span needs anchors with AnchorRefinement"
         decoder, box_head = model.transformer.decoder, model.box_head
         outputs, boxes = [], []
         for layer in decoder.layers:
             query_pos = self.pos_embed(box_sine_embedding(anchors, self.d_model // 2).to(tgt.dtype))  # (B, N, d)
-            # a deformable layer (detr.options.deformable) reads the memory around each anchor
-            where = (
-                {"anchors": anchors, "feature_size": state.feature_size, "feature_mask": state.feature_mask}
-                if getattr(layer, "samples_at_anchors", False)
-                else {}
-            )
+            # what the options' cross-attention reads at these anchors (the deformable decoder: where to sample)
+            where = cross_attention_inputs(model, state, anchors)
             tgt = layer(tgt, state.memory, state.memory_mask, state.memory_pos, query_pos, attn_mask, **where)
             hs = decoder.norm(tgt)  # (B, N, d)
             box = (box_head(hs).float() + inverse_sigmoid(anchors.float())).sigmoid()  # (B, N, 4)
