@@ -449,3 +449,139 @@ def test_one_export_file_as_data_trains_and_validates_on_its_hash_split(tmp_path
     assert train.format == val.format == "createml"
     files = [sorted(Path(i["file_name"]).name for i in CocoDetection(s).images) for s in (train, val)]
     assert len(files[1]) == 1 and sorted(files[0] + files[1]) == sorted(TRUTH)
+
+
+def labelimg_txt(size, objects, classes) -> str:
+    """A label file as LabelImg's YOLO mode writes it: a line "%d %.6f %.6f %.6f %.6f" per box (class index in
+    classes.txt, centre and size as fractions of the image)."""
+    w, h = size
+    return "".join(
+        f"{classes.index(c)} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} {(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}\n"
+        for c, x0, y0, x1, y1 in objects
+    )
+
+
+@pytest.mark.parametrize("shape", ["beside_images", "save_dir", "split_folders"])
+def test_labelimg_yolo_mode(tmp_path, shape, capsys):
+    classes = ["dog", "cat"]  # LabelImg's order (the order they were first used), not sorted: it numbers them
+    for name, (size, objects) in TRUTH.items():
+        if shape == "beside_images":  # LabelImg's default: the .txt and classes.txt beside the images
+            image_dir = label_dir = tmp_path
+        elif shape == "save_dir":  # "Change Save Dir": labels and classes.txt in a folder of their own
+            image_dir, label_dir = tmp_path / "images", tmp_path / "labels"
+        else:
+            image_dir = label_dir = tmp_path / ("valid" if name == "c.jpg" else "train")
+        write_images(image_dir, [name])
+        label_dir.mkdir(parents=True, exist_ok=True)
+        (label_dir / f"{Path(name).stem}.txt").write_text(labelimg_txt(size, objects, classes))
+        (label_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    (tmp_path / "readme.txt").write_text("Labelled with LabelImg 1.8.6 in YOLO mode.\n")  # not labels: ignored
+    found = recognise(tmp_path)
+    assert found.format == "labelimg-yolo"
+    assert sorted(found.splits) == (["train", "val"] if shape == "split_folders" else ["all"])
+    assert_truth(tmp_path, tolerance=1e-3)  # 6 decimals of a 64 px side
+    assert CocoDetection(find_split(tmp_path, "train", val_fraction=0.5)).class_names == classes
+    assert "\n0 problems" in problems_of(tmp_path, capsys)
+
+
+def test_labelimg_yolo_problems_are_reported_with_file_and_line(tmp_path, capsys):
+    classes = ["dog", "cat"]
+    write_images(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "unlabelled.jpg")  # LabelImg saved no .txt for it
+    (tmp_path / "classes.txt").write_text("dog\ncat\n")
+    good = labelimg_txt(*TRUTH["a.jpg"], classes).splitlines()
+    bad = ["1 0.5 0.5 0.2", "2 0.5 0.5 0.2 0.2", "0 1.5 0.5 0.2 0.2"]  # a field short, class 2 of 2, outside 0..1
+    (tmp_path / "a.txt").write_text("\n".join([good[0], *bad, good[1]]) + "\n")
+    for name in ("b.jpg", "c.jpg"):
+        (tmp_path / f"{Path(name).stem}.txt").write_text(labelimg_txt(*TRUTH[name], classes))
+    out = problems_of(tmp_path, capsys)
+    labels = tmp_path / "a.txt"
+    assert f"{labels}:2: expected 'class cx cy w h' (or a polygon), got 4 numbers; left out" in out
+    assert f"{labels}:3: class 2 is not one of the 2 classes in {tmp_path / 'classes.txt'} (0..1); left out" in out
+    assert f"{labels}:4: box [1.5, 0.5, 0.2, 0.2] is not normalized to [0, 1]" in out
+    assert f"{tmp_path / 'unlabelled.jpg'}: image without labels" in out
+    assert "4 problems" in out
+    assert_truth(tmp_path, tolerance=1e-3)  # the good lines around the bad ones, and the other files, are read
+
+
+def label_studio_min_record(task, name, size, objects, annotation) -> dict:
+    """One record of a JSON-MIN export as Label Studio writes it: the task's data, its id, the regions of the
+    labelling control named "label" (percent of the image, with the image's original size), the annotation's
+    annotator, id and times."""
+    w, h = size
+    regions = [
+        {"x": 100 * x0 / w, "y": 100 * y0 / h, "width": 100 * (x1 - x0) / w, "height": 100 * (y1 - y0) / h,
+         "rotation": 0, "rectanglelabels": [c], "original_width": w, "original_height": h}
+        for c, x0, y0, x1, y1 in objects
+    ]  # fmt: skip
+    return {"image": f"/data/upload/3/5f3e9c1a-{name}", "id": task, "label": regions, "annotator": 1,
+            "annotation_id": annotation, "created_at": "2026-12-06T09:12:30.411228Z",
+            "updated_at": "2026-12-06T09:12:30.411228Z", "lead_time": 7.25}  # fmt: skip
+
+
+def test_label_studio_json_min_export(tmp_path):
+    write_images(tmp_path)
+    records = [label_studio_min_record(k + 1, n, *TRUTH[n], k + 10) for k, n in enumerate(TRUTH)]
+    # a second, older annotation of task 1: Label Studio writes a record per annotation, the newest first
+    records.insert(1, label_studio_min_record(1, "a.jpg", (64, 48), [("cat", 0, 0, 5, 5)], 9))
+    (tmp_path / "project-3-at-2026-12-06-09-15-1a2b3c4d.json").write_text(json.dumps(records, indent=2))
+    found = recognise(tmp_path)
+    assert found.format == "label-studio-json-min"
+    assert found.splits["all"]()["problems"] == []  # the older annotation is not read (nor reported as a duplicate)
+    assert_truth(tmp_path, tolerance=1e-4)
+
+
+def test_label_studio_json_min_polygon_older_export_and_other_regions(tmp_path):
+    write_images(tmp_path, ["a.jpg"])
+    polygon = {"points": [[10, 10], [50, 20], [30, 80]], "closed": True, "polygonlabels": ["dog"],
+               "original_width": 64, "original_height": 48}  # fmt: skip
+    older = {"x": 50, "y": 25, "width": 25, "height": 25, "rotation": 0, "rectanglelabels": ["cat"]}  # no size
+    record = {
+        "image": "/data/local-files/?d=photos/a.jpg",
+        "id": 7,
+        "label": [polygon, older],
+        "quality": [{"choices": ["sharp", "bright"]}],
+        "annotator": 2,
+        "annotation_id": 3,
+        "lead_time": 1.5,
+    }
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps([record]))
+    coco = recognise(path).splits["all"]()
+    boxes = sorted(a["bbox"] for a in coco["annotations"])
+    # the polygon's box in pixels; the older rectangle in percent of the image's own 64 x 48
+    assert np.allclose(boxes, [[6.4, 4.8, 25.6, 33.6], [32, 12, 16, 12]])
+    assert [len(a.get("segmentation", [[]])[0]) for a in coco["annotations"]] == [6, 0]
+    assert coco["problems"] == [
+        f"{path}: record 0 (task 7) quality 0: a choices region is not a box or polygon; ignored"
+    ]
+
+
+def test_check_data_and_convert_split_by_the_val_fraction_given(tmp_path, capsys):
+    names = [f"img_{k:02d}.jpg" for k in range(20)]
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [["image", "x0", "y0", "x1", "y1", "label"]]
+    for name in names:
+        Image.new("RGB", (16, 16), (90, 120, 150)).save(data / name)
+        rows.append([name, 2, 2, 10, 10, "cat"])
+    with open(data / "boxes.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    plots = iter(range(10))
+
+    def split_sizes(*flags: str) -> dict[str, int]:
+        assert main(["check-data", str(data), "--plot", str(tmp_path / f"{next(plots)}.png"), *flags]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        return {line.split()[0]: int(line.split()[1]) for line in lines if line.split()[:1] in (["train"], ["val"])}
+
+    val = {fraction: sum(in_validation(n, fraction) for n in names) for fraction in (0.1, 0.5)}
+    assert val[0.1] != val[0.5]  # the two fractions give splits apart
+    for fraction, count in val.items():
+        assert split_sizes("--val-fraction", str(fraction)) == {"train": 20 - count, "val": count}
+    assert split_sizes() == {"train": 20 - val[0.1], "val": val[0.1]}  # the default, as detr train's
+    with pytest.raises(SystemExit):
+        split_sizes("--val-fraction", "1.5")
+    assert "--val-fraction: must be between 0 and 1" in capsys.readouterr().err
+    assert main(["convert", str(data), "--out", str(tmp_path / "coco"), "--val-fraction", "0.5"]) == 0
+    written = json.loads((tmp_path / "coco" / "val" / "_annotations.coco.json").read_text())
+    assert len(written["images"]) == val[0.5]

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..engine.config import DATASET_HELP  # the standard library only: start-up stays light
+from .flags import add_val_fraction_flag
 
 HELP = "what a dataset holds, per split; writes a PNG of classes and box sizes"
 
@@ -20,13 +21,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="PNG to write (default: NAME_check.png in the current folder, NAME the "
         "dataset's folder or file name; -2 ... if taken)",
     )
+    add_val_fraction_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.convert import dataset_report, plot_report
     from ..fileio import free_folder
 
-    report = dataset_report(args.data)
+    report = dataset_report(args.data, args.val_fraction)
     columns = ("images", "boxes", "classes", "empty_images", "degenerate_boxes_dropped", "crowd_boxes_ignored")
     headers = [c.replace("_", " ") for c in columns]
     print(f"{'split':<7}" + "".join(f"  {h}" for h in headers))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.config import DATASET_HELP  # the standard library only: start-up stays light
-from .flags import DEVICE_HELP, EXPORTED_HELP, MODEL_HELP, add_tile_flags
+from .flags import DEVICE_HELP, EXPORTED_HELP, MODEL_HELP, add_tile_flags, add_val_fraction_flag, held_out_fraction
 from .inputs import load_for_inference
 
 HELP = "COCO box AP of a model on a dataset split"
@@ -20,10 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="val", help="split of --data to evaluate (train, val, valid, test)")
     p.add_argument("--images", help="folder of the images of an annotation file (default: found next to it)")
     p.add_argument("--weights", required=True, help=EXPORTED_HELP)
-    p.add_argument(
-        "--val-fraction", type=float,
-        help="data without a validation split: the share that validates (default: the run's, from its split.json)",
-    )  # fmt: skip
+    add_val_fraction_flag(p, of_run=True)
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--size", type=int, help="short side of the evaluation resize (default: the model's, else 800)")
     p.add_argument("--max-size", type=int, help="longest side after the resize (default: the model's, else 1333)")
@@ -55,14 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from ..data.panoptic import find_panoptic
     from ..device import resolve_device
     from ..engine.evaluate import evaluate_model, evaluation_dataset
-    from ..engine.splits import run_val_fraction
     from ..processing.tiling import Tiling
 
     device = resolve_device(args.device)
     model = load_for_inference(args.weights, args.model, device, args.device)
     reading = model.preprocessing.with_sizes(args.size, args.max_size)  # the model's, unless flags say otherwise
     # a dataset without a validation split: the share the run (its split.json) held out, the same images
-    fraction = args.val_fraction or run_val_fraction(args.weights) or 0.1
+    fraction = held_out_fraction(args)
     dataset = evaluation_dataset(find_split(args.data, args.split, args.images, fraction), reading)
     if dataset.split_note:
         print(f"{args.split}: {len(dataset)} images, {dataset.split_note} = {fraction:g}")

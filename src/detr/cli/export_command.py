@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..engine.config import DATASET_HELP  # the standard library only: start-up stays light
-from .flags import MODEL_HELP, PYTORCH_HELP
+from .flags import MODEL_HELP, PYTORCH_HELP, add_val_fraction_flag, held_out_fraction
 
 HELP = "export a model to ONNX or OpenVINO (fp32, fp16, int8), behind an accuracy gate"
 
@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"{DATASET_HELP}",
     )  # fmt: skip
     p.add_argument("--split", default="val", help="split of --check-data")
+    add_val_fraction_flag(p, of_run=True)
     p.add_argument(
         "--allow-unverified", action="store_true",
         help="write the export even when --check-data cannot verify it (no detection of the model scored >= 0.5 "
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             keep_float=args.keep_float,
             check_data=args.check_data,
             split=args.split,
+            # data without a validation split: the share the run held out (as detr eval), so it checks unseen images
+            val_fraction=held_out_fraction(args),
             max_ap_drop=args.max_ap_drop,
             height=args.height,
             width=args.width,

@@ -19,6 +19,40 @@ MAX_SIZE_HELP = "longest side after the resize (default: the model's, else 1333)
 BF16_HELP = "bf16 autocast for backbone and encoder (CPUs with AMX, GPUs)"
 
 
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (an argparse type)."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def add_val_fraction_flag(parser: argparse.ArgumentParser, of_run: bool = False) -> None:
+    """--val-fraction: where a dataset has no validation split, the share of its images that validates (by a hash of
+    their file names, as ``detr train`` splits it); ``of_run`` (``detr eval``): by default the run's own share."""
+    from ..engine.config import TrainConfig  # the standard library only: start-up stays light
+
+    default = TrainConfig.val_fraction
+    parser.add_argument(
+        "--val-fraction",
+        type=fraction,
+        default=None if of_run else default,
+        metavar="F",
+        help="data without a validation split: this share of its images validates, by a hash of their file names "
+        + (f"(default: the run's, from its split.json, else {default:g})" if of_run else f"(default: {default:g})"),
+    )
+
+
+def held_out_fraction(args: argparse.Namespace) -> float:
+    """With :func:`add_val_fraction_flag` ``of_run``: the share of data without a validation split that validates
+    ``args.weights``: ``--val-fraction``, else the share its training run held out (its ``split.json``: the same
+    images), else the default."""
+    from ..engine.config import TrainConfig
+    from ..engine.splits import run_val_fraction
+
+    return args.val_fraction or run_val_fraction(args.weights) or TrainConfig.val_fraction
+
+
 def add_tile_flags(parser: argparse.ArgumentParser) -> None:
     """--tile and the flags that go with it (predict and eval): large images through overlapping tiles."""
     parser.add_argument(

@@ -19,12 +19,13 @@ from .coco import CocoDetection, find_split
 SPLITS = ("train", "val", "test")
 
 
-def available_splits(source: str | Path) -> dict[str, CocoDetection]:
-    """The splits of ``source`` (any format) that exist, loaded and checked."""
+def available_splits(source: str | Path, val_fraction: float = 0.1) -> dict[str, CocoDetection]:
+    """The splits of ``source`` (any format) that exist, loaded and checked; a dataset without a validation split
+    validates on ``val_fraction`` of its images, by a hash of their file names (as ``detr train`` splits it)."""
     found = {}
     for split in SPLITS:
         try:
-            where = find_split(source, split)
+            where = find_split(source, split, val_fraction=val_fraction)
         except FileNotFoundError:
             continue
         if where.format == "coco" and any(where.annotation_file == d.annotation_file for d in found.values()):
@@ -43,16 +44,18 @@ def _place(image: Path, target: Path) -> None:
         shutil.copy2(image, target)
 
 
-def convert(source: str | Path, out: str | Path, to: str = "coco") -> dict[str, dict[str, int]]:
+def convert(
+    source: str | Path, out: str | Path, to: str = "coco", val_fraction: float = 0.1
+) -> dict[str, dict[str, int]]:
     """Write the dataset at ``source`` into ``out`` as COCO (one folder per split, with its
-    ``_annotations.coco.json``) or YOLO (``data.yaml``, ``images/<split>``, ``labels/<split>``);
-    returns the images and boxes written per split."""
+    ``_annotations.coco.json``) or YOLO (``data.yaml``, ``images/<split>``, ``labels/<split>``); a dataset without
+    a validation split is split as :func:`available_splits` does. Returns the images and boxes written per split."""
     if to not in ("coco", "yolo"):
         raise ValueError(f"--to must be coco or yolo, got {to!r}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; convert into a new folder (nothing there is overwritten)")
-    splits = available_splits(source)
+    splits = available_splits(source, val_fraction)
     categories = next(iter(splits.values())).categories
     for name, dataset in splits.items():
         if dataset.categories != categories:
@@ -100,12 +103,13 @@ def _write_yolo_split(dataset: CocoDetection, out: Path, split: str, category_id
         atomic_write_text(label, "".join(line + "\n" for line in boxes[info["id"]]))
 
 
-def dataset_report(source: str | Path) -> dict[str, Any]:
+def dataset_report(source: str | Path, val_fraction: float = 0.1) -> dict[str, Any]:
     """Per split: images, boxes, boxes per class, images without boxes, boxes dropped as degenerate,
     crowd boxes, annotations of undeclared categories, every box's size relative to its image, where a split made
-    here comes from, and the problems its reader found (each naming its file and element)."""
+    here comes from (``val_fraction``: see :func:`available_splits`), and the problems its reader found (each
+    naming its file and element)."""
     report: dict[str, Any] = {}
-    for name, dataset in available_splits(source).items():
+    for name, dataset in available_splits(source, val_fraction).items():
         notes = dataset.annotations
         per_class = {n: 0 for n in dataset.class_names}
         sizes = []

@@ -230,12 +230,14 @@ def export(
     width: int | None = None,
     log: Callable[[str], None] = print,
     allow_unverified: bool = False,
+    val_fraction: float = 0.1,
 ) -> tuple[Path, GateResult]:
     """Export ``model`` to ``path`` in ``precision`` (``fp32``, ``fp16``, ``int8``) and ``format``
     (``onnx``: a ``.onnx`` file; ``openvino``: ``path`` ``.xml`` with its ``.bin``), behind the gate.
 
     INT8 needs ``calibration_data`` (a folder of images like those the model will see). The export
-    is checked against ``model`` on ``check_data``'s ``split`` (AP drop at most ``max_ap_drop`` AP points,
+    is checked against ``model`` on ``check_data``'s ``split`` (without a validation split, ``val_fraction`` of its
+    images by a hash of their file names; AP drop at most ``max_ap_drop`` AP points,
     default :data:`detr.deploy.gate.MAX_AP_DROP`), else on generated images; when the gate fails,
     :class:`ExportRejected` is raised and nothing is left at ``path``; so too when the data could not verify the
     export (no detection of the model scored over 0.5, or too few images: ``result.unverified`` says which) unless
@@ -284,7 +286,7 @@ def export(
             written = to_openvino(onnx_file, work / "model.xml")
         exported = load_exported(written[0])
         if check_data is not None:
-            result = compare_on_data(exported, model, check_data, split, max_ap_drop)
+            result = compare_on_data(exported, model, check_data, split, max_ap_drop, val_fraction=val_fraction)
         else:
             result = compare_on_generated(exported, model)
         if not result.passed or (result.unverified and not allow_unverified):

@@ -123,18 +123,22 @@ def compare_on_data(
     max_ap_drop: float | None = None,
     batch_size: int = 8,
     images: str | Path | None = None,
+    val_fraction: float = 0.1,
 ) -> GateResult:
     """Evaluate ``exported`` and ``model`` on the same batches of ``data``'s ``split`` (any dataset
-    ``detr eval`` reads), each as ``detr eval`` does (:func:`detr.engine.evaluate.evaluate_model`, the split read
-    as each declares), and gate on the AP drop (default :data:`MAX_AP_DROP` of its precision)."""
+    ``detr eval`` reads; without a validation split, ``val_fraction`` of its images by a hash of their file names),
+    each as ``detr eval`` does (:func:`detr.engine.evaluate.evaluate_model`, the split read as each declares), and
+    gate on the AP drop (default :data:`MAX_AP_DROP` of its precision)."""
+    from ..data import find_split
     from ..engine.evaluate import evaluate_model, evaluation_dataset
 
     max_ap_drop = MAX_AP_DROP[exported.precision] if max_ap_drop is None else max_ap_drop
-    dataset = evaluation_dataset(data, exported.preprocessing, split, images)
+    where = find_split(data, split, images, val_fraction)
+    dataset = evaluation_dataset(where, exported.preprocessing)
     dataset.check_images()
     found = {}
     for name, candidate in (("model", model.eval()), ("exported", exported)):
-        split_read = dataset if name == "exported" else evaluation_dataset(data, candidate.preprocessing, split, images)
+        split_read = dataset if name == "exported" else evaluation_dataset(where, candidate.preprocessing)
         found[name] = evaluate_model(
             candidate, split_read, tasks=("boxes",), batch_size=batch_size, keep_outputs=True
         )  # same batches: the outputs pair up

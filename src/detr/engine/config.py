@@ -17,8 +17,9 @@ DATA_KEYS = ("data", "train_split", "train_annotations", "images", "panoptic")
 # what a dataset may be, for every --help that takes one (the readers: detr.data.coco and detr.data.formats)
 DATASET_HELP = (
     "a folder or annotation file: COCO (annotations/instances_<split>.json, <split>/_annotations.coco.json, or "
-    "one .json file), YOLO (data.yaml, images/ beside labels/), Pascal VOC (Annotations/, JPEGImages/), CVAT XML, "
-    "Label Studio JSON, CreateML JSON, LabelMe JSON, a CSV of boxes, or images/ beside masks/ (instance-mask PNGs)"
+    "one .json file), YOLO (data.yaml, images/ beside labels/), LabelImg YOLO (a .txt beside each image, and "
+    "classes.txt), Pascal VOC (Annotations/, JPEGImages/), CVAT XML, Label Studio JSON, Label Studio JSON-MIN, "
+    "CreateML JSON, LabelMe JSON, a CSV of boxes, or images/ beside masks/ (instance-mask PNGs)"
 )
 # where a run folder records the settings it trains with (written when training starts)
 RUN_CONFIG = "config.json"

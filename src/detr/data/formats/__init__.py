@@ -7,18 +7,20 @@ One module per format, each with the same two functions: ``detect(root) -> bool`
 :func:`recognise` asks them in turn; :func:`format_split` gives one split, made by a hash of the file names
 where the dataset has no validation split of its own. COCO itself is read by :mod:`detr.data.coco`.
 
-==================  ==========================================================================================
-module              format
-==================  ==========================================================================================
-:mod:`.yolo`        Ultralytics YOLO (``data.yaml``, ``images/`` beside ``labels/``; Roboflow's per-split folders)
-:mod:`.voc`         Pascal VOC XML in any folder shape (VOCdevkit, LabelImg, Roboflow VOC)
-:mod:`.cvat`        CVAT for images 1.1 XML (boxes, polygons)
-:mod:`.label_studio` Label Studio JSON export (rectangle and polygon labels, in percent)
-:mod:`.createml`    Apple CreateML JSON (centre-based boxes; Roboflow's ``_annotations.createml.json``)
-:mod:`.labelme`     LabelMe JSON, one file per image (rectangles, polygons)
-:mod:`.csv_boxes`   CSV box tables (TensorFlow Object Detection / Roboflow CSV, header-named columns)
-:mod:`.mask_png`    instance masks as PNGs (Penn-Fudan: each object a value, 0 background)
-==================  ==========================================================================================
+========================  ==========================================================================================
+module                    format
+========================  ==========================================================================================
+:mod:`.yolo`              Ultralytics YOLO (``data.yaml``, ``images/`` beside ``labels/``; Roboflow's per-split folders)
+:mod:`.labelimg_yolo`     LabelImg's YOLO mode (a ``.txt`` beside each image, ``classes.txt`` in the same folder)
+:mod:`.voc`               Pascal VOC XML in any folder shape (VOCdevkit, LabelImg, Roboflow VOC)
+:mod:`.cvat`              CVAT for images 1.1 XML (boxes, polygons)
+:mod:`.label_studio`      Label Studio JSON export (rectangle and polygon labels, in percent)
+:mod:`.label_studio_min`  Label Studio JSON-MIN export (one record per annotation, its regions in percent)
+:mod:`.createml`          Apple CreateML JSON (centre-based boxes; Roboflow's ``_annotations.createml.json``)
+:mod:`.labelme`           LabelMe JSON, one file per image (rectangles, polygons)
+:mod:`.csv_boxes`         CSV box tables (TensorFlow Object Detection / Roboflow CSV, header-named columns)
+:mod:`.mask_png`          instance masks as PNGs (Penn-Fudan: each object a value, 0 background)
+========================  ==========================================================================================
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from . import createml, csv_boxes, cvat, label_studio, labelme, mask_png, voc, yolo
+from . import createml, csv_boxes, cvat, label_studio, label_studio_min, labelimg_yolo, labelme, mask_png, voc, yolo
 from .common import IMAGE_SUFFIXES, SPLIT_NAMES, DatasetError, Found, Reader, hashed_part
 from .voc import VOC_ALIASES, voc_root
 from .yolo import YOLO_ALIASES, label_file, read_yolo, yolo_config, yolo_split_images
@@ -49,10 +51,22 @@ __all__ = [
 ]
 
 # asked in this order: the first whose detect says yes reads the dataset
-READERS: tuple[ModuleType, ...] = (yolo, voc, cvat, label_studio, createml, labelme, csv_boxes, mask_png)
+READERS: tuple[ModuleType, ...] = (
+    yolo,
+    voc,
+    cvat,
+    label_studio,
+    label_studio_min,
+    createml,
+    labelme,
+    labelimg_yolo,
+    csv_boxes,
+    mask_png,
+)
 KNOWN = (
-    "a YOLO dataset (data.yaml, images/ beside labels/), Pascal VOC XML files, a CVAT for images 1.1 XML file, "
-    "a Label Studio JSON export, CreateML JSON, LabelMe JSON files, a CSV box table "
+    "a YOLO dataset (data.yaml, images/ beside labels/, or LabelImg's .txt beside each image with classes.txt), "
+    "Pascal VOC XML files, a CVAT for images 1.1 XML file, a Label Studio JSON or JSON-MIN export, CreateML JSON, "
+    "LabelMe JSON files, a CSV box table "
     "(filename,width,height,class,xmin,ymin,xmax,ymax), or images/ beside masks/ of instance-id PNGs"
 )
 

@@ -107,6 +107,40 @@ def yolo_split_images(root: Path, split: str) -> tuple[Path, list[Path], list[st
     return None
 
 
+def label_line(
+    line: str, where: str, names: list[str], declared_in: str
+) -> tuple[int, tuple[float, float, float, float]] | None:
+    """One YOLO label line ``class cx cy w h`` (normalized; or ``class x1 y1 x2 y2 ...``, a polygon, whose box is
+    taken): its class index and its box as normalized ``(x0, y0, x1, y1)`` clipped to [0, 1], or None for a blank
+    line. A line that is not one raises :class:`DatasetError` starting with ``where`` (file:line); ``declared_in``
+    names where the classes are declared."""
+    fields = line.split()
+    if not fields:
+        return None
+    try:
+        cls, values = int(fields[0]), [float(v) for v in fields[1:]]
+    except ValueError:
+        raise DatasetError(f"{where}: expected 'class cx cy w h' numbers, got {line.strip()!r}") from None
+    if not 0 <= cls < len(names):
+        raise DatasetError(
+            f"{where}: class {cls} is not one of the {len(names)} classes in {declared_in} (0..{len(names) - 1})"
+        )
+    if len(values) != 4 and (len(values) < 6 or len(values) % 2):
+        raise DatasetError(f"{where}: expected 'class cx cy w h' (or a polygon), got {len(fields)} numbers")
+    if min(values) < -0.01 or max(values) > 1.01:  # Ultralytics' own check, on every number
+        raise DatasetError(
+            f"{where}: box {values[:4]} is not normalized to [0, 1] (YOLO labels are fractions of the image size)"
+        )
+    if len(values) == 4:
+        cx, cy, w, h = values
+        x0, y0, x1, y1 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    else:  # a polygon (segment label): its box
+        xs, ys = values[0::2], values[1::2]
+        x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
+    x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in (x0, y0, x1, y1))  # clipped, as Ultralytics does
+    return cls, (x0, y0, x1, y1)
+
+
 def read_yolo(images: list[Path], names: list[str], image_root: Path) -> dict[str, Any]:
     """The COCO dictionary of YOLO-labelled ``images`` (file names relative to ``image_root``)."""
     coco: dict[str, Any] = {
@@ -126,31 +160,10 @@ def read_yolo(images: list[Path], names: list[str], image_root: Path) -> dict[st
         if not labels.is_file():
             continue  # no label file: an image without objects, as Ultralytics reads it
         for number, line in enumerate(labels.read_text().splitlines(), start=1):
-            fields = line.split()
-            if not fields:
+            parsed = label_line(line, f"{labels}:{number}", names, "'names'")
+            if parsed is None:
                 continue
-            where = f"{labels}:{number}"
-            try:
-                cls, values = int(fields[0]), [float(v) for v in fields[1:]]
-            except ValueError:
-                raise DatasetError(f"{where}: expected 'class cx cy w h' numbers, got {line.strip()!r}") from None
-            if not 0 <= cls < len(names):
-                raise DatasetError(
-                    f"{where}: class {cls} is not one of the {len(names)} classes in 'names' (0..{len(names) - 1})"
-                )
-            if len(values) != 4 and (len(values) < 6 or len(values) % 2):
-                raise DatasetError(f"{where}: expected 'class cx cy w h' (or a polygon), got {len(fields)} numbers")
-            if min(values) < -0.01 or max(values) > 1.01:  # Ultralytics' own check, on every number
-                raise DatasetError(
-                    f"{where}: box {values[:4]} is not normalized to [0, 1] (YOLO labels are fractions of the image size)"
-                )
-            if len(values) == 4:
-                cx, cy, w, h = values
-                x0, y0, x1, y1 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
-            else:  # a polygon (segment label): its box
-                xs, ys = values[0::2], values[1::2]
-                x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
-            x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in (x0, y0, x1, y1))  # clipped, as Ultralytics does
+            cls, (x0, y0, x1, y1) = parsed
             coco["annotations"].append(
                 {
                     "id": len(coco["annotations"]) + 1,
