@@ -316,6 +316,16 @@ def test_a_mask_models_onnx_file_predicts_its_masks_as_the_model(mask_export, tm
             assert (mask_utils.decode(rle).astype(bool) == expected["mask"].numpy()).mean() > 0.999
 
 
+def test_a_served_mask_models_file_says_it_gives_masks(mask_export):
+    pytest.importorskip("fastapi")
+    from detr.serve.app import ServedModel
+
+    _, path, _ = mask_export
+    exported = detr.load(path)
+    served = ServedModel(exported, exported.preprocessing)
+    assert served.masks and served.describe()["masks"] is True
+
+
 def test_a_mask_models_openvino_file_gives_the_onnx_masks(mask_export, tmp_path):
     pytest.importorskip("openvino")
     from detr.deploy.export import to_openvino

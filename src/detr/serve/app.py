@@ -159,7 +159,7 @@ class ServedModel:
         self.model = model
         self.preprocessor = preprocessor
         self.exported = not isinstance(model, torch.nn.Module)
-        self.masks = hasattr(model, "mask_head")
+        self.masks = getattr(model, "task", "boxes") == "masks"  # a mask model, or a mask model's exported file
         if bf16 and (self.exported or self.masks):
             raise ValueError(
                 "bf16 is for PyTorch detection models: an exported file has its own precision (detr export "
