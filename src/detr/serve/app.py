@@ -273,7 +273,7 @@ def _fetch(url: str, config: ServeConfig) -> bytes:
     if not url.startswith(("http://", "https://")):
         raise BadInput(f"URL {url!r} is not http(s)", kind="bad_url")
     try:
-        with urllib.request.urlopen(url, timeout=config.url_timeout_s) as answer:  # noqa: S310 (http(s) only)
+        with urllib.request.urlopen(url, timeout=config.url_timeout_s) as answer:  # http(s) only: checked above
             data = answer.read(config.max_upload_bytes + 1)
     except (urllib.error.URLError, OSError, ValueError) as err:
         raise BadInput(f"could not fetch {url}: {err}", kind="url_unreachable") from None
@@ -292,7 +292,7 @@ async def _read_images(request: Request, config: ServeConfig) -> tuple[list[tupl
     if content_type.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=config.max_images, max_fields=100)
-        except Exception as err:  # the multipart parser's own refusals (too many files, malformed body)
+        except Exception as err:  # noqa: BLE001 (the multipart parser's own refusals: too many files, malformed body)
             raise BadInput(f"cannot read the multipart body: {err}", kind="bad_multipart") from None
         for key, value in form.multi_items():
             if hasattr(value, "read"):  # an upload
