@@ -372,6 +372,14 @@ def test_labelme_folder_trains_on_a_hash_split_that_eval_of_the_run_reuses(tmp_p
     code = main(["eval", "--data", str(data), "--weights", str(run / "final"), "--device", "cpu", "--workers", "0"])
     assert code == 0
     assert f"val: {len(want_val)} images, split made here: 0.3 of the images" in capsys.readouterr().out
+    # export's gate (--check-data) checks the images the run held out, unless --val-fraction says otherwise
+    from detr.cli import build_parser
+    from detr.cli.flags import held_out_fraction
+
+    export = ["export", "--weights", str(run / "final"), "--out", str(tmp_path / "m.onnx"), "--check-data", str(data)]
+    parser, _ = build_parser()
+    assert held_out_fraction(parser.parse_args(export)) == 0.3
+    assert held_out_fraction(parser.parse_args([*export, "--val-fraction", "0.5"])) == 0.5
 
 
 def test_convert_writes_a_cvat_export_as_coco_and_as_yolo(tmp_path, capsys):

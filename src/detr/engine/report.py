@@ -25,6 +25,7 @@ import contextlib
 import copy
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,16 @@ def evaluation_report(
         atomic_write(out / name, lambda tmp: fig.savefig(tmp, format="png"))
         plt.close(fig)
 
+    _plot_pr_curves(plt, report, save)
+    _plot_ap_per_class(plt, report, save)
+    _plot_ap_by_size(plt, report, save)
+    _plot_confusion(plt, report, score_threshold, save)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1))
+    return report
+
+
+def _plot_pr_curves(plt: Any, report: dict[str, Any], save: Callable[[Any, str], None]) -> None:
+    """``pr_curves.png``: precision against recall at IoU 0.5 and 0.75, ten classes and all of them."""
     classes = list(report["ap_per_class"])
     if report["recall"]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
@@ -267,6 +278,11 @@ def evaluation_report(
             )
             ax.legend(fontsize=7, loc="lower left")
         save(fig, "pr_curves.png")
+
+
+def _plot_ap_per_class(plt: Any, report: dict[str, Any], save: Callable[[Any, str], None]) -> None:
+    """``ap_per_class.png``: one bar a class, grey where the split has no object of it."""
+    classes = list(report["ap_per_class"])
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(classes) + 2), 4), dpi=100)
     values = [report["ap_per_class"][n] for n in classes]
     ax.bar(
@@ -278,6 +294,10 @@ def evaluation_report(
     ax.set_xticklabels(classes, rotation=90 if len(classes) > 8 else 0, fontsize=7 if len(classes) > 20 else 9)
     ax.set(ylabel="AP (IoU 0.50:0.95)", ylim=(0, 1), title="AP per class (grey: no object of the class)")
     save(fig, "ap_per_class.png")
+
+
+def _plot_ap_by_size(plt: Any, report: dict[str, Any], save: Callable[[Any, str], None]) -> None:
+    """``ap_by_size.png``: AP of small, medium and large objects (COCO's areas)."""
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
     sizes = report["ap_by_size"]
     for i, (name, value) in enumerate(sizes.items()):
@@ -287,6 +307,10 @@ def evaluation_report(
     ax.set_xticklabels([f"{n}\n({r})" for n, r in zip(sizes, ("< 32 px", "32-96 px", "> 96 px"))])
     ax.set(ylabel="AP", ylim=(0, 1.1), title="AP by object size")
     save(fig, "ap_by_size.png")
+
+
+def _plot_confusion(plt: Any, report: dict[str, Any], score_threshold: float, save: Callable[[Any, str], None]) -> None:
+    """``confusion_matrix.png``: the most confused classes' matrix (all of it is in ``report.json``)."""
     all_labels = report["confusion"]["labels"]
     labels, matrix = confusion_view(all_labels, np.array(report["confusion"]["matrix"]))
     n = len(labels)
@@ -307,5 +331,3 @@ def evaluation_report(
         title += f"\nthe {n - 2} most confused of {len(all_labels) - 1} classes (all in report.json)"
     ax.set_title(title)
     save(fig, "confusion_matrix.png")
-    atomic_write_text(out / "report.json", json.dumps(report, indent=1))
-    return report

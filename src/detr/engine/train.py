@@ -192,7 +192,17 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
+        # the steps below run in this order (the model's initial weights follow the seed set above)
+        self._read_data()
+        self._build_model()
+        self._build_optimization()
+        self._prepare_run(loggers)
+        if config.resume:
+            self._resume(self.out / CHECKPOINT)
 
+    def _read_data(self) -> None:
+        """The training and validation splits, every image checked readable before minutes of training."""
+        config = self.config
         crop = config.crop_resize_scales if config.crop else None
         train_tf = train_transforms(config.train_scales, config.max_size, crop, tuple(config.crop_size))
         train_split, val_split = dataset_splits(config)
@@ -214,6 +224,9 @@ class Trainer:
         if self.val_set is not None and self.val_set.categories != self.train_set.categories:
             raise ValueError("train and val splits declare different categories; they must share one category list")
 
+    def _build_model(self) -> None:
+        """The model in the training data's label space, its loss, and their DDP wrapping under torchrun."""
+        config = self.config
         class_names, category_ids = label_space(self.train_set, config)
         # the model keeps how it reads images, for predict and eval after training
         self.model: DETR = build_model(config, class_names, category_ids, weights=config.weights).to(self.device)
@@ -237,6 +250,10 @@ class Trainer:
                 self.loss_module, device_ids=ids, find_unused_parameters=unused
             )
             torch.manual_seed(config.seed + 1_000_003 * self.dist.rank)  # same weights, own dropout per process
+
+    def _build_optimization(self) -> None:
+        """Optimizer, sampler, schedule, mixed precision, the sample pipeline and the weight average."""
+        config = self.config
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, config), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -253,6 +270,10 @@ class Trainer:
         samples = Mosaic(samples, config.mosaic) if config.mosaic > 0 else samples
         self.seeded = SeededDataset(samples, config.seed)
         self.ema = ModelEMA(self.model, config.ema_decay, config.ema_warmup) if config.ema else None
+
+    def _prepare_run(self, loggers: Sequence[RunLogger]) -> None:
+        """The run's loggers and counters."""
+        config = self.config
         self.loggers: list[RunLogger] = []
         if self.dist.is_main:  # only the main process logs
             self.loggers.append(JsonLinesLogger(self.out / "log.jsonl"))
@@ -269,8 +290,6 @@ class Trainer:
         self.seconds_before = 0.0  # training time of the run before this process (resumed runs)
         self.history: list[dict[str, Any]] = []
         self.stop = StopRequest(announce=self.dist.is_main)  # Ctrl-C / SIGTERM while fit runs
-        if config.resume:
-            self._resume(self.out / CHECKPOINT)
 
     def lr_factor(self, step: int) -> float:
         """Learning-rate multiplier after ``step`` optimizer steps: warm-up, then step drop or cosine."""
@@ -420,29 +439,13 @@ class Trainer:
             micro += 1
             if micro < cfg.accumulate:
                 continue
-            if cfg.clip_max_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_max_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
-            self.step += 1
-            self.epoch_step += 1
+            self._optimizer_step()
             averaged = {k: v / micro for k, v in sums.items()}
             micro, sums = 0, {}
             bar.update(1)
             bar.set_postfix(loss=f"{averaged['loss']:.3f}")
             if self.step % cfg.log_every == 0:
-                lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
-                self._log({"type": "train", "epoch": self.epoch, "step": self.step, **lrs, **averaged})
-                if not bars and self.dist.is_main:  # no bar (asked for none, or no terminal): a line instead
-                    terms = "  ".join(f"{k} {averaged[k]:.4f}" for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"))
-                    print(
-                        f"step {self.step}/{self.total_steps()}  epoch {self.epoch}  {terms}  lr {lrs['lr_transformer']:.2e}"
-                    )
+                self._log_train_step(averaged, print_line=not bars)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             if cfg.max_steps and self.step >= cfg.max_steps or self._out_of_time() or self._stop_requested():
@@ -452,6 +455,28 @@ class Trainer:
         # micro-batches left over (fewer than `accumulate`) are dropped, their gradients cleared
         self.optimizer.zero_grad(set_to_none=True)
         return True
+
+    def _optimizer_step(self) -> None:
+        """One update from the gradients accumulated: clip, step, schedule, weight average, count."""
+        if self.config.clip_max_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        self.epoch_step += 1
+
+    def _log_train_step(self, averaged: dict[str, float], print_line: bool) -> None:
+        """The step's averaged loss terms and learning rates to the loggers (and a printed line without a bar)."""
+        lrs = {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        self._log({"type": "train", "epoch": self.epoch, "step": self.step, **lrs, **averaged})
+        if print_line and self.dist.is_main:  # no bar (asked for none, or no terminal): a line instead
+            terms = "  ".join(f"{k} {averaged[k]:.4f}" for k in ("loss", "loss_ce", "loss_bbox", "loss_giou"))
+            print(f"step {self.step}/{self.total_steps()}  epoch {self.epoch}  {terms}  lr {lrs['lr_transformer']:.2e}")
 
     def evaluate(self) -> dict[str, Any] | None:
         """COCO box metrics on the validation split (:func:`detr.engine.evaluate.evaluate_model`, as ``detr eval``

@@ -18,6 +18,7 @@ the factories take the switches (:func:`from_switches`).
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from .base import DETROption, OptionState, QuerySpan
 from .deformable import DeformableDecoder
@@ -33,17 +34,22 @@ OPTION_TYPES: dict[str, type[DETROption]] = {
 }
 
 
+def _default(option: type[DETROption], argument: str) -> Any:
+    """The default of an option's constructor argument: each default is written once, in the option's own file."""
+    return inspect.signature(option.__init__).parameters[argument].default
+
+
 def from_switches(
     query_groups: int = 1,
     denoising_groups: int = 0,
-    denoising_box_noise: float = 0.4,
-    denoising_label_noise: float = 0.2,
+    denoising_box_noise: float = _default(DenoisingQueries, "box_noise"),
+    denoising_label_noise: float = _default(DenoisingQueries, "label_noise"),
     box_refinement: bool = False,
     dense_aux_loss: bool = False,
     two_stage: bool = False,
-    two_stage_distinct_iou: float | None = None,
+    two_stage_distinct_iou: float | None = _default(TwoStageAnchors, "distinct_iou"),
     deformable_decoder: bool = False,
-    deformable_points: int = 4,
+    deformable_points: int = _default(DeformableDecoder, "points"),
 ) -> list[DETROption]:
     """The options the factories' keyword switches turn on (all off: the paper's model)."""
     options: list[DETROption] = []
