@@ -157,3 +157,24 @@ def test_a_model_of_library_parts_round_trips_with_its_options(tmp_path, positio
     with torch.no_grad():
         a, b = model(x, mask), loaded(x, mask)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_a_mask_model_built_from_parts_saves_and_loads_as_a_detector_does(tmp_path):
+    """DETRSegmentation over a DETR of library parts the user put together: saved, then loaded back."""
+    torch.manual_seed(0)
+    config = DETRConfig(
+        detr.ResNetBackbone("resnet18", pretrained=False), detr.Transformer(d_model=32, nhead=4, num_encoder_layers=1,
+        num_decoder_layers=2, dim_feedforward=64), num_classes=3, num_queries=5, aux_loss=False,
+    )  # fmt: skip
+    model = detr.DETRSegmentation(DETR(config, class_names=["cat", "dog", "fox"])).eval()
+    model.save_pretrained(tmp_path / "mine")
+    torch.manual_seed(1)  # the loaded model's fresh weights differ: only loading can make the outputs equal
+    loaded = detr.DETRSegmentation.from_pretrained(tmp_path / "mine").eval()
+    assert loaded.task == "masks" and loaded.class_names == ["cat", "dog", "fox"]
+    x, mask = padded_pair(seed=3, sizes=((64, 64), (48, 64)))
+    with torch.no_grad():
+        ours, theirs = model(x, mask), loaded(x, mask)
+    assert len(ours) == len(theirs) > 0
+    for layer_ours, layer_theirs in zip(ours, theirs, strict=True):  # (logits, boxes, masks) per decoder layer
+        assert all(torch.equal(a, b) for a, b in zip(layer_ours, layer_theirs, strict=True))
+    assert type(detr.load(tmp_path / "mine")) is detr.DETRSegmentation  # the one loader, as for a detector

@@ -85,6 +85,8 @@ def describe(model: DETR) -> dict[str, Any]:
             preprocessing=model.preprocessing.to_dict(),
         )
         return {"format": "detr", "model": factory["model"], "kwargs": _json_ready(kwargs, "model's build arguments")}
+    if getattr(model, "task", "boxes") == "masks":  # a mask head over a detector of parts: the detector's own
+        return {**describe(model.detr), "masks": True}  # description, rebuilt under a new mask head
     config = model.config
     description = {
         "format": "detr",
@@ -152,6 +154,10 @@ def from_pretrained(
     description = read_description(directory)
     if "parts" in description:
         model = _build_from_parts(description, directory, model_type, config_type, config, overrides)
+        if description.get("masks"):
+            from ..models.segmentation import DETRSegmentation
+
+            model = DETRSegmentation(model)
         load_weights(model, directory, reinit_heads=False)
         return model
     if config is not None:
