@@ -61,6 +61,42 @@ def test_a_run_saved_by_the_earlier_version_loads_with_bitwise_equal_outputs_thr
         assert model.category_ids == [1, 2, 3, 4, 5] and model.task == "boxes", door
 
 
+def _mask_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The last layer's (logits, boxes, mask logits) on ``x``, on one thread as in :func:`_outputs`."""
+    mask = torch.zeros(x.shape[0], *x.shape[-2:], dtype=torch.bool)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return tuple(model.eval().decode_with_masks(x, mask))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_mask_run_saved_by_the_earlier_version_loads_with_bitwise_equal_masks_through_every_door():
+    """The fixture's outputs are what the earlier version gave loading ``final/``: its ``checkpoint.pth`` then
+    loaded as a plain detector at 800 px (mask head dropped); now every door gives the mask model of final/."""
+    run = FIXTURE.parent / "masks"
+    expected = load_file(str(run / "expected.safetensors"))
+    doors = {
+        "final/": load_model(run / "final"),
+        "run folder": load_model(run),
+        "checkpoint.pth": load_model(run / "checkpoint.pth"),
+        "detr.load": detr.load(str(run / "checkpoint.pth")),
+        "DETR.from_pretrained(run)": detr.DETR.from_pretrained(run),
+        "DETRSegmentation.from_pretrained(checkpoint)": detr.DETRSegmentation.from_pretrained(run / "checkpoint.pth"),
+    }
+    for door, model in doors.items():
+        assert isinstance(model, detr.DETRSegmentation) and model.task == "masks", door
+        logits, boxes, masks = _mask_outputs(model, expected["input"])
+        assert torch.equal(logits, expected["logits"][0]) and torch.equal(boxes, expected["boxes"][0]), door
+        assert torch.equal(masks, expected["masks"]), door
+        assert torch.equal(_outputs(model, expected["input"])[0], expected["logits"]), door  # the boxes-only pass
+        assert (model.preprocessing.short_side, model.preprocessing.max_size) == (64, 96), door
+        assert model.class_names == ["circle", "square", "triangle", "cross", "ring"], door
+        assert model.category_ids == [1, 2, 3, 4, 5], door
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A detector run with EMA and a mask run, two steps each, on 64 px shapes."""
