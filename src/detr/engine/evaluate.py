@@ -318,23 +318,13 @@ def evaluate_model(
     get None. ``tiling``: large images, predicted through tiles (:func:`predict_dataset_tiled`; boxes only),
     with up to ``max_detections`` detections an image scored (COCO's 100 at least).
     """
-    from torch.utils.data import DataLoader, Subset
-
-    unknown = set(tasks) - set(TASKS)
-    if unknown:
-        raise ValueError(f"tasks must be among {TASKS}, got {sorted(unknown)}")
+    measured = _measurable(tasks, model, dataset, panoptic, tiling)
     reading = reading or model.preprocessing
     match = dataset.match_model(model)
-    part = dataset if shard is None else Subset(dataset, range(shard[0], len(dataset), shard[1]))
-    loader = DataLoader(
-        part,
-        batch_size=batch_size,
-        collate_fn=functools.partial(collate, size_divisor=reading.size_divisor),
-        num_workers=workers,
-    )
+    loader = _evaluation_loader(dataset, reading, batch_size, workers, shard)
     outputs: list[tuple[Tensor, Tensor, Tensor]] | None = [] if keep_outputs else None
     if tiling is not None:
-        indices = range(len(dataset)) if shard is None else part.indices
+        indices = _shard_indices(len(dataset), shard)
         results = predict_dataset_tiled(
             model, dataset, indices, match.category_of, tiling, reading, max_detections, progress
         )
@@ -343,22 +333,90 @@ def evaluate_model(
             model, loader, match.category_of, device, autocast_dtype, progress, all_classes, max_detections, nms_iou,
             outputs,
         )  # fmt: skip
-    masks = "masks" in tasks and model.task == "masks" and _has_masks(dataset) and tiling is None
+    masks = "masks" in measured
     mask_results = predict_masks(model, loader, match.category_of, device, max_detections) if masks else None
-    if gather is not None:
-        shards = gather((results, mask_results))
-        if shards is None:
-            return None
-        results = [r for found, _ in shards for r in found]
-        mask_results = [r for _, found in shards for r in found] if masks else None
+    if (gathered := _gathered(gather, results, mask_results)) is None:
+        return None  # a process other than the main one: the main one scores
+    results, mask_results = gathered
     counted = max(100, max_detections) if tiling is not None else 100  # tiles give an image more than COCO's 100
-    metrics = coco_evaluate(dataset.annotations.raw, results, per_class=per_class, max_detections=counted)
+    metrics = _coco_metrics(dataset, results, mask_results, per_class, counted)
     evaluation = Evaluation(metrics, results, mask_results, match.describe(), outputs or [])
-    if mask_results is not None:
-        metrics["masks"] = coco_evaluate(dataset.annotations.raw, mask_results, iou_type="segm")
-    if "panoptic" in tasks and model.task == "masks" and panoptic is not None:
+    if "panoptic" in measured and panoptic is not None:
         _panoptic_quality(model, dataset, panoptic, reading, panoptic_threshold, evaluation)
     return evaluation
+
+
+def _measurable(
+    tasks: Collection[str],
+    model: Any,
+    dataset: CocoDetection,
+    panoptic: tuple[Path, Path] | None,
+    tiling: Tiling | None,
+) -> set[str]:
+    """Of ``tasks`` (checked to be among :data:`TASKS`), those ``model`` and ``dataset`` allow: boxes always, masks
+    when the model predicts masks and the dataset has them (not through tiles), PQ when the model predicts masks
+    and the split's panoptic files are given."""
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"tasks must be among {TASKS}, got {sorted(unknown)}")
+    measured = {"boxes"}
+    if "masks" in tasks and model.task == "masks" and _has_masks(dataset) and tiling is None:
+        measured.add("masks")
+    if "panoptic" in tasks and model.task == "masks" and panoptic is not None:
+        measured.add("panoptic")
+    return measured
+
+
+def _shard_indices(count: int, shard: tuple[int, int] | None) -> range:
+    """The indices of a split of ``count`` images that a process predicts: all, or with ``shard`` = (rank, world
+    size) every world size-th image from its rank."""
+    return range(count) if shard is None else range(shard[0], count, shard[1])
+
+
+def _evaluation_loader(
+    dataset: CocoDetection, reading: ImagePreprocessor, batch_size: int, workers: int, shard: tuple[int, int] | None
+) -> Any:
+    """A DataLoader of ``dataset``'s (``shard``'s) images in batches padded to ``reading``'s size divisor."""
+    from torch.utils.data import DataLoader, Subset
+
+    part = dataset if shard is None else Subset(dataset, _shard_indices(len(dataset), shard))
+    return DataLoader(
+        part,
+        batch_size=batch_size,
+        collate_fn=functools.partial(collate, size_divisor=reading.size_divisor),
+        num_workers=workers,
+    )
+
+
+def _gathered(
+    gather: Callable[[Any], list[Any] | None] | None,
+    results: list[dict[str, Any]],
+    mask_results: list[dict[str, Any]] | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None] | None:
+    """Every process's box and mask results in the main process (``gather``: see :func:`evaluate_model`), None
+    in the others; without ``gather`` this process's own."""
+    if gather is None:
+        return results, mask_results
+    shards = gather((results, mask_results))
+    if shards is None:
+        return None
+    masks = [r for _, found in shards for r in found] if mask_results is not None else None
+    return [r for found, _ in shards for r in found], masks
+
+
+def _coco_metrics(
+    dataset: CocoDetection,
+    results: list[dict[str, Any]],
+    mask_results: list[dict[str, Any]] | None,
+    per_class: bool,
+    max_detections: int,
+) -> dict[str, Any]:
+    """The box metrics of ``results`` on ``dataset``'s ground truth (:func:`coco_evaluate`), with ``"masks"``, the
+    mask metrics, where mask results are given."""
+    metrics = coco_evaluate(dataset.annotations.raw, results, per_class=per_class, max_detections=max_detections)
+    if mask_results is not None:
+        metrics["masks"] = coco_evaluate(dataset.annotations.raw, mask_results, iou_type="segm")
+    return metrics
 
 
 def _panoptic_quality(

@@ -25,7 +25,7 @@ import contextlib
 import copy
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,54 +70,72 @@ def error_analysis(
     """
     categories = sorted(c["id"] for c in ground_truth["categories"])
     index = {cid: i for i, cid in enumerate(categories)}
-    k = len(categories)
-    objects: dict[int, list[dict[str, Any]]] = {}
-    for ann in ground_truth["annotations"]:
-        if not ann.get("iscrowd", 0):
-            objects.setdefault(ann["image_id"], []).append(ann)
-    detections: dict[int, list[dict[str, Any]]] = {}
-    for det in results:
-        if det["score"] >= score_threshold and det["category_id"] in index:
-            detections.setdefault(det["image_id"], []).append(det)
+    objects = _by_image(ann for ann in ground_truth["annotations"] if not ann.get("iscrowd", 0))
+    detections = _by_image(d for d in results if d["score"] >= score_threshold and d["category_id"] in index)
     errors = dict.fromkeys(ERRORS, 0)
-    matrix = np.zeros((k + 1, k + 1), dtype=np.int64)
+    matrix = np.zeros((len(categories) + 1, len(categories) + 1), dtype=np.int64)
     for image in ground_truth["images"]:
-        gts = objects.get(image["id"], [])
-        dets = sorted(detections.get(image["id"], []), key=lambda d: -d["score"])
-        gt_boxes = np.array([_xyxy(g["bbox"]) for g in gts]).reshape(-1, 4)
-        gt_class = np.array([index[g["category_id"]] for g in gts], dtype=np.int64)
-        matched = np.zeros(len(gts), dtype=bool)
-        for det in dets:
-            cls = index[det["category_id"]]
-            ious = _iou(_xyxy(det["bbox"])[None], gt_boxes)[0]
-            same = gt_class == cls
-            free = same & ~matched & (ious >= 0.5)
-            if free.any():
-                j = int(np.argmax(np.where(free, ious, -1)))
-                matched[j] = True
-                errors["correct"] += 1
-                matrix[cls, cls] += 1
-            elif (same & (ious >= 0.5)).any():
-                errors["duplicate"] += 1
-            else:  # a false positive: its error as TIDE names it, checked in TIDE's order
-                if (same & (ious >= 0.1)).any():
-                    errors["localisation"] += 1
-                elif (~same & (ious >= 0.5)).any():
-                    errors["classification"] += 1
-                elif (ious >= 0.1).any():
-                    errors["both"] += 1
-                else:
-                    errors["background"] += 1
-                covered = ~same & (ious >= 0.5)  # the confusion: which object it covers, if any
-                matrix[cls, gt_class[int(np.argmax(np.where(covered, ious, -1)))] if covered.any() else k] += 1
-        errors["missed"] += int((~matched).sum())
-        for j in np.flatnonzero(~matched):
-            matrix[k, gt_class[j]] += 1
+        gts = [(index[g["category_id"]], g["bbox"]) for g in objects.get(image["id"], [])]
+        best_first = sorted(detections.get(image["id"], []), key=lambda d: -d["score"])
+        dets = [(index[d["category_id"]], d["bbox"]) for d in best_first]
+        _count_image(gts, dets, errors, matrix)
     names = {c["id"]: c["name"] for c in ground_truth["categories"]}
     return {
         "errors": errors,
         "confusion": {"labels": [names[c] for c in categories] + ["background"], "matrix": matrix.tolist()},
     }
+
+
+def _by_image(records: Iterable[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """COCO annotations or results grouped by their ``image_id``, in their order."""
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        grouped.setdefault(record["image_id"], []).append(record)
+    return grouped
+
+
+def _count_image(
+    objects: list[tuple[int, list[float]]],
+    detections: list[tuple[int, list[float]]],
+    errors: dict[str, int],
+    matrix: np.ndarray,
+) -> None:
+    """Add one image's error counts and confusions (see :func:`error_analysis`) to ``errors`` and ``matrix``
+    ((K + 1, K + 1), its last row and column background). ``objects`` and ``detections``: (class index,
+    [x, y, w, h]) each, the detections best first."""
+    k = len(matrix) - 1
+    gt_boxes = np.array([_xyxy(box) for _, box in objects]).reshape(-1, 4)
+    gt_class = np.array([cls for cls, _ in objects], dtype=np.int64)
+    matched = np.zeros(len(objects), dtype=bool)
+    for cls, box in detections:
+        ious = _iou(_xyxy(box)[None], gt_boxes)[0]
+        same = gt_class == cls
+        free = same & ~matched & (ious >= 0.5)
+        if free.any():
+            matched[int(np.argmax(np.where(free, ious, -1)))] = True
+            errors["correct"] += 1
+            matrix[cls, cls] += 1
+        elif (same & (ious >= 0.5)).any():
+            errors["duplicate"] += 1
+        else:
+            errors[_false_positive_error(same, ious)] += 1
+            covered = ~same & (ious >= 0.5)  # the confusion: which object it covers, if any
+            matrix[cls, gt_class[int(np.argmax(np.where(covered, ious, -1)))] if covered.any() else k] += 1
+    errors["missed"] += int((~matched).sum())
+    for j in np.flatnonzero(~matched):
+        matrix[k, gt_class[j]] += 1
+
+
+def _false_positive_error(same: np.ndarray, ious: np.ndarray) -> str:
+    """A false positive's error as TIDE names it, checked in TIDE's order, from its IoU with each object
+    (``ious``) and whether each object is of its class (``same``)."""
+    if (same & (ious >= 0.1)).any():
+        return "localisation"
+    if (~same & (ious >= 0.5)).any():
+        return "classification"
+    if (ious >= 0.1).any():
+        return "both"
+    return "background"
 
 
 def most_confused(matrix: np.ndarray, count: int = CONFUSION_SHOWN) -> list[int]:
