@@ -29,30 +29,36 @@ SMALL = {
 }  # fmt: skip
 
 
-def _outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The last layer's (logits, boxes) on ``x``, computed on one thread as the fixture's were (more threads
-    sum in another order: equal to about 1e-7, not bitwise)."""
+def _outputs(model: torch.nn.Module, x: torch.Tensor, masks: bool = False) -> tuple[torch.Tensor, ...]:
+    """The last layer's (logits (1, B, Q, K+1), boxes (1, B, Q, 4)) on ``x``, or with ``masks`` those of
+    ``decode_with_masks`` ((B, Q, K+1), (B, Q, 4), mask logits (B, Q, H/4, W/4)), computed on one thread as the
+    fixture's were (more threads sum in another order: equal to about 1e-7, not bitwise)."""
     mask = torch.zeros(x.shape[0], *x.shape[-2:], dtype=torch.bool)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            return tuple(model.eval().decode(x, mask, all_layers=False))
+            model = model.eval()
+            return tuple(model.decode_with_masks(x, mask) if masks else model.decode(x, mask, all_layers=False))
     finally:
         torch.set_num_threads(threads)
+
+
+def _doors(run: Path) -> dict[str, torch.nn.Module]:
+    """The model of a saved run folder loaded through each door that names it."""
+    return {
+        "final/": load_model(run / "final"),
+        "run folder": load_model(run),
+        "checkpoint.pth": load_model(run / "checkpoint.pth"),
+        "detr.load": detr.load(str(run / "checkpoint.pth")),
+        "DETR.from_pretrained(run)": detr.DETR.from_pretrained(run),
+    }
 
 
 def test_a_run_saved_by_the_earlier_version_loads_with_bitwise_equal_outputs_through_every_door():
     """The fixture was written before the loader moved (tests/fixtures/make_saved_runs.py)."""
     expected = load_file(str(FIXTURE / "expected.safetensors"))
-    doors = {
-        "final/": load_model(FIXTURE / "final"),
-        "run folder": load_model(FIXTURE),
-        "checkpoint.pth": load_model(FIXTURE / "checkpoint.pth"),
-        "detr.load": detr.load(str(FIXTURE / "checkpoint.pth")),
-        "DETR.from_pretrained(run)": detr.DETR.from_pretrained(FIXTURE),
-    }
-    for door, model in doors.items():
+    for door, model in _doors(FIXTURE).items():
         logits, boxes = _outputs(model, expected["input"])
         assert torch.equal(logits, expected["logits"]) and torch.equal(boxes, expected["boxes"]), door
         # the run recorded 64 px: every door reads images so (the checkpoint once ran them at 800 px)
@@ -61,34 +67,16 @@ def test_a_run_saved_by_the_earlier_version_loads_with_bitwise_equal_outputs_thr
         assert model.category_ids == [1, 2, 3, 4, 5] and model.task == "boxes", door
 
 
-def _mask_outputs(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The last layer's (logits, boxes, mask logits) on ``x``, on one thread as in :func:`_outputs`."""
-    mask = torch.zeros(x.shape[0], *x.shape[-2:], dtype=torch.bool)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            return tuple(model.eval().decode_with_masks(x, mask))
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_a_mask_run_saved_by_the_earlier_version_loads_with_bitwise_equal_masks_through_every_door():
     """The fixture's outputs are what the earlier version gave loading ``final/``: its ``checkpoint.pth`` then
     loaded as a plain detector at 800 px (mask head dropped); now every door gives the mask model of final/."""
     run = FIXTURE.parent / "masks"
     expected = load_file(str(run / "expected.safetensors"))
-    doors = {
-        "final/": load_model(run / "final"),
-        "run folder": load_model(run),
-        "checkpoint.pth": load_model(run / "checkpoint.pth"),
-        "detr.load": detr.load(str(run / "checkpoint.pth")),
-        "DETR.from_pretrained(run)": detr.DETR.from_pretrained(run),
-        "DETRSegmentation.from_pretrained(checkpoint)": detr.DETRSegmentation.from_pretrained(run / "checkpoint.pth"),
-    }
+    doors = _doors(run)
+    doors["DETRSegmentation.from_pretrained(ckpt)"] = detr.DETRSegmentation.from_pretrained(run / "checkpoint.pth")
     for door, model in doors.items():
         assert isinstance(model, detr.DETRSegmentation) and model.task == "masks", door
-        logits, boxes, masks = _mask_outputs(model, expected["input"])
+        logits, boxes, masks = _outputs(model, expected["input"], masks=True)
         assert torch.equal(logits, expected["logits"][0]) and torch.equal(boxes, expected["boxes"][0]), door
         assert torch.equal(masks, expected["masks"]), door
         assert torch.equal(_outputs(model, expected["input"])[0], expected["logits"]), door  # the boxes-only pass
