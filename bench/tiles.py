@@ -11,7 +11,7 @@ The task is generated (anyone regenerates it from ``--data-seed``): ``--width`` 
 
 - ours: the ``scratch`` recipe trained on tile crops (``tile_crop = --tile``: crops of the unresized images
   around objects and anywhere, :mod:`detr.data.tile_crop`) at ``--tile`` px, ``--queries`` queries, the
-  ResNet cut after layer2 (stride 8, for objects of 8-32 px; the recipe alone would take stride 16); then
+  ResNet cut after layer2 with one block a stage (``BACKBONE``: stride 8, for objects of 8-32 px); then
   (a) every validation image whole, read at the model's size (short side ``--tile``), and (b) through tiles
   (``predict(tile=--tile, tile_overlap=--overlap)``, :mod:`detr.processing.tiling`), both on the inference
   path (``optimize_for_inference``).
@@ -44,6 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from time_to_accuracy import YOLO_BATCH, machine  # the race's batch and machine line
 
 from detr.data.synthetic import SHAPES, SynthConfig, make_dataset
+
+# the ResNet-18 cut after layer2 (stride 8, for objects of 8-32 px; the recipe alone would take stride 16 at 320 px)
+# with one block a stage: chosen for time per image alone, before any training on this task (random weights, one
+# 1600 x 1200 image through 30 tiles of 320 px, 2 threads, 2026-12-06: two blocks 1.7-1.9 s, one block 1.3-1.6 s)
+BACKBONE = {"backbone_layers": 2, "backbone_blocks": 1}
 
 
 def task_config(width: int, height: int) -> SynthConfig:
@@ -79,6 +84,8 @@ def validation(data: Path) -> tuple[dict[str, Any], list[tuple[int, Path]]]:
 
 
 def train_ours(data: Path, out: Path, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    import torch
+
     from detr.engine.config import TrainConfig
     from detr.engine.train import Trainer
     from detr.models.detr import DETR
@@ -87,35 +94,42 @@ def train_ours(data: Path, out: Path, args: argparse.Namespace) -> tuple[Any, di
         "scratch", data=str(data), output_dir=str(out), exist_ok=True, epochs=100_000, max_minutes=args.minutes,
         eval_every=100_000, progress=False, log_every=50, seed=args.seed, tile_crop=args.tile,
         train_scales=[args.tile], eval_size=args.tile, max_size=2 * args.tile, crop=False, num_queries=args.queries,
-        **({"model_kwargs": {"backbone_layers": 2}} | args.detr_overrides),  # stride 8: objects of 8-32 px
+        **({"model_kwargs": BACKBONE} | args.detr_overrides),
     )  # fmt: skip
     trainer = Trainer(config)
+    threads = []
     trainer.evaluate = lambda: None  # evaluation outside the clock, as in bench/time_to_accuracy.py
+    step = trainer._optimizer_step
+    trainer._optimizer_step = lambda *a, **k: (threads.append(torch.get_num_threads()), step(*a, **k))[1]
     summary = trainer.fit()
     model = DETR.from_pretrained(out / "final").eval()
-    return model, {"steps": summary["steps"], "train_seconds": summary["seconds"], "batch": config.batch_size}
+    trained = {"steps": summary["steps"], "train_seconds": summary["seconds"], "batch": config.batch_size}
+    return model, trained | {"threads_in_training": sorted(set(threads))}
 
 
 def predict_ours(model: Any, images: list[tuple[int, Path]], tiled: bool, args: argparse.Namespace) -> tuple:
     """COCO results and seconds per image of ``model`` (whole images, or through tiles)."""
+    import torch
     from PIL import Image
 
     from detr.processing.interop import coco_results
 
     fast = model.optimize_for_inference()
+
+    def predict(image: Any) -> list[dict[str, Any]]:
+        window = {"tile": args.tile, "tile_overlap": args.overlap, "tile_full_image": args.full_image} if tiled else {}
+        (dets,) = fast.predict(image, k=model.num_queries, **window)
+        return dets
+
+    predict(Image.open(images[0][1]).convert("RGB"))  # untimed warm-up, as YOLO's
     results, seconds = [], 0.0
     for image_id, path in images:
         image = Image.open(path).convert("RGB")
         start = time.perf_counter()
-        if tiled:
-            (dets,) = fast.predict(
-                image, k=model.num_queries, tile=args.tile, tile_overlap=args.overlap, tile_full_image=args.full_image
-            )
-        else:
-            (dets,) = fast.predict(image, k=model.num_queries)
+        dets = predict(image)
         seconds += time.perf_counter() - start
         results += coco_results(dets, image_id, model.category_ids)
-    return results, seconds / len(images)
+    return results, seconds / len(images), [torch.get_num_threads()]
 
 
 def slice_split(data: Path, split: str, out: Path, args: argparse.Namespace) -> None:
@@ -156,7 +170,9 @@ def train_yolo(data: Path, out: Path, args: argparse.Namespace) -> tuple[Path, d
             slice_split(data, split, sliced, args)
         convert(sliced, yolo, to="yolo")
     model = YOLO("yolov8n.yaml")
+    threads = []
     model.add_callback("on_train_start", lambda trainer: torch.set_num_threads(args.threads))  # it sets cpu_count - 1
+    model.add_callback("on_train_batch_end", lambda trainer: threads.append(torch.get_num_threads()))
     model.train(
         data=str(yolo / "data.yaml"), time=args.minutes / 60, imgsz=args.tile, batch=YOLO_BATCH, device="cpu",
         pretrained=False, amp=False, val=False, plots=False, seed=args.seed, project=str(out.resolve()),
@@ -169,11 +185,13 @@ def train_yolo(data: Path, out: Path, args: argparse.Namespace) -> tuple[Path, d
     slices = len(json.loads((sliced / "annotations" / "instances_train.json").read_text())["images"])
     steps = len(epochs) * math.ceil(slices / YOLO_BATCH)
     seconds = float(epochs[-1]["time"]) if epochs else 0.0
-    return Path(model.trainer.last), {"steps": steps, "train_seconds": seconds, "batch": YOLO_BATCH}
+    trained = {"steps": steps, "train_seconds": seconds, "batch": YOLO_BATCH}
+    return Path(model.trainer.last), trained | {"threads_in_training": sorted(set(threads))}
 
 
 def predict_sahi(weights: Path, images: list[tuple[int, Path]], category_ids: list[int], args: argparse.Namespace):
     """COCO results and seconds per image of YOLO through SAHI's sliced prediction."""
+    import torch
     from sahi import AutoDetectionModel
     from sahi.predict import get_sliced_prediction
 
@@ -181,17 +199,25 @@ def predict_sahi(weights: Path, images: list[tuple[int, Path]], category_ids: li
         model_type="ultralytics", model_path=str(weights), confidence_threshold=0.001, device="cpu",
         image_size=args.tile,
     )  # fmt: skip
-    results, seconds = [], 0.0
-    for image_id, path in images:
-        from PIL import Image
+    from PIL import Image
 
-        image = Image.open(path).convert("RGB")
-        start = time.perf_counter()
-        found = get_sliced_prediction(
+    def sliced(image: Any) -> Any:
+        return get_sliced_prediction(
             image, model, slice_height=args.tile, slice_width=args.tile, overlap_height_ratio=args.overlap,
             overlap_width_ratio=args.overlap, perform_standard_pred=args.full_image, verbose=0,
         )  # fmt: skip
+
+    # untimed warm-up (as ours): its first call sets up Ultralytics' predictor, whose select_device sets
+    # cpu_count - 1 torch threads; then the threads every system predicts with
+    sliced(Image.open(images[0][1]).convert("RGB"))
+    torch.set_num_threads(args.threads)
+    results, seconds, threads = [], 0.0, set()
+    for image_id, path in images:
+        image = Image.open(path).convert("RGB")
+        start = time.perf_counter()
+        found = sliced(image)
         seconds += time.perf_counter() - start
+        threads.add(torch.get_num_threads())
         for prediction in found.object_prediction_list:
             x0, y0, x1, y1 = prediction.bbox.to_xyxy()
             results.append(
@@ -202,7 +228,7 @@ def predict_sahi(weights: Path, images: list[tuple[int, Path]], category_ids: li
                     "score": float(prediction.score.value),
                 }
             )
-    return results, seconds / len(images)
+    return results, seconds / len(images), sorted(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,15 +264,17 @@ def main(argv: list[str] | None = None) -> int:
     category_ids = sorted(int(c["id"]) for c in ground_truth["categories"])
     rows = []
 
-    def record(system: str, results: list[dict[str, Any]], per_image: float, trained: dict[str, Any]) -> None:
+    def record(system: str, results: list[dict[str, Any]], per_image: float, threads: list[int], trained: dict) -> None:
         metrics = coco_evaluate(ground_truth, results, max_detections=args.max_detections)
         row = {"system": system, **{k: metrics[k] for k in ("AP", "AP50", "APs", "APm", "AR100")}}
-        row |= {"seconds_per_image": per_image, **trained, "minutes": args.minutes, "tile": args.tile}
+        row |= {"seconds_per_image": per_image, "threads_in_prediction": threads, **trained}
+        row |= {"minutes": args.minutes, "tile": args.tile}
         rows.append(row)
         print(
             f"{system:<28} AP {row['AP']:.3f}  AP50 {row['AP50']:.3f}  APs {_fmt(row['APs'])}  APm {_fmt(row['APm'])}"
             f"  AR@{args.max_detections} {row['AR100']:.3f}  {per_image:.2f} s/image  "
-            f"({trained['steps']} steps of {trained['batch']} in {trained['train_seconds']:.0f} s)",
+            f"({trained['steps']} steps of {trained['batch']} in {trained['train_seconds']:.0f} s; threads: training "
+            f"{trained['threads_in_training']}, prediction {threads})",
             flush=True,
         )
 
