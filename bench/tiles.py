@@ -28,7 +28,8 @@ SAHI ``perform_standard_pred``). Every system is scored by the same pycocotools 
 validation image (prediction only, the image already read, after one untimed warm-up image, ``--threads`` torch
 threads, checked inside every training loop and prediction loop). On CPUs with native bf16 (AVX512-BF16) ours is
 also timed with ``optimize_for_inference(torch.bfloat16)`` (backbone in bf16), a row of its own. Results go to
-OUT/results.json and are printed with the machine.
+OUT/results-seed<--seed>.json (one file per training seed: runs with ``--seed`` 0, 1, 2 give the spread) and are
+printed with the machine.
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ def predict_sahi(weights: Path, images: list[tuple[int, Path]], category_ids: li
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/tiles", help="folder for the data, the runs and results.json")
+    parser.add_argument("--out", default="runs/tiles", help="folder for the data, the runs and results")
     parser.add_argument("--minutes", type=float, default=9.0, help="training minutes of each detector")
     parser.add_argument("--tile", type=int, default=320, help="tile (and slice, and training crop) side in pixels")
     parser.add_argument("--overlap", type=float, default=0.2, help="fraction of a tile its neighbours share")
@@ -307,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         "objects_per_val_image": objects,
         "rows": rows,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    print(f"{summary['date']}, {summary['machine']}, {objects:.0f} objects a validation image; {out / 'results.json'}")
+    results = out / f"results-seed{args.seed}.json"
+    results.write_text(json.dumps(summary, indent=1))
+    print(f"{summary['date']}, {summary['machine']}, {objects:.0f} objects a validation image; {results}")
     return 0
 
 
