@@ -18,7 +18,8 @@ The task is generated (anyone regenerates it from ``--data-seed``): ``--width`` 
   path (``optimize_for_inference``).
 - YOLOv8n + SAHI, as SAHI's users run it: the training images sliced by ``sahi.slicing.slice_coco`` into
   ``--tile`` px slices with the same overlap (slices holding under 10% of an object drop it, SAHI's
-  default), YOLOv8n from its yaml trained on them for the same minutes (``time=``, ``imgsz=--tile``), then
+  default), YOLOv8n from its yaml trained on them for the same minutes (``time=``, ``imgsz=--tile``; as a user
+  types it, ``yolov8n``, and in the time-to-accuracy race's tuned short-run setting, ``yolov8n:tuned``), then
   ``sahi.predict.get_sliced_prediction`` on every validation image (confidence 0.001 as for AP, at which
   SAHI merges by NMS on IoU 0.5 instead of its default GREEDYNMM on IOS, its own rule).
 
@@ -28,8 +29,8 @@ SAHI ``perform_standard_pred``). Every system is scored by the same pycocotools 
 validation image (prediction only, the image already read, after one untimed warm-up image, ``--threads`` torch
 threads, checked inside every training loop and prediction loop). On CPUs with native bf16 (AVX512-BF16) ours is
 also timed with ``optimize_for_inference(torch.bfloat16)`` (backbone in bf16), a row of its own. Results go to
-OUT/results-seed<--seed>.json (one file per training seed: runs with ``--seed`` 0, 1, 2 give the spread) and are
-printed with the machine.
+OUT/results.jsonl, a line a row as it comes, and are printed with the machine; runs with ``--seed`` 0, 1, 2
+give the spread, ``--summarize OUT/results.jsonl`` their mean and spread.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from time_to_accuracy import YOLO_BATCH, machine  # the race's batch and machine line
+from time_to_accuracy import YOLO_BATCH, _yolo_train_args, machine  # the race's batch, settings, machine line
 
 from detr.data.synthetic import SHAPES, SynthConfig, make_dataset
 
@@ -164,7 +164,10 @@ def slice_split(data: Path, split: str, out: Path, args: argparse.Namespace) -> 
         leftover.unlink()
 
 
-def train_yolo(data: Path, out: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+def train_yolo(data: Path, out: Path, setting: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """YOLOv8n from its yaml on SAHI's slices of the training images (under OUT/yolov8n/, made once) for
+    ``--minutes``: Ultralytics' defaults for a time budget (``setting`` "default") or the race's short-run
+    setting ("tuned": AdamW lr 1e-3, every batch an update, a one-epoch warm-up; bench/time_to_accuracy.py)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")
     import torch
@@ -172,16 +175,23 @@ def train_yolo(data: Path, out: Path, args: argparse.Namespace) -> tuple[Path, d
 
     from detr.data.convert import convert
 
-    sliced, yolo = out / "sliced", out / "sliced_yolo"
+    sliced, yolo = out.parent / "yolov8n" / "sliced", out.parent / "yolov8n" / "sliced_yolo"
     if not (yolo / "data.yaml").is_file():
         for split in ("train", "val"):
             slice_split(data, split, sliced, args)
         convert(sliced, yolo, to="yolo")
     model = YOLO("yolov8n.yaml")
-    threads = []
-    model.add_callback("on_train_start", lambda trainer: torch.set_num_threads(args.threads))  # it sets cpu_count - 1
+    threads, updates = [], []
+
+    def on_start(trainer: Any) -> None:
+        torch.set_num_threads(args.threads)  # its select_device set cpu_count - 1
+        step = trainer.optimizer_step
+        trainer.optimizer_step = lambda: (step(), updates.append(1))[0]  # one call per update (nbs accumulates)
+
+    model.add_callback("on_train_start", on_start)
     model.add_callback("on_train_batch_end", lambda trainer: threads.append(torch.get_num_threads()))
     model.train(
+        **_yolo_train_args(setting),
         data=str(yolo / "data.yaml"), time=args.minutes / 60, imgsz=args.tile, batch=YOLO_BATCH, device="cpu",
         pretrained=False, amp=False, val=False, plots=False, seed=args.seed, project=str(out.resolve()),
         name="train", exist_ok=True, verbose=False,
@@ -190,10 +200,8 @@ def train_yolo(data: Path, out: Path, args: argparse.Namespace) -> tuple[Path, d
     # its own record: a row per epoch, "time" the training seconds so far
     with open(Path(model.trainer.save_dir) / "results.csv") as f:
         epochs = list(csv.DictReader(f))
-    slices = len(json.loads((sliced / "annotations" / "instances_train.json").read_text())["images"])
-    steps = len(epochs) * math.ceil(slices / YOLO_BATCH)
     seconds = float(epochs[-1]["time"]) if epochs else 0.0
-    trained = {"steps": steps, "train_seconds": seconds, "batch": YOLO_BATCH}
+    trained = {"steps": len(updates), "batches": len(threads), "train_seconds": seconds, "batch": YOLO_BATCH}
     return Path(model.trainer.last), trained | {"threads_in_training": sorted(set(threads))}
 
 
@@ -260,9 +268,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads, training and prediction")
     parser.add_argument("--max-detections", type=int, default=1000, help="detections an image counted by the scoring")
-    parser.add_argument("--systems", nargs="+", default=["detr", "yolov8n"], choices=("detr", "yolov8n"))
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        default=["detr", "yolov8n", "yolov8n:tuned"],
+        choices=("detr", "yolov8n", "yolov8n:tuned"),
+    )
     parser.add_argument("--detr-overrides", type=json.loads, default={}, help="JSON: TrainConfig values over ours")
+    parser.add_argument("--summarize", metavar="RESULTS_JSONL", help="print the summary of recorded rows and stop")
     args = parser.parse_args(argv)
+    if args.summarize:
+        rows = [json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]
+        print("\n".join(summarize(rows)))
+        return 0
 
     import torch
 
@@ -281,8 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         metrics = coco_evaluate(ground_truth, results, max_detections=args.max_detections)
         row = {"system": system, **{k: metrics[k] for k in ("AP", "AP50", "APs", "APm", "AR100")}}
         row |= {"seconds_per_image": per_image, "threads_in_prediction": threads, **trained}
-        row |= {"minutes": args.minutes, "tile": args.tile}
+        row |= {"minutes": args.minutes, "tile": args.tile, "seed": args.seed, "data_seed": args.data_seed}
+        row |= {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "command": " ".join(sys.argv)}
         rows.append(row)
+        with open(out / "results.jsonl", "a") as f:  # one line a row, as it comes: runs add up, none is lost
+            f.write(json.dumps(row) + "\n")
         print(
             f"{system:<28} AP {row['AP']:.3f}  AP50 {row['AP50']:.3f}  APs {_fmt(row['APs'])}  APm {_fmt(row['APm'])}"
             f"  AR@{args.max_detections} {row['AR100']:.3f}  {per_image:.2f} s/image  "
@@ -298,20 +319,25 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cpu._is_avx512_bf16_supported():  # bf16 backbone on CPUs that compute it natively (else slower)
             tiled_bf16 = predict_ours(model, images, tiled=True, args=args, dtype=torch.bfloat16)
             record(f"ours, tiles of {args.tile}, bf16", *tiled_bf16, trained)
-    if "yolov8n" in args.systems:
-        weights, trained = train_yolo(data, out / "yolov8n", args)
-        record(f"YOLOv8n + SAHI, {args.tile}", *predict_sahi(weights, images, category_ids, args), trained)
-    summary = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
-        "command": " ".join(sys.argv),
-        "objects_per_val_image": objects,
-        "rows": rows,
-    }
-    results = out / f"results-seed{args.seed}.json"
-    results.write_text(json.dumps(summary, indent=1))
-    print(f"{summary['date']}, {summary['machine']}, {objects:.0f} objects a validation image; {results}")
+    for system in [s for s in args.systems if s.startswith("yolov8n")]:
+        setting = system.partition(":")[2] or "default"
+        weights, trained = train_yolo(data, out / system.replace(":", "-"), setting, args)
+        record(f"YOLOv8n + SAHI, {args.tile}, {setting}", *predict_sahi(weights, images, category_ids, args), trained)
+    print(f"{machine()}, {objects:.0f} objects a validation image; rows added to {out / 'results.jsonl'}")
     return 0
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[str]:
+    """Mean and spread (min-max) of AP and seconds per image per system, over the runs recorded."""
+    lines = []
+    for system in dict.fromkeys(r["system"] for r in rows):
+        mine = [r for r in rows if r["system"] == system]
+        ap, sec = [r["AP"] for r in mine], [r["seconds_per_image"] for r in mine]
+        lines.append(
+            f"{system:<28} AP mean {sum(ap) / len(ap):.3f}  spread {min(ap):.3f}-{max(ap):.3f}  "
+            f"s/image mean {sum(sec) / len(sec):.2f}  spread {min(sec):.2f}-{max(sec):.2f}  ({len(mine)} runs)"
+        )
+    return lines
 
 
 def _fmt(value: float | None) -> str:
