@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from time_to_accuracy import YOLO_BATCH, _yolo_train_args, machine  # the race's batch, settings, machine line
+from time_to_accuracy import YOLO_BATCH, ThreadProbe, machine, yolo_train_args  # the race's own parts
 
 from detr.data.synthetic import SHAPES, SynthConfig, make_dataset
 
@@ -90,27 +90,23 @@ def validation(data: Path) -> tuple[dict[str, Any], list[tuple[int, Path]]]:
 
 
 def train_ours(data: Path, out: Path, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    import torch
-
     from detr.engine.config import TrainConfig
     from detr.engine.train import Trainer
     from detr.models.detr import DETR
 
     config = TrainConfig.from_recipe(
         "scratch", data=str(data), output_dir=str(out), exist_ok=True, epochs=100_000, max_minutes=args.minutes,
-        eval_every=100_000, progress=False, log_every=50, seed=args.seed, tile_crop=args.tile,
+        eval_every=100_000, progress=False, log_every=10, seed=args.seed, tile_crop=args.tile,
         train_scales=[args.tile], eval_size=args.tile, max_size=2 * args.tile, crop=False, num_queries=args.queries,
         **({"model_kwargs": MODEL} | args.detr_overrides),
     )  # fmt: skip
-    trainer = Trainer(config)
-    threads = []
+    probe = ThreadProbe()  # reads the thread count inside the training loop, at every logged step
+    trainer = Trainer(config, loggers=[probe])
     trainer.evaluate = lambda: None  # evaluation outside the clock, as in bench/time_to_accuracy.py
-    step = trainer._optimizer_step
-    trainer._optimizer_step = lambda *a, **k: (threads.append(torch.get_num_threads()), step(*a, **k))[1]
     summary = trainer.fit()
     model = DETR.from_pretrained(out / "final").eval()
     trained = {"steps": summary["steps"], "train_seconds": summary["seconds"], "batch": config.batch_size}
-    return model, trained | {"threads_in_training": sorted(set(threads))}
+    return model, trained | {"threads_in_training": sorted(probe.seen)}
 
 
 def predict_ours(
@@ -130,14 +126,15 @@ def predict_ours(
         return dets
 
     predict(Image.open(images[0][1]).convert("RGB"))  # untimed warm-up, as YOLO's
-    results, seconds = [], 0.0
+    results, seconds, threads = [], 0.0, set()
     for image_id, path in images:
         image = Image.open(path).convert("RGB")
         start = time.perf_counter()
         dets = predict(image)
         seconds += time.perf_counter() - start
+        threads.add(torch.get_num_threads())
         results += coco_results(dets, image_id, model.category_ids)
-    return results, seconds / len(images), [torch.get_num_threads()]
+    return results, seconds / len(images), sorted(threads)
 
 
 def slice_split(data: Path, split: str, out: Path, args: argparse.Namespace) -> None:
@@ -191,7 +188,7 @@ def train_yolo(data: Path, out: Path, setting: str, args: argparse.Namespace) ->
     model.add_callback("on_train_start", on_start)
     model.add_callback("on_train_batch_end", lambda trainer: threads.append(torch.get_num_threads()))
     model.train(
-        **_yolo_train_args(setting),
+        **yolo_train_args(setting),
         data=str(yolo / "data.yaml"), time=args.minutes / 60, imgsz=args.tile, batch=YOLO_BATCH, device="cpu",
         pretrained=False, amp=False, val=False, plots=False, seed=args.seed, project=str(out.resolve()),
         name="train", exist_ok=True, verbose=False,

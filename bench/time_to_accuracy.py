@@ -257,7 +257,7 @@ def train_detr(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _yolo_train_args(setting: str) -> dict[str, Any]:
+def yolo_train_args(setting: str) -> dict[str, Any]:
     if setting == "default":  # as a user types it for a time budget; auto picks the optimizer and its lr
         return {}
     # short-run settings: every batch an optimizer update, AdamW at its documented lr, a warm-up that fits
@@ -317,7 +317,7 @@ def train_yolo(job: dict[str, Any]) -> dict[str, Any]:
         name=out.name,
         exist_ok=True,
         verbose=False,
-        **_yolo_train_args(setting),
+        **yolo_train_args(setting),
     )
     trainer = model.trainer
     seconds = seen["last"] - trainer.train_time_start  # its clock, to the last batch (its final validation left out)
