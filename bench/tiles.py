@@ -325,14 +325,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[str]:
-    """Mean and spread (min-max) of AP and seconds per image per system, over the runs recorded."""
+    """Mean and spread (min-max) of AP and seconds per image per system and training minutes, over the runs
+    recorded (runs of other minutes, such as a shorter trial in the same OUT, are a line of their own)."""
     lines = []
-    for system in dict.fromkeys(r["system"] for r in rows):
-        mine = [r for r in rows if r["system"] == system]
+    for system, minutes in dict.fromkeys((r["system"], r["minutes"]) for r in rows):
+        mine = [r for r in rows if (r["system"], r["minutes"]) == (system, minutes)]
         ap, sec = [r["AP"] for r in mine], [r["seconds_per_image"] for r in mine]
         lines.append(
             f"{system:<28} AP mean {sum(ap) / len(ap):.3f}  spread {min(ap):.3f}-{max(ap):.3f}  "
-            f"s/image mean {sum(sec) / len(sec):.2f}  spread {min(sec):.2f}-{max(sec):.2f}  ({len(mine)} runs)"
+            f"s/image mean {sum(sec) / len(sec):.2f}  spread {min(sec):.2f}-{max(sec):.2f}  "
+            f"({len(mine)} runs of {minutes:g} minutes)"
         )
     return lines
 

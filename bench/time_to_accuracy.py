@@ -258,6 +258,9 @@ def train_detr(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def yolo_train_args(setting: str) -> dict[str, Any]:
+    """Ultralytics' training arguments of a peer ``setting`` (``SETTINGS``) over those the bench passes."""
+    if setting not in SETTINGS:  # a typo must not race the tuned setting under another name
+        raise ValueError(f"unknown YOLO setting {setting!r}: choose from {', '.join(SETTINGS)}")
     if setting == "default":  # as a user types it for a time budget; auto picks the optimizer and its lr
         return {}
     # short-run settings: every batch an optimizer update, AdamW at its documented lr, a warm-up that fits
@@ -476,13 +479,16 @@ def print_row(row: dict[str, Any]) -> None:
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[str]:
-    """Per task and data seed: each system's mean and spread of AP; ours against the best peer setting."""
+    """Per task, data seed, minutes and threads: each system's mean and spread of AP; ours against the best peer
+    setting. Runs of other minutes or threads (a smoke run appended to the same results.jsonl) are a group of their
+    own, never averaged into the race's."""
     lines = []
-    groups: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
+    groups: dict[tuple[str, int, float, int], dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
-        groups.setdefault((row["task"], row["data_seed"]), {}).setdefault(row["system"], []).append(row)
-    for (task, seed), systems in groups.items():
-        lines.append(f"{task} (data seed {seed}, {rows[0]['minutes']:g} minutes, threads {rows[0]['threads']}):")
+        key = (row["task"], row["data_seed"], row["minutes"], row["threads"])
+        groups.setdefault(key, {}).setdefault(row["system"], []).append(row)
+    for (task, seed, minutes, threads), systems in groups.items():
+        lines.append(f"{task} (data seed {seed}, {minutes:g} minutes, threads {threads}):")
         stats = {}
         for system, runs in systems.items():
             aps = [r["AP"] for r in runs]

@@ -1,0 +1,339 @@
+"""The benchmark harnesses' own logic (bench/time_to_accuracy.py, bench/tiles.py), whose verdicts are published
+(issue #33): the summary's mean, spread, ratio to the best peer setting and lead / behind / overlap verdict; task
+data tied to its definition (seed, task) and the YOLO copy tied to its data's task.json; the peers' settings; the
+thread probe. No training, no benchmark: a few 64 px images at most."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import detr.data.convert
+import detr.data.synthetic
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str, monkeypatch: pytest.MonkeyPatch):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # bench/tiles.py imports time_to_accuracy by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """Both scripts, imported as CI has them: without ultralytics or sahi (the ``bench`` extra), which they may
+    only import inside the functions that run the peers."""
+    with pytest.MonkeyPatch.context() as patch:
+        for peer in ("ultralytics", "sahi"):
+            patch.setitem(sys.modules, peer, None)  # ``import ultralytics`` raises ImportError, installed or not
+        patch.setattr(sys, "path", list(sys.path))  # bench/tiles.py puts bench/ on the path: undone after
+        tta = _load("time_to_accuracy", patch)
+        tiles = _load("tiles", patch)
+    return tta, tiles
+
+
+def _row(system: str, ap: float, run: int = 0, task: str = "elongated", **fields) -> dict:
+    """A result row as ``run_one`` writes it (the fields ``summarize`` reads, and a few it does not)."""
+    row = {
+        "task": task,
+        "data_seed": 1001,
+        "system": system,
+        "run": run,
+        "minutes": 9.0,
+        "threads": 2,
+        "steps": 1000,
+        "batches": 1000,
+        "train_seconds": 540.0,
+        "images_per_second": 40.0,
+        "threads_in_loop": [2],
+        "AP": ap,
+        "AP50": 0.9,
+        "AP_alt": ap,
+        "AP50_alt": 0.9,
+        "date": "2026-12-06 07:18",
+    }
+    return row | fields
+
+
+def _verdict(lines: list[str]) -> list[str]:
+    return [line for line in lines if "ours / best peer" in line]
+
+
+# ---------------------------------------------------------------------------------------------- summarize
+
+
+def test_summarize_published_lead(bench):
+    """bench/README.md's elongated race (seed 1001, 3 runs each, APs as recorded): ours 0.730-0.764 lies wholly
+    above YOLOv8n tuned's 0.683-0.694; the ratio is to tuned (1.08), the better peer setting, not default (1.30)."""
+    tta, _ = bench
+    detr_rows = [
+        _row("detr", 0.742, 0, AP50=0.90, AP_alt=0.74, images_per_second=39.0, steps=2650),
+        _row("detr", 0.764, 1, AP50=0.88, AP_alt=0.76, images_per_second=40.0, steps=2660),
+        _row("detr", 0.730, 2, AP50=0.89, AP_alt=0.73, images_per_second=41.0, steps=2670),
+    ]
+    default = [_row("yolov8n:default", ap, run) for run, ap in enumerate((0.594, 0.565, 0.555))]
+    tuned = [_row("yolov8n:tuned", ap, run) for run, ap in enumerate((0.683, 0.694, 0.690))]
+    lines = tta.summarize(detr_rows + default + tuned)
+    assert lines[0] == "elongated (data seed 1001, 9 minutes, threads 2):"
+    assert lines[1] == (
+        "  detr             AP mean 0.745  spread 0.730-0.764  (3 runs; AP50 mean 0.890; other scoring 0.743; "
+        "40.0 img/s; updates 2660)"
+    )
+    assert lines[2].startswith("  yolov8n:default  AP mean 0.571  spread 0.555-0.594  (3 runs;")
+    assert lines[3].startswith("  yolov8n:tuned    AP mean 0.689  spread 0.683-0.694  (3 runs;")
+    assert lines[4:] == ["  ours / best peer (yolov8n:tuned) mean AP: 1.08  -> lead"]
+
+
+def test_summarize_published_behind(bench):
+    """bench/README.md's scales race: ours 0.520-0.529 wholly below YOLOv8n tuned's 0.593-0.602, 0.88 of its mean."""
+    tta, _ = bench
+    rows = [_row("detr", ap, run, task="scales") for run, ap in enumerate((0.529, 0.524, 0.520))]
+    rows += [_row("yolov8n:tuned", ap, run, task="scales") for run, ap in enumerate((0.601, 0.593, 0.602))]
+    assert _verdict(tta.summarize(rows)) == ["  ours / best peer (yolov8n:tuned) mean AP: 0.88  -> behind"]
+
+
+@pytest.mark.parametrize(
+    "ours, peer, line",
+    [
+        # a higher mean (1.14x) is not a lead while the spreads overlap
+        ((0.70, 0.80), (0.60, 0.72), "  ours / best peer (yolov8n:tuned) mean AP: 1.14  -> spreads overlap: no lead"),
+        # spreads that touch (ours' worst run = the peer's best) overlap: a lead needs ours' worst above its best
+        ((0.625, 0.75), (0.5, 0.625), "  ours / best peer (yolov8n:tuned) mean AP: 1.22  -> spreads overlap: no lead"),
+        # and the other way round: touching from below is not "behind"
+        ((0.5, 0.625), (0.625, 0.75), "  ours / best peer (yolov8n:tuned) mean AP: 0.82  -> spreads overlap: no lead"),
+    ],
+)
+def test_summarize_overlapping_spreads_are_no_verdict(bench, ours, peer, line):
+    tta, _ = bench
+    rows = [_row("detr", ap, run) for run, ap in enumerate(ours)]
+    rows += [_row("yolov8n:tuned", ap, run) for run, ap in enumerate(peer)]
+    assert _verdict(tta.summarize(rows)) == [line]
+
+
+def test_summarize_best_peer_is_the_best_mean(bench):
+    """The best peer setting is the one of higher mean AP (0.60), even where another (mean 0.58) had the best
+    single run (0.66): against it ours (0.62-0.64, mean 0.63) is a lead, 1.05x."""
+    tta, _ = bench
+    rows = [_row("detr", ap, run) for run, ap in enumerate((0.62, 0.64))]
+    rows += [_row("yolov8n:default", ap, run) for run, ap in enumerate((0.50, 0.66))]
+    rows += [_row("yolov8n:tuned", ap, run) for run, ap in enumerate((0.59, 0.61))]
+    assert _verdict(tta.summarize(rows)) == ["  ours / best peer (yolov8n:tuned) mean AP: 1.05  -> lead"]
+
+
+def test_summarize_keeps_other_minutes_threads_and_tasks_apart(bench):
+    """A smoke run appended to the same results.jsonl (0.5 minutes, one lucky AP) is not averaged into the race,
+    and each group's header gives its own minutes and threads, not the first row's."""
+    tta, _ = bench
+    race = [_row("detr", ap, run) for run, ap in enumerate((0.75, 0.77))]
+    race += [_row("yolov8n:tuned", ap, run) for run, ap in enumerate((0.70, 0.74))]
+    smoke = [_row("detr", 0.99, 0, minutes=0.5), _row("yolov8n:tuned", 0.10, 0, minutes=0.5)]
+    other_task = [_row("detr", 0.5, 0, task="scales", minutes=1.0, threads=1)]
+    lines = tta.summarize(race + smoke + other_task)
+    assert [line for line in lines if not line.startswith(" ")] == [
+        "elongated (data seed 1001, 9 minutes, threads 2):",
+        "elongated (data seed 1001, 0.5 minutes, threads 2):",
+        "scales (data seed 1001, 1 minutes, threads 1):",
+    ]
+    assert "  detr             AP mean 0.760  spread 0.750-0.770  (2 runs;" in "\n".join(lines)
+    # the race: ours 0.75-0.77 against 0.70-0.74 (1.06x); the smoke run its own group (9.90x); scales has no peer
+    assert _verdict(lines) == [
+        "  ours / best peer (yolov8n:tuned) mean AP: 1.06  -> lead",
+        "  ours / best peer (yolov8n:tuned) mean AP: 9.90  -> lead",
+    ]
+
+
+def test_summarize_other_data_seeds_apart(bench):
+    """The same task on another data seed is another race (fresh seeds carry the claims, tuning seeds do not)."""
+    tta, _ = bench
+    rows = [_row("detr", 0.8, 0, data_seed=5), _row("yolov8n:tuned", 0.4, 0, data_seed=5)]
+    rows += [_row("detr", 0.5, 0), _row("yolov8n:tuned", 0.6, 0)]
+    assert _verdict(tta.summarize(rows)) == [
+        "  ours / best peer (yolov8n:tuned) mean AP: 2.00  -> lead",
+        "  ours / best peer (yolov8n:tuned) mean AP: 0.83  -> behind",
+    ]
+
+
+def test_tiles_summarize_mean_and_spread(bench):
+    """bench/tiles.py: per system, mean and min-max of AP and of seconds per image (bench/README.md's seed 137
+    runs); a shorter trial in the same OUT is a line of its own, not averaged in."""
+    _, tiles = bench
+    rows = [
+        {"system": "ours, tiles of 320", "AP": ap, "seconds_per_image": sec, "minutes": 9.0}
+        for ap, sec in ((0.865, 0.70), (0.868, 0.65), (0.869, 0.66))
+    ]
+    rows += [
+        {"system": "YOLOv8n + SAHI, 320, tuned", "AP": ap, "seconds_per_image": sec, "minutes": 9.0}
+        for ap, sec in ((0.783, 0.69), (0.774, 0.83), (0.771, 0.78))
+    ]
+    rows.append({"system": "ours, tiles of 320", "AP": 0.2, "seconds_per_image": 0.5, "minutes": 0.5})
+    assert tiles.summarize(rows) == [
+        "ours, tiles of 320           AP mean 0.867  spread 0.865-0.869  s/image mean 0.67  spread 0.65-0.70  "
+        + "(3 runs of 9 minutes)",
+        "YOLOv8n + SAHI, 320, tuned   AP mean 0.776  spread 0.771-0.783  s/image mean 0.77  spread 0.69-0.83  "
+        + "(3 runs of 9 minutes)",
+        "ours, tiles of 320           AP mean 0.200  spread 0.200-0.200  s/image mean 0.50  spread 0.50-0.50  "
+        + "(1 runs of 0.5 minutes)",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- task data
+
+
+@pytest.fixture
+def tiny(bench, monkeypatch):
+    """``make_dataset`` of the race writing 2 + 1 images of the task instead of thousands; records its seeds."""
+    tta, _ = bench
+    seeds = []
+
+    def make_dataset(out, train, val, seed, config):
+        seeds.append(seed)
+        return detr.data.synthetic.make_dataset(out, train=2, val=1, seed=seed, config=config)
+
+    monkeypatch.setattr(tta, "make_dataset", make_dataset)
+    return tta, seeds
+
+
+def test_task_data_generated_once_per_seed(tiny, tmp_path):
+    tta, seeds = tiny
+    data = tta.task_data(tmp_path, "demo", 1001)
+    recorded = json.loads((data / "task.json").read_text())
+    assert (recorded["task"], recorded["seed"], recorded["train"], recorded["val"]) == ("demo", 1001, 3000, 300)
+    assert recorded["config"]["image_size"] == 64
+    assert (data / "annotations" / "instances_val.json").is_file()
+    assert tta.task_data(tmp_path, "demo", 1001) == data and seeds == [1001]  # reused, not generated again
+    other = tta.task_data(tmp_path, "demo", 1002)
+    assert other != data and seeds == [1001, 1002]
+    assert json.loads((other / "task.json").read_text())["seed"] == 1002
+
+
+def test_task_data_of_another_seed_is_refused(tiny, tmp_path):
+    """Data of seed 1001 where seed 1002's belongs (a folder moved or copied by hand) is not raced as 1002's."""
+    tta, seeds = tiny
+    data = tta.task_data(tmp_path, "demo", 1001)
+    moved = tmp_path / "demo" / "seed1002" / "data"
+    shutil.copytree(data, moved)
+    with pytest.raises(SystemExit, match="another definition of the task 'demo'.*delete that folder"):
+        tta.task_data(tmp_path, "demo", 1002)
+    assert seeds == [1001]  # nothing generated over it either
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda task: dataclasses.replace(task, train=task.train + 1),
+        lambda task: dataclasses.replace(task, data=dataclasses.replace(task.data, max_objects=5)),
+    ],
+    ids=["image count", "generator config"],
+)
+def test_task_data_of_a_changed_definition_is_refused(tiny, tmp_path, monkeypatch, change):
+    tta, seeds = tiny
+    data = tta.task_data(tmp_path, "demo", 1001)
+    monkeypatch.setitem(tta.TASKS, "demo", change(tta.TASKS["demo"]))
+    with pytest.raises(SystemExit, match=re.escape(str(data))):
+        tta.task_data(tmp_path, "demo", 1001)
+    assert seeds == [1001]
+
+
+def test_task_data_interrupted_generation_is_refused(tiny, tmp_path, monkeypatch):
+    """A generation stopped half-way leaves a folder without task.json: refused, never taken for whole data."""
+    tta, seeds = tiny
+    generate = tta.make_dataset
+
+    def interrupted(out, train, val, seed, config):
+        Path(out, "train").mkdir(parents=True)
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(tta, "make_dataset", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        tta.task_data(tmp_path, "demo", 1001)
+    monkeypatch.setattr(tta, "make_dataset", generate)
+    with pytest.raises(SystemExit, match="no task.json"):
+        tta.task_data(tmp_path, "demo", 1001)
+    assert seeds == []
+
+
+def test_yolo_copy_is_tied_to_task_json(tiny, tmp_path, monkeypatch):
+    """The YOLO copy records its data's definition; data regenerated under another definition is not raced
+    against the old conversion (issue #33, item 6)."""
+    tta, _ = tiny
+    conversions = []
+    convert = detr.data.convert.convert
+
+    def counted(*args, **kwargs):
+        conversions.append(args)
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(detr.data.convert, "convert", counted)
+    data = tta.task_data(tmp_path, "demo", 1001)
+    copy = tta.yolo_data(data)
+    assert (copy / "data.yaml").is_file() and len(list((copy / "labels" / "train").glob("*.txt"))) == 2
+    assert json.loads((copy / "task.json").read_text()) == json.loads((data / "task.json").read_text())
+    assert tta.yolo_data(data) == copy and len(conversions) == 1  # reused while the data's definition holds
+
+    shutil.rmtree(data)  # the data generated again, of a changed task; the old YOLO copy left beside it
+    monkeypatch.setitem(tta.TASKS, "demo", dataclasses.replace(tta.TASKS["demo"], val=301))
+    assert tta.task_data(tmp_path, "demo", 1001) == data
+    with pytest.raises(SystemExit, match="a YOLO copy of data"):
+        tta.yolo_data(data)
+    assert len(conversions) == 1
+
+
+def test_yolo_copy_without_a_record_is_refused(tiny, tmp_path):
+    """A YOLO copy with no task.json (converted before the tie, or interrupted) is of unknown data: refused."""
+    tta, _ = tiny
+    data = tta.task_data(tmp_path, "demo", 1001)
+    (data.parent / "yolo_data" / "labels").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no task.json"):
+        tta.yolo_data(data)
+
+
+# ---------------------------------------------------------------------------------------------- settings, threads
+
+
+def test_yolo_train_args_settings(bench):
+    tta, _ = bench
+    # as a user types it: nothing over Ultralytics' defaults (optimizer "auto", its nbs 64, 3 warm-up epochs)
+    assert tta.yolo_train_args("default") == {}
+    tuned = tta.yolo_train_args("tuned")
+    assert tuned["optimizer"] == "AdamW" and tuned["lr0"] == pytest.approx(1e-3) and tuned["warmup_epochs"] == 1
+    assert tuned["nbs"] == tta.YOLO_BATCH == 16  # the batch both benches train with: every batch an update
+    for system in tta.SYSTEMS:  # every system the race accepts has a setting
+        if system != "detr":
+            tta.yolo_train_args(system.split(":")[1])
+
+
+def test_yolo_train_args_unknown_setting_is_an_error(bench):
+    tta, _ = bench
+    with pytest.raises(ValueError, match="unknown YOLO setting 'tunned': choose from default, tuned"):
+        tta.yolo_train_args("tunned")
+
+
+def test_thread_probe_reads_threads_inside_the_training_loop(bench):
+    """Called as the trainer calls its loggers: ``log`` with every record, ``image`` and ``close``; only the
+    training steps' thread counts are kept (an evaluation's are not the race's training threads)."""
+    tta, _ = bench
+    probe = tta.ThreadProbe()
+    before = torch.get_num_threads()
+    try:
+        for step, threads in enumerate((1, 2, 2, 1)):
+            torch.set_num_threads(threads)
+            probe.log({"type": "train", "epoch": 0, "step": step, "loss": 1.0, "lr": 1e-3})
+        torch.set_num_threads(3)
+        probe.log({"type": "eval", "epoch": 0, "step": 4, "AP": 0.5})
+        probe.image("val_predictions", Image.new("RGB", (8, 8)), 4)
+        probe.close()
+    finally:
+        torch.set_num_threads(before)
+    assert probe.seen == {1, 2}
