@@ -34,7 +34,6 @@ VARIANTS = [
             two_stage_distinct_iou=None,
             deformable_decoder=False,
             num_encoder_layers=3,
-            backbone_blocks=None,  # every block of every stage
             iou_class_targets=False,
         ),
     ),
@@ -73,12 +72,7 @@ VARIANTS = [
         dict(iou_class_targets=True),
     ),
     ("+ lr 1e-3", dict(lr=1e-3, lr_backbone=1e-3), {}),
-    ("+ deformable cross-attention in the decoder", {}, dict(deformable_decoder=True)),
-    (
-        "+ one block a ResNet stage, no encoder layer (the scratch recipe)",
-        {},
-        dict(backbone_blocks=1, num_encoder_layers=0),
-    ),
+    ("+ deformable cross-attention in the decoder (the scratch recipe)", {}, dict(deformable_decoder=True)),
 ]
 
 
