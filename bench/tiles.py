@@ -161,6 +161,27 @@ def slice_split(data: Path, split: str, out: Path, args: argparse.Namespace) -> 
         leftover.unlink()
 
 
+def sliced_yolo_data(data: Path, folder: Path, args: argparse.Namespace) -> Path:
+    """SAHI's ``--tile`` px slices of ``data`` in YOLO's layout, under ``folder``/sliced_yolo: made once, and
+    reused only while the data (its task.json), the tile and the overlap are the ones they were cut from."""
+    from detr.data.convert import convert
+
+    made_from = {"task": json.loads((data / "task.json").read_text()), "tile": args.tile, "overlap": args.overlap}
+    sliced, yolo = folder / "sliced", folder / "sliced_yolo"
+    if (yolo / "slices.json").is_file() and json.loads((yolo / "slices.json").read_text()) == made_from:
+        return yolo
+    if sliced.exists() or yolo.exists():
+        raise SystemExit(
+            f"{folder} holds slices of other data, another --tile or another --overlap (or an interrupted slicing): "
+            "remove it or give another --out"
+        )
+    for split in ("train", "val"):
+        slice_split(data, split, sliced, args)
+    convert(sliced, yolo, to="yolo")
+    (yolo / "slices.json").write_text(json.dumps(made_from, indent=1))  # last: its presence marks whole slices
+    return yolo
+
+
 def train_yolo(data: Path, out: Path, setting: str, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """YOLOv8n from its yaml on SAHI's slices of the training images (under OUT/yolov8n/, made once) for
     ``--minutes``: Ultralytics' defaults for a time budget (``setting`` "default") or the race's short-run
@@ -170,13 +191,7 @@ def train_yolo(data: Path, out: Path, setting: str, args: argparse.Namespace) ->
     import torch
     from ultralytics import YOLO
 
-    from detr.data.convert import convert
-
-    sliced, yolo = out.parent / "yolov8n" / "sliced", out.parent / "yolov8n" / "sliced_yolo"
-    if not (yolo / "data.yaml").is_file():
-        for split in ("train", "val"):
-            slice_split(data, split, sliced, args)
-        convert(sliced, yolo, to="yolo")
+    yolo = sliced_yolo_data(data, out.parent / "yolov8n", args)
     model = YOLO("yolov8n.yaml")
     threads, updates = [], []
 

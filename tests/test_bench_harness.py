@@ -5,6 +5,7 @@ thread probe. No training, no benchmark: a few 64 px images at most."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 import json
@@ -297,6 +298,39 @@ def test_yolo_copy_without_a_record_is_refused(tiny, tmp_path):
     (data.parent / "yolo_data" / "labels").mkdir(parents=True)
     with pytest.raises(SystemExit, match="no task.json"):
         tta.yolo_data(data)
+
+
+def test_tiles_yolo_slices_are_tied_to_data_tile_and_overlap(bench, tmp_path, monkeypatch):
+    """bench/tiles.py cuts SAHI's slices once; a rerun with another --tile, --overlap or regenerated data must not
+    train YOLO on the old slices."""
+    _, tiles = bench
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "task.json").write_text(json.dumps({"seed": 137}))
+    cuts = []
+
+    def slice_split(data, split, out, args):  # SAHI's slicing, replaced: what was cut, and a file to convert
+        cuts.append((split, args.tile, args.overlap))
+        (out / split).mkdir(parents=True, exist_ok=True)
+
+    def convert(source, target, to):
+        (target / "data.yaml").parent.mkdir(parents=True)
+        (target / "data.yaml").write_text("")
+
+    monkeypatch.setattr(tiles, "slice_split", slice_split)
+    monkeypatch.setattr(detr.data.convert, "convert", convert)
+    args = argparse.Namespace(tile=320, overlap=0.2)
+    folder = tmp_path / "yolov8n"
+    yolo = tiles.sliced_yolo_data(data, folder, args)
+    assert (yolo / "data.yaml").is_file() and cuts == [("train", 320, 0.2), ("val", 320, 0.2)]
+    assert tiles.sliced_yolo_data(data, folder, args) == yolo and len(cuts) == 2  # reused: same data, tile, overlap
+    for changed in (argparse.Namespace(tile=256, overlap=0.2), argparse.Namespace(tile=320, overlap=0.1)):
+        with pytest.raises(SystemExit, match="another --tile or another --overlap"):
+            tiles.sliced_yolo_data(data, folder, changed)
+    (data / "task.json").write_text(json.dumps({"seed": 138}))  # the data generated again, of another seed
+    with pytest.raises(SystemExit, match="slices of other data"):
+        tiles.sliced_yolo_data(data, folder, args)
+    assert len(cuts) == 2
 
 
 # ---------------------------------------------------------------------------------------------- settings, threads
