@@ -131,6 +131,7 @@ PEERS = ("yolov8n", "yolo11n", "yolo26n", "rtdetr-l")
 SETTINGS = ("default", "tuned")
 SYSTEMS = ("detr", *(f"{p}:{s}" for p in PEERS for s in SETTINGS))
 YOLO_BATCH = 16
+MIN_RUNS_FOR_CLAIM = 3  # issue #33: a verdict rests on at least 3 runs of each side
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -455,6 +456,7 @@ def run_one(task: str, data: Path, system: str, run: int, args: argparse.Namespa
         "run": run,
         "minutes": args.minutes,
         "threads": args.threads,
+        "detr_overrides": args.detr_overrides if system == "detr" else {},
         **measured,
         "AP": metrics["AP"],
         "AP50": metrics["AP50"],
@@ -486,7 +488,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
     groups: dict[tuple[str, int, float, int], dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
         key = (row["task"], row["data_seed"], row["minutes"], row["threads"])
-        groups.setdefault(key, {}).setdefault(row["system"], []).append(row)
+        groups.setdefault(key, {}).setdefault(system_name(row), []).append(row)
     for (task, seed, minutes, threads), systems in groups.items():
         lines.append(f"{task} (data seed {seed}, {minutes:g} minutes, threads {threads}):")
         stats = {}
@@ -500,14 +502,24 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
                 f"{statistics.mean(r['AP_alt'] for r in runs):.3f}; {ips:.1f} img/s; "
                 f"updates {statistics.mean(r['steps'] for r in runs):.0f})"
             )
-        peers = {s: v for s, v in stats.items() if s != "detr"}
-        if "detr" in stats and peers:
+        peers = {s: v for s, v in stats.items() if not s.startswith("detr")}
+        for variant in (s for s in stats if s.startswith("detr") and peers):
             best = max(peers, key=lambda s: peers[s][0])
-            ours, theirs = stats["detr"], peers[best]
+            ours, theirs = stats[variant], peers[best]
             ratio = ours[0] / max(theirs[0], 1e-9)
             verdict = "lead" if ours[1] > theirs[2] else "behind" if ours[2] < theirs[1] else "spreads overlap: no lead"
-            lines.append(f"  ours / best peer ({best}) mean AP: {ratio:.2f}  -> {verdict}")
+            fewest = min(len(systems[variant]), len(systems[best]))
+            if fewest < MIN_RUNS_FOR_CLAIM and verdict in ("lead", "behind"):
+                verdict += f" (only {fewest} run{'s' * (fewest > 1)} of one side: no claim before {MIN_RUNS_FOR_CLAIM})"
+            who = "ours" if variant == "detr" else variant
+            lines.append(f"  {who} / best peer ({best}) mean AP: {ratio:.2f}  -> {verdict}")
     return lines
+
+
+def system_name(row: dict[str, Any]) -> str:
+    """The system of a result row; our runs with ``--detr-overrides`` (a candidate, not the recipe) named apart."""
+    overrides = row.get("detr_overrides") or {}
+    return f"{row['system']} {json.dumps(overrides, sort_keys=True)}" if overrides else row["system"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,9 +127,9 @@ def test_summarize_best_peer_is_the_best_mean(bench):
     """The best peer setting is the one of higher mean AP (0.60), even where another (mean 0.58) had the best
     single run (0.66): against it ours (0.62-0.64, mean 0.63) is a lead, 1.05x."""
     tta, _ = bench
-    rows = [_row("detr", ap, run) for run, ap in enumerate((0.62, 0.64))]
-    rows += [_row("yolov8n:default", ap, run) for run, ap in enumerate((0.50, 0.66))]
-    rows += [_row("yolov8n:tuned", ap, run) for run, ap in enumerate((0.59, 0.61))]
+    rows = [_row("detr", ap, run) for run, ap in enumerate((0.62, 0.64, 0.63))]
+    rows += [_row("yolov8n:default", ap, run) for run, ap in enumerate((0.50, 0.66, 0.58))]
+    rows += [_row("yolov8n:tuned", ap, run) for run, ap in enumerate((0.59, 0.61, 0.60))]
     assert _verdict(tta.summarize(rows)) == ["  ours / best peer (yolov8n:tuned) mean AP: 1.05  -> lead"]
 
 
@@ -137,8 +137,8 @@ def test_summarize_keeps_other_minutes_threads_and_tasks_apart(bench):
     """A smoke run appended to the same results.jsonl (0.5 minutes, one lucky AP) is not averaged into the race,
     and each group's header gives its own minutes and threads, not the first row's."""
     tta, _ = bench
-    race = [_row("detr", ap, run) for run, ap in enumerate((0.75, 0.77))]
-    race += [_row("yolov8n:tuned", ap, run) for run, ap in enumerate((0.70, 0.74))]
+    race = [_row("detr", ap, run) for run, ap in enumerate((0.75, 0.77, 0.76))]
+    race += [_row("yolov8n:tuned", ap, run) for run, ap in enumerate((0.70, 0.74, 0.72))]
     smoke = [_row("detr", 0.99, 0, minutes=0.5), _row("yolov8n:tuned", 0.10, 0, minutes=0.5)]
     other_task = [_row("detr", 0.5, 0, task="scales", minutes=1.0, threads=1)]
     lines = tta.summarize(race + smoke + other_task)
@@ -147,11 +147,12 @@ def test_summarize_keeps_other_minutes_threads_and_tasks_apart(bench):
         "elongated (data seed 1001, 0.5 minutes, threads 2):",
         "scales (data seed 1001, 1 minutes, threads 1):",
     ]
-    assert "  detr             AP mean 0.760  spread 0.750-0.770  (2 runs;" in "\n".join(lines)
-    # the race: ours 0.75-0.77 against 0.70-0.74 (1.06x); the smoke run its own group (9.90x); scales has no peer
+    assert "  detr             AP mean 0.760  spread 0.750-0.770  (3 runs;" in "\n".join(lines)
+    # the race: ours 0.75-0.77 against 0.70-0.74 (1.06x); the smoke run its own group (9.90x, one run: no claim);
+    # scales has no peer
     assert _verdict(lines) == [
         "  ours / best peer (yolov8n:tuned) mean AP: 1.06  -> lead",
-        "  ours / best peer (yolov8n:tuned) mean AP: 9.90  -> lead",
+        "  ours / best peer (yolov8n:tuned) mean AP: 9.90  -> lead (only 1 run of one side: no claim before 3)",
     ]
 
 
@@ -161,8 +162,28 @@ def test_summarize_other_data_seeds_apart(bench):
     rows = [_row("detr", 0.8, 0, data_seed=5), _row("yolov8n:tuned", 0.4, 0, data_seed=5)]
     rows += [_row("detr", 0.5, 0), _row("yolov8n:tuned", 0.6, 0)]
     assert _verdict(tta.summarize(rows)) == [
-        "  ours / best peer (yolov8n:tuned) mean AP: 2.00  -> lead",
-        "  ours / best peer (yolov8n:tuned) mean AP: 0.83  -> behind",
+        "  ours / best peer (yolov8n:tuned) mean AP: 2.00  -> lead (only 1 run of one side: no claim before 3)",
+        "  ours / best peer (yolov8n:tuned) mean AP: 0.83  -> behind (only 1 run of one side: no claim before 3)",
+    ]
+
+
+def test_summarize_names_candidate_runs_apart_from_the_recipe(bench):
+    """Runs with --detr-overrides (a candidate change) are not averaged into the recipe's; each gets its own verdict,
+    and a lead needs 3 runs of each side."""
+    tta, _ = bench
+    light = {"model_kwargs": {"backbone_blocks": 1}}
+    rows = [_row("detr", ap, run) for run, ap in enumerate((0.52, 0.53, 0.54))]
+    rows += [_row("detr", ap, run, detr_overrides=light) for run, ap in enumerate((0.70, 0.72))]
+    rows += [_row("yolov8n:tuned", ap, run, detr_overrides={}) for run, ap in enumerate((0.59, 0.60, 0.61))]
+    lines = tta.summarize(rows)
+    assert '  detr {"model_kwargs": {"backbone_blocks": 1}} AP mean 0.710  spread 0.700-0.720  (2 runs;' in lines[2]
+    assert "  detr             AP mean 0.530  spread 0.520-0.540  (3 runs;" in lines[1]
+    assert [line for line in lines if "best peer" in line] == [
+        "  ours / best peer (yolov8n:tuned) mean AP: 0.88  -> behind",
+        (
+            '  detr {"model_kwargs": {"backbone_blocks": 1}} / best peer (yolov8n:tuned) mean AP: 1.18  -> lead '
+            "(only 2 runs of one side: no claim before 3)"
+        ),
     ]
 
 
