@@ -503,8 +503,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[str]:
                 f"updates {statistics.mean(r['steps'] for r in runs):.0f})"
             )
         peers = {s: v for s, v in stats.items() if not s.startswith("detr")}
-        for variant in (s for s in stats if s.startswith("detr") and peers):
-            best = max(peers, key=lambda s: peers[s][0])
+        if not peers:
+            continue
+        best = max(peers, key=lambda s: peers[s][0])
+        for variant in (s for s in stats if s.startswith("detr")):
             ours, theirs = stats[variant], peers[best]
             ratio = ours[0] / max(theirs[0], 1e-9)
             verdict = "lead" if ours[1] > theirs[2] else "behind" if ours[2] < theirs[1] else "spreads overlap: no lead"
