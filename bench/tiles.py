@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from time_to_accuracy import YOLO_BATCH, ThreadProbe, machine, yolo_train_args  # the race's own parts
+from time_to_accuracy import YOLO_BATCH, ThreadProbe, machine, made_from, yolo_train_args  # the race's own parts
 
 from detr.data.synthetic import SHAPES, SynthConfig, make_dataset
 
@@ -74,10 +74,8 @@ def task_data(out: Path, args: argparse.Namespace) -> Path:
         "seed": args.data_seed,
     }
     data = out / "data"
-    if (data / "task.json").is_file() and json.loads((data / "task.json").read_text()) == definition:
+    if made_from(data, definition, "another task's data"):
         return data
-    if data.exists() and any(data.iterdir()):
-        raise SystemExit(f"{data} holds another task's data: remove it or give another --out")
     print(f"generating {args.train_images} + {args.val_images} images of {args.width} x {args.height} px", flush=True)
     make_dataset(data, args.train_images, args.val_images, args.data_seed, task_config(args.width, args.height))
     (data / "task.json").write_text(json.dumps(definition, indent=1))  # last: its presence marks a whole folder
@@ -166,11 +164,11 @@ def sliced_yolo_data(data: Path, folder: Path, args: argparse.Namespace) -> Path
     reused only while the data (its task.json), the tile and the overlap are the ones they were cut from."""
     from detr.data.convert import convert
 
-    made_from = {"task": json.loads((data / "task.json").read_text()), "tile": args.tile, "overlap": args.overlap}
+    cut_from = {"task": json.loads((data / "task.json").read_text()), "tile": args.tile, "overlap": args.overlap}
     sliced, yolo = folder / "sliced", folder / "sliced_yolo"
-    if (yolo / "slices.json").is_file() and json.loads((yolo / "slices.json").read_text()) == made_from:
+    if made_from(yolo, cut_from, "slices of other data, another --tile or another --overlap", "slices.json"):
         return yolo
-    if sliced.exists() or yolo.exists():
+    if sliced.exists():  # slices without their YOLO copy: an interrupted slicing
         raise SystemExit(
             f"{folder} holds slices of other data, another --tile or another --overlap (or an interrupted slicing): "
             "remove it or give another --out"
@@ -178,7 +176,7 @@ def sliced_yolo_data(data: Path, folder: Path, args: argparse.Namespace) -> Path
     for split in ("train", "val"):
         slice_split(data, split, sliced, args)
     convert(sliced, yolo, to="yolo")
-    (yolo / "slices.json").write_text(json.dumps(made_from, indent=1))  # last: its presence marks whole slices
+    (yolo / "slices.json").write_text(json.dumps(cut_from, indent=1))  # last: its presence marks whole slices
     return yolo
 
 

@@ -143,16 +143,17 @@ def _definition(task: str, seed: int) -> dict[str, Any]:
     return json.loads(json.dumps(definition))  # tuples as lists, as read back
 
 
-def _check_definition(folder: Path, definition: dict[str, Any], what: str) -> bool:
-    """Whether ``folder`` holds data of ``definition`` (False: not there yet); refuses other data."""
-    recorded = folder / "task.json"
-    if not folder.exists():
+def made_from(folder: Path, definition: dict[str, Any], what: str, record: str = "task.json") -> bool:
+    """Whether ``folder`` holds what ``definition`` makes, as its ``record`` file says (False: nothing there yet);
+    refuses a folder of anything else: ``what`` names it in the message."""
+    if not folder.exists() or not any(folder.iterdir()):
         return False
+    recorded = folder / record
     if recorded.is_file() and json.loads(recorded.read_text()) == definition:
         return True
     raise SystemExit(
-        f"{folder} holds {what} of another definition of the task {definition['task']!r} (or an unknown one: no "
-        "task.json, or an interrupted generation); delete that folder to generate it again, or pass another --out"
+        f"{folder} holds {what} (or unknown contents: no {record}, or an interrupted generation); delete that "
+        "folder to generate it again, or pass another --out"
     )
 
 
@@ -161,7 +162,7 @@ def task_data(out: Path, task: str, seed: int) -> Path:
     definition (``task.json`` beside it) stays the same. A generator code change is not detected."""
     definition = _definition(task, seed)
     data = out / task / f"seed{seed}" / "data"
-    if not _check_definition(data, definition, "data"):
+    if not made_from(data, definition, f"data of another definition of the task {task!r}"):
         t = TASKS[task]
         make_dataset(data, train=t.train, val=t.val, seed=seed, config=t.data)
         (data / "task.json").write_text(json.dumps(definition, indent=1))  # last: its presence marks a whole folder
@@ -174,7 +175,7 @@ def yolo_data(data: Path) -> Path:
 
     definition = json.loads((data / "task.json").read_text())
     copy = data.parent / "yolo_data"
-    if not _check_definition(copy, definition, "a YOLO copy of data"):
+    if not made_from(copy, definition, f"a YOLO copy of data of another definition of the task {definition['task']!r}"):
         convert(data, copy, to="yolo")
         (copy / "task.json").write_text(json.dumps(definition, indent=1))
     return copy
