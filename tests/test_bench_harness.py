@@ -240,6 +240,14 @@ def test_task_data_generated_once_per_seed(tiny, tmp_path):
     assert json.loads((other / "task.json").read_text())["seed"] == 1002
 
 
+def test_task_data_fills_an_empty_folder(tiny, tmp_path):
+    """An empty data folder (made by hand, or left by mkdir) holds nothing to protect: it is filled, not refused."""
+    tta, seeds = tiny
+    (tmp_path / "demo" / "seed1001" / "data").mkdir(parents=True)
+    data = tta.task_data(tmp_path, "demo", 1001)
+    assert seeds == [1001] and json.loads((data / "task.json").read_text())["seed"] == 1001
+
+
 def test_task_data_of_another_seed_is_refused(tiny, tmp_path):
     """Data of seed 1001 where seed 1002's belongs (a folder moved or copied by hand) is not raced as 1002's."""
     tta, seeds = tiny
