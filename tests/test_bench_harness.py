@@ -20,6 +20,7 @@ from PIL import Image
 
 import detr.data.convert
 import detr.data.synthetic
+import detr.demo
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -400,3 +401,35 @@ def test_thread_probe_reads_threads_inside_the_training_loop(bench):
     finally:
         torch.set_num_threads(before)
     assert probe.seen == {1, 2}
+
+
+# ---------------------------------------------------------------------------------------------- step profile
+
+
+def test_step_profile_counts_the_backbone_as_its_convolutions(tmp_path, monkeypatch):
+    """bench/step_profile.py's FLOPs of our parts: the backbone's count (PyTorch's flop counter, grouped by the
+    profile) equals the convolutions' arithmetic worked out from their shapes (2 x out x in / groups x kernel per
+    output cell), read by forward hooks; the parts (the transformer entered through its methods, not its forward)
+    count no op twice: together no more than the whole pass."""
+    from detr.engine import TrainConfig
+    from detr.engine.train import Trainer
+
+    _load("time_to_accuracy", monkeypatch)
+    profile = _load("step_profile", monkeypatch)
+    data = tmp_path / "data"
+    detr.data.synthetic.make_dataset(data, train=2, val=1, seed=0, config=detr.demo.DEMO_DATA)
+    config = TrainConfig.from_recipe("scratch", data=str(data), output_dir=str(tmp_path / "run"), progress=False)
+    trainer = Trainer(config)
+    counted = []
+
+    def conv_flops(module, inputs, output):
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        counted.append(2 * output.numel() * module.in_channels // module.groups * kernel)
+
+    for module in trainer.model.backbone.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(conv_flops)
+    parts = profile.our_flops(trainer)
+    assert counted and parts["backbone"] == sum(counted)
+    assert {"backbone", "transformer", "dense_head", "other", "total"} <= parts.keys()
+    assert parts["transformer"] > 0 and parts["other"] >= 0  # no op counted in two parts

@@ -202,8 +202,67 @@ def test_backbone_blocks_survive_save_and_load_and_block_the_transformers_export
     # a checkpoint of the full network is not this model's: refused, not half loaded
     with pytest.raises((RuntimeError, ValueError), match="layer1.1"):
         small(backbone_layers=2, backbone_blocks=1, weights=small(backbone_layers=2).state_dict())
-    with pytest.raises(ValueError, match="all their blocks"):
+    with pytest.raises(ValueError, match="all their blocks and channels"):
         detr.detr_r50(num_classes=2, backbone_blocks=2).export_hf(tmp_path / "hf")
+
+
+def test_backbone_width_is_torchvisions_blocks_at_fewer_channels(tmp_path):
+    """width 0.5: a ResNet-18 cut at layer2 with 32 / 32 / 64 channels, which a network assembled here from
+    torchvision's own BasicBlock (stride-2 block with a 1x1 downsample, as in the paper's network) loads weight
+    for weight and reproduces; about a quarter of the full width's arithmetic; saved and loaded with its width."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from torchvision.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    narrow = detr.ResNetBackbone("resnet18", num_layers=2, norm="bn", width=0.5).eval()
+    assert (narrow.num_channels, narrow.level_channels, narrow.spec()["width"]) == (64, [32, 64], 0.5)
+
+    def bn(c):
+        return torch.nn.BatchNorm2d(c)
+
+    downsample = torch.nn.Sequential(torch.nn.Conv2d(32, 64, 1, stride=2, bias=False), bn(64))
+    reference = torch.nn.ModuleDict(
+        {
+            "conv1": torch.nn.Conv2d(3, 32, 7, stride=2, padding=3, bias=False),
+            "bn1": bn(32),
+            "layer1": torch.nn.Sequential(BasicBlock(32, 32), BasicBlock(32, 32)),
+            "layer2": torch.nn.Sequential(BasicBlock(32, 64, stride=2, downsample=downsample), BasicBlock(64, 64)),
+        }
+    ).eval()
+    reference.load_state_dict(narrow.body.state_dict())  # strict: the same names and shapes, nothing left over
+    for module in narrow.modules():  # running statistics other than the initial ones, to catch a mix-up
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    reference.load_state_dict(narrow.body.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        r = reference
+        stem = torch.nn.functional.max_pool2d(r["bn1"](r["conv1"](x)).relu(), 3, 2, 1)
+        torch.testing.assert_close(narrow(x), r["layer2"](r["layer1"](stem)))  # (2, 64, 8, 8)
+
+    def flops(backbone):
+        with FlopCounterMode(display=False) as counter:
+            backbone(x)
+        return counter.get_total_flops()
+
+    full = detr.ResNetBackbone("resnet18", num_layers=2, norm="bn")
+    assert 0.25 < flops(narrow) / flops(full) < 0.3  # every conv a quarter, but the stem's 3 input channels
+    model = small(backbone_layers=2, backbone_width=0.5).eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = detr.DETR.from_pretrained(tmp_path / "m").eval()
+    assert loaded.backbone.width == 0.5 and loaded.backbone.num_channels == 64
+    torch.testing.assert_close(loaded(x)[-1], model(x)[-1])
+
+
+@pytest.mark.parametrize("width", [0, 1.5, 0.3, "half"])
+def test_backbone_width_errors(width, tmp_path):
+    with pytest.raises(ValueError, match="width must be in"):
+        detr.ResNetBackbone("resnet18", width=width)
+    with pytest.raises(ValueError, match="full width only"):
+        detr.ResNetBackbone("resnet18", pretrained=True, width=0.5)
+    with pytest.raises(ValueError, match="all their blocks and channels"):
+        detr.detr_r50(num_classes=2, backbone_width=0.5).export_hf(tmp_path / "hf")
 
 
 def test_backbone_option_errors():

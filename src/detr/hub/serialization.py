@@ -275,10 +275,11 @@ def export_hf(model: DETR, directory: str | Path) -> Path:
         and not backbone.dilation
         and backbone.num_layers == 4
         and backbone.blocks_per_stage is None
+        and backbone.width == 1
     ):
         raise ValueError(
             f"this model's backbone ({getattr(backbone, 'name', type(backbone).__name__)}) cannot be exported: "
-            "transformers' ResNet backbone supports R50/R101 up to layer4 with all their blocks, without DC5"
+            "transformers' ResNet backbone supports R50/R101 up to layer4 with all their blocks and channels, without DC5"
         )
     if not isinstance(t, Transformer) or t.spec()["normalize_before"]:
         raise ValueError("only the post-norm detr.Transformer can be exported: transformers' DETR is post-norm only")

@@ -172,6 +172,31 @@ def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
     raise ValueError(f"norm must be 'frozen_bn' (reference) or 'bn' (trainable batch norm), got {norm!r}")
 
 
+def _narrow(
+    resnet: torchvision.models.ResNet, stem: int, norm_layer: Callable[[int], nn.Module], dilation: bool
+) -> None:
+    """Rebuild ``resnet``'s stem and stages in place with ``stem`` channels instead of 64 (each stage twice the
+    last, as in the paper's network), by torchvision's own stage builder; the blocks, their counts and strides,
+    and the initialisation are torchvision's. Parameter names do not change."""
+    block = type(resnet.layer1[0])
+    resnet.inplanes, resnet.dilation = stem, 1  # the builder's running state, as ResNet.__init__ starts it
+    resnet.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+    resnet.bn1 = norm_layer(stem)
+    for i, stage in enumerate(("layer1", "layer2", "layer3", "layer4")):
+        blocks = len(getattr(resnet, stage))
+        setattr(
+            resnet,
+            stage,
+            resnet._make_layer(block, stem * 2**i, blocks, stride=1 if i == 0 else 2, dilate=i == 3 and dilation),
+        )
+    for module in resnet.modules():  # ResNet.__init__'s initialisation, for the new layers
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 class ResNetBackbone(nn.Module):
     """ResNet up to ``layer4``: (B, 3, H, W) -> (B, num_channels, ceil(H/32), ceil(W/32)).
 
@@ -193,6 +218,9 @@ class ResNetBackbone(nn.Module):
             fewer; ``None``: all, the reference: 2 per stage in a ResNet-18). Fewer blocks make a shallower,
             cheaper network with the same strides and channels, for training from scratch on few cores;
             the kept blocks load their ImageNet weights as usual.
+        width: every stage's channels (the stem's 64 too) times this, in (0, 1]: 0.5 makes a ResNet-18 of
+            32 / 64 / 128 / 256 channels, about a quarter of the arithmetic, with the same strides, depth and
+            receptive field (for training from scratch on few cores; ImageNet weights exist for 1 only).
     """
 
     def __init__(
@@ -206,6 +234,7 @@ class ResNetBackbone(nn.Module):
         num_layers: int = 4,
         channels_last: bool = True,
         blocks_per_stage: int | None = None,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         if name not in RESNET_IMAGENET_WEIGHTS:
@@ -220,11 +249,23 @@ class ResNetBackbone(nn.Module):
             raise ValueError(
                 f"blocks_per_stage must be a positive number of residual blocks or None (all), got {blocks_per_stage!r}"
             )
+        if not (isinstance(width, (int, float)) and 0 < width <= 1 and float(64 * width).is_integer()):
+            raise ValueError(
+                f"width must be in (0, 1] with 64 x width a whole number of channels (e.g. 0.25, 0.5, 0.75), "
+                f"got {width!r}"
+            )
+        if pretrained and width != 1:
+            raise ValueError(
+                f"ImageNet weights exist for the full width only: width {width} trains from scratch "
+                "(pretrained_backbone=False, detr train --no-pretrained-backbone)"
+            )
         resnet = getattr(torchvision.models, name)(
             weights=None,
             replace_stride_with_dilation=[False, False, dilation],
             norm_layer=_norm_layer(norm),
         )
+        if width != 1:
+            _narrow(resnet, int(64 * width), _norm_layer(norm), dilation)
         if pretrained:
             self._load_imagenet_weights(resnet, name)
         if blocks_per_stage is not None:
@@ -232,7 +273,8 @@ class ResNetBackbone(nn.Module):
                 # the first block of a stage changes stride and width; the later ones keep both, so any cut holds
                 setattr(resnet, stage, getattr(resnet, stage)[:blocks_per_stage])
         self.blocks_per_stage = blocks_per_stage
-        self.num_channels = (512 if name in ("resnet18", "resnet34") else 2048) // 2 ** (4 - num_layers)
+        self.width = width
+        self.num_channels = int((512 if name in ("resnet18", "resnet34") else 2048) * width) // 2 ** (4 - num_layers)
         self.name = name
         self.dilation = dilation
         self.train_backbone, self.norm, self.freeze_stem, self.num_layers = (
@@ -251,7 +293,7 @@ class ResNetBackbone(nn.Module):
             resnet, return_layers={f"layer{i}": f"layer{i}" for i in range(1, num_layers + 1)}
         )
         widths = [64, 128, 256, 512] if name in ("resnet18", "resnet34") else [256, 512, 1024, 2048]
-        self.level_channels = widths[:num_layers]  # channels of layer1 ... layerN
+        self.level_channels = [int(c * width) for c in widths[:num_layers]]  # channels of layer1 ... layerN
         if norm == "frozen_bn":
             fuse_frozen_batch_norms(self.body)
         self.channels_last = channels_last
@@ -269,6 +311,7 @@ class ResNetBackbone(nn.Module):
             "num_layers": self.num_layers,
             "channels_last": self.channels_last,
             "blocks_per_stage": self.blocks_per_stage,
+            "width": self.width,
         }
 
     @staticmethod

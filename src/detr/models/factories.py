@@ -54,6 +54,7 @@ def build_detr(
     freeze_stem: bool = True,
     backbone_layers: int = 4,
     backbone_blocks: int | None = None,
+    backbone_width: float = 1.0,
     masks: bool = False,
     freeze_detector: bool = False,
     **kwargs: Any,
@@ -81,6 +82,7 @@ def build_detr(
         freeze_stem=freeze_stem,
         num_layers=backbone_layers,
         blocks_per_stage=backbone_blocks,
+        width=backbone_width,
     )
     transformer = Transformer(
         d_model=d_model,
