@@ -229,12 +229,11 @@ def test_backbone_width_is_torchvisions_blocks_at_fewer_channels(tmp_path):
             "layer2": torch.nn.Sequential(BasicBlock(32, 64, stride=2, downsample=downsample), BasicBlock(64, 64)),
         }
     ).eval()
-    reference.load_state_dict(narrow.body.state_dict())  # strict: the same names and shapes, nothing left over
     for module in narrow.modules():  # running statistics other than the initial ones, to catch a mix-up
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
-    reference.load_state_dict(narrow.body.state_dict())
+    reference.load_state_dict(narrow.body.state_dict())  # strict: the same names and shapes, nothing left over
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         r = reference

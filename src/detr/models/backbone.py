@@ -259,13 +259,14 @@ class ResNetBackbone(nn.Module):
                 f"ImageNet weights exist for the full width only: width {width} trains from scratch "
                 "(pretrained_backbone=False, detr train --no-pretrained-backbone)"
             )
+        norm_layer = _norm_layer(norm)
         resnet = getattr(torchvision.models, name)(
             weights=None,
             replace_stride_with_dilation=[False, False, dilation],
-            norm_layer=_norm_layer(norm),
+            norm_layer=norm_layer,
         )
         if width != 1:
-            _narrow(resnet, int(64 * width), _norm_layer(norm), dilation)
+            _narrow(resnet, int(64 * width), norm_layer, dilation)
         if pretrained:
             self._load_imagenet_weights(resnet, name)
         if blocks_per_stage is not None:
@@ -274,7 +275,9 @@ class ResNetBackbone(nn.Module):
                 setattr(resnet, stage, getattr(resnet, stage)[:blocks_per_stage])
         self.blocks_per_stage = blocks_per_stage
         self.width = width
-        self.num_channels = int((512 if name in ("resnet18", "resnet34") else 2048) * width) // 2 ** (4 - num_layers)
+        widths = [64, 128, 256, 512] if name in ("resnet18", "resnet34") else [256, 512, 1024, 2048]
+        self.level_channels = [int(c * width) for c in widths[:num_layers]]  # channels of layer1 ... layerN
+        self.num_channels = self.level_channels[-1]
         self.name = name
         self.dilation = dilation
         self.train_backbone, self.norm, self.freeze_stem, self.num_layers = (
@@ -292,8 +295,6 @@ class ResNetBackbone(nn.Module):
         self.body = IntermediateLayerGetter(
             resnet, return_layers={f"layer{i}": f"layer{i}" for i in range(1, num_layers + 1)}
         )
-        widths = [64, 128, 256, 512] if name in ("resnet18", "resnet34") else [256, 512, 1024, 2048]
-        self.level_channels = [int(c * width) for c in widths[:num_layers]]  # channels of layer1 ... layerN
         if norm == "frozen_bn":
             fuse_frozen_batch_norms(self.body)
         self.channels_last = channels_last
