@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from detr.cli import main
@@ -99,6 +100,45 @@ def test_batch_size_follows_the_tokens_a_batch_holds():
     assert schedule(64, batch_size=4, warmup_steps=10) == (4, 10)
     # a backbone cut given moves the tokens with it: 128 px at stride 16 makes 64 tokens an image
     assert schedule(128, model_kwargs={"backbone_layers": 3}) == (16, 200)
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"), [(True, False, "bf16"), (False, True, "bf16"), (False, False, "none")]
+)
+def test_scratch_trains_in_bf16_where_the_cpu_computes_it(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    stats = DataStats(160, 160, 3, 3, 10)
+    assert recipe_values("scratch", stats, {"device": "cpu"})["amp"] == expected
+    assert recipe_values("scratch", stats, {"device": "cpu", "amp": "none"})["amp"] == "none"  # the user's wins
+    # 64 px images (the demo's): too little convolution for bf16 to pay, float32 whatever the CPU
+    assert recipe_values("scratch", DataStats(64, 64, 3, 3, 10), {"device": "cpu"})["amp"] == "none"
+
+
+def test_a_bf16_step_computes_the_float32_loss(small_shapes, tmp_path):
+    """The scratch recipe's model under bf16 autocast (the recipe's choice on CPUs with bf16 arithmetic): the
+    same loss as in float32 up to bf16 rounding, and gradients for every parameter float32 updates."""
+    from detr.engine.train import Trainer
+
+    config = TrainConfig.from_recipe(
+        "scratch", data=str(small_shapes), output_dir=str(tmp_path), amp="none", batch_size=4, progress=False
+    )
+    trainer = Trainer(config)
+    images, mask, targets = next(iter(trainer._loader()))
+    torch.manual_seed(0)
+    loss32 = trainer.loss_module(images, mask, targets)["loss"]
+    loss32.backward()
+    grads32 = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.model.zero_grad()
+    torch.manual_seed(0)  # the same denoising noise
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16 = trainer.loss_module(images, mask, targets)["loss"]
+    loss16.backward()
+    assert loss16.dtype == torch.float32
+    assert torch.isclose(loss16, loss32, rtol=0.03), (float(loss16), float(loss32))
+    grads16 = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
+    assert grads16.keys() == grads32.keys()
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads16.values())
 
 
 @needs_coco128

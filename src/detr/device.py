@@ -24,3 +24,11 @@ def resolve_device(name: str) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"--device {name}: only auto, cpu, cuda and cuda:N are supported")
     return device
+
+
+def computes_bf16_natively(device: torch.device) -> bool:
+    """Whether ``device`` has bf16 arithmetic in hardware (CPU: AVX512-BF16 or AMX; GPU: bf16 tensor cores),
+    where bf16 autocast makes convolutions and matrix products faster; elsewhere it is emulated, and slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
