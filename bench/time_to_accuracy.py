@@ -255,7 +255,8 @@ def train_detr(job: dict[str, Any]) -> dict[str, Any]:
         "threads_in_loop": sorted(probe.seen),
         "optimizer": f"AdamW lr {config.lr:g}, warm-up {config.warmup_steps} steps, {config.lr_schedule}",
         "settings": f"{config.model}, {config.num_queries} queries, {config.train_scales[0]} px, "
-        f"batch {config.batch_size}, {config.workers} loader workers",
+        f"batch {config.batch_size}, {config.workers} loader workers, "
+        f"{'float32' if config.amp == 'none' else config.amp + ' autocast'}",
     }
 
 
@@ -377,7 +378,7 @@ def train_yolo(job: dict[str, Any]) -> dict[str, Any]:
         "threads_in_loop": sorted(seen["threads"]),
         "optimizer": seen.get("optimizer", "?"),
         "settings": f"{name}.yaml {setting}, {trainer.epoch + 1} epochs begun, {size} px, batch {YOLO_BATCH}, "
-        f"{trainer.train_loader.num_workers} loader workers",
+        f"{trainer.train_loader.num_workers} loader workers, {'AMP' if trainer.amp else 'float32'}",
     }
 
 

@@ -8,7 +8,9 @@
   proposals place the decoder's anchor boxes (two-stage), a decoder that reads the image at points of
   those boxes (deformable cross-attention), large learning rates with warm-up and a
   cosine schedule that ends when the clock (``max_minutes``) or ``max_steps`` does. It adapts to the
-  data what must adapt (image size, feature stride, number of queries, batch size) and nothing else.
+  data what must adapt (image size, feature stride, number of queries, batch size), and to the device
+  one thing: bf16 autocast where it computes bf16 in hardware and the images are large enough for that
+  to pay (``SCRATCH_MIN_BF16_SIDE``).
 
 A recipe gives defaults only: every value the user gives (flag, config file key, keyword) wins. The
 resolved values are what the run records in its ``config.json``, so a run can be repeated without the
