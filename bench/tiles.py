@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from time_to_accuracy import YOLO_BATCH, ThreadProbe, machine, made_from, yolo_train_args  # the race's own parts
 
 from detr.data.synthetic import SHAPES, SynthConfig, make_dataset
+from detr.device import computes_bf16_natively
 
 # the ResNet-18 cut after layer2 (stride 8, for objects of 8-32 px; the recipe alone would take stride 16 at 320 px)
 # with one block a stage, and no encoder layer (the deformable decoder and the dense head read the projected
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         model, trained = train_ours(data, out / "detr", args)
         record("ours, whole image", *predict_ours(model, images, tiled=False, args=args), trained)
         record(f"ours, tiles of {args.tile}", *predict_ours(model, images, tiled=True, args=args), trained)
-        if torch.cpu._is_avx512_bf16_supported():  # bf16 backbone on CPUs that compute it natively (else slower)
+        if computes_bf16_natively(torch.device("cpu")):  # a bf16 backbone where the CPU computes bf16 (else slower)
             tiled_bf16 = predict_ours(model, images, tiled=True, args=args, dtype=torch.bfloat16)
             record(f"ours, tiles of {args.tile}, bf16", *tiled_bf16, trained)
     for system in [s for s in args.systems if s.startswith("yolov8n")]:
