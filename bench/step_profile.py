@@ -39,7 +39,8 @@ def step_split(trainer: Trainer, steps: int, warmup: int = 5) -> tuple[list[floa
         t0 = time.perf_counter()
         images, mask, targets = next(batches)
         t1 = time.perf_counter()
-        loss = trainer.loss_module(images, mask, targets)["loss"]
+        with trainer.autocast():  # the recipe's precision, as the training loop runs it
+            loss = trainer.loss_module(images, mask, targets)["loss"]
         t2 = time.perf_counter()
         loss.backward()
         t3 = time.perf_counter()
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     size = config.train_scales[0]
     print(
         f"{args.task} (data seed {seed}, {size} px, batch {config.batch_size}, {config.num_queries} queries"
-        f"{', ' + json.dumps(args.detr_overrides) if args.detr_overrides else ''}), {torch.get_num_threads()} torch threads"
+        f"{', ' + json.dumps(args.detr_overrides) if args.detr_overrides else ''}, {config.amp if config.amp != 'none' else 'float32'})"
+        f", {torch.get_num_threads()} torch threads"
     )
     spent, images_read = step_split(trainer, args.steps)
     total = sum(spent)

@@ -545,13 +545,15 @@ def main(argv: list[str] | None = None) -> int:
         default={},
         help="TrainConfig values over the scratch recipe, as JSON (a candidate change, e.g. '{\"batch_size\": 8}')",
     )
-    parser.add_argument("--summarize", metavar="RESULTS_JSONL", help="print the summary of recorded rows and stop")
+    parser.add_argument(
+        "--summarize", nargs="+", metavar="RESULTS_JSONL", help="print the summary of recorded rows (one or more files) and stop"
+    )
     parser.add_argument("--worker", metavar="JOB_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(Path(args.worker))
     if args.summarize:
-        rows = [json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for p in args.summarize for line in Path(p).read_text().splitlines() if line.strip()]
         print("\n".join(summarize(rows)))
         return 0
     args.systems = [f"{s}:default" if s in PEERS else s for s in args.systems]  # a bare peer name: its defaults

@@ -134,6 +134,23 @@ def test_summarize_best_peer_is_the_best_mean(bench):
     assert _verdict(tta.summarize(rows)) == ["  ours / best peer (yolov8n:tuned) mean AP: 1.05  -> lead"]
 
 
+def test_summarize_reads_several_results_files(bench, tmp_path, capsys):
+    """Rounds recorded in different files (one file a session, as bench/results/ keeps them) are one race:
+    two rounds in one file and the third in another give the three-run verdict; one file alone gives two runs."""
+    tta, _ = bench
+    first = [_row("detr", 0.70, 0), _row("yolov8n:tuned", 0.60, 0), _row("detr", 0.72, 1), _row("yolov8n:tuned", 0.62, 1)]
+    third = [_row("detr", 0.71, 2), _row("yolov8n:tuned", 0.64, 2)]
+    for name, rows in (("a.jsonl", first), ("b.jsonl", third)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")  # a blank line is skipped
+    assert tta.main(["--summarize", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]) == 0
+    both = capsys.readouterr().out.splitlines()
+    assert both[1].startswith("  detr             AP mean 0.710  spread 0.700-0.720  (3 runs;")
+    assert both[2].startswith("  yolov8n:tuned    AP mean 0.620  spread 0.600-0.640  (3 runs;")
+    assert _verdict(both) == ["  ours / best peer (yolov8n:tuned) mean AP: 1.15  -> lead"]
+    tta.main(["--summarize", str(tmp_path / "a.jsonl")])
+    assert "(2 runs;" in capsys.readouterr().out.splitlines()[1]
+
+
 def test_summarize_keeps_other_minutes_threads_and_tasks_apart(bench):
     """A smoke run appended to the same results.jsonl (0.5 minutes, one lucky AP) is not averaged into the race,
     and each group's header gives its own minutes and threads, not the first row's."""

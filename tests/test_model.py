@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import detr
 from detr import DETR, DETRConfig, ResNetBackbone, Transformer
@@ -247,16 +248,60 @@ def test_resnet_backbone_keeps_the_reference_parameter_names():
 
 
 def test_attention_dropout_drops_and_rescales():
-    from detr.models.transformer import _attention_with_dropout
+    from detr.models.transformer import _explicit_attention
 
     torch.manual_seed(0)
     q, k = torch.zeros(1, 1, 4, 8), torch.zeros(1, 1, 2000, 8)  # uniform attention: every weight 1/2000
     v = torch.ones(1, 1, 2000, 8)
-    out = _attention_with_dropout(q, k, v, None, 0.3)
+    out = _explicit_attention(q, k, v, None, 0.3)
     # each output is the sum of the kept weights / 0.7: mean 1, and about 30% of the 2000 terms dropped
     kept = out[0, 0, :, 0] * 0.7 * 2000
     assert ((kept > 1300) & (kept < 1500)).all(), kept
     torch.testing.assert_close(out.mean(), torch.tensor(1.0), atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_bf16_attention_on_cpu_is_as_accurate_as_the_fused_kernel(masked):
+    """Under bf16 autocast on a CPU the attention runs as separate matmuls and a float32 softmax (faster there
+    than the fused kernel). Against torch's fused scaled_dot_product_attention in float32, its output and
+    gradients are off by no more than that kernel's own bf16 run is (with a key padding mask and a query-group
+    mask, the decoder's)."""
+    from detr.models.transformer import MultiheadAttention
+
+    torch.manual_seed(0)
+    attention = MultiheadAttention(64, 8)
+    x = torch.randn(2, 30, 64)
+    padding = torch.zeros(2, 30, dtype=torch.bool)
+    groups = None
+    if masked:
+        padding[1, 24:] = True  # the second image's last 6 tokens are padding
+        groups = torch.ones(30, 30, dtype=torch.bool)
+        groups[:10, 10:] = False  # queries 0-9 see only each other
+
+    def fused(inputs):  # the same projections, then torch's kernel
+        c, w, b = 64, attention.in_proj_weight, attention.in_proj_bias
+        q, k, v = (F.linear(inputs, w[i * c : (i + 1) * c], b[i * c : (i + 1) * c]) for i in range(3))
+        q, k, v = (t.view(2, 30, 8, 8).transpose(1, 2) for t in (q, k, v))  # (B, h, L, d)
+        mask = ~padding[:, None, None, :] if groups is None else ~padding[:, None, None, :] & groups
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, L, d)
+        return attention.out_proj(out.transpose(1, 2).reshape(2, 30, 64))
+
+    def ours(inputs):
+        return attention(inputs, inputs, inputs, key_padding_mask=padding, attn_mask=groups)
+
+    def run(forward, bf16):
+        attention.zero_grad()
+        inputs = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = forward(inputs)
+        assert out.dtype == (torch.bfloat16 if bf16 else torch.float32)
+        out.float().sin().sum().backward()
+        return out.float(), inputs.grad, attention.in_proj_weight.grad.clone()
+
+    reference = run(fused, bf16=False)
+    for got, theirs, exact in zip(run(ours, bf16=True), run(fused, bf16=True), reference):
+        ours_error, fused_error = (got - exact).abs().max(), (theirs - exact).abs().max()
+        assert 0 < ours_error <= 1.5 * fused_error, (ours_error, fused_error)  # 0: it did run in bf16
 
 
 def test_iou_class_targets_put_each_matched_querys_iou_on_its_class():

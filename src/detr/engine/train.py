@@ -423,9 +423,7 @@ class Trainer:
         for images, mask, targets in loader:
             images, mask = images.to(self.device, non_blocking=True), mask.to(self.device)
             targets = _to_device(targets, self.device)
-            with torch.autocast(
-                self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
-            ):
+            with self.autocast():
                 try:
                     terms = self.loss_module(images, mask, targets)
                 except ValueError as err:  # bad input, refused before it touched the model: say which batch
@@ -455,6 +453,11 @@ class Trainer:
         # micro-batches left over (fewer than `accumulate`) are dropped, their gradients cleared
         self.optimizer.zero_grad(set_to_none=True)
         return True
+
+    def autocast(self) -> torch.autocast:
+        """The autocast a training forward runs under: ``config.amp``'s dtype, or off (float32)."""
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def _optimizer_step(self) -> None:
         """One update from the gradients accumulated: clip, step, schedule, weight average, count."""
