@@ -5,6 +5,7 @@ minutes on the same machine and the same generated data, repeated, and scored by
     .venv/bin/python bench/time_to_accuracy.py --tasks elongated --data-seed 1001 --runs 3 \\
         --systems detr yolov8n:default yolov8n:tuned [--minutes 9] [--threads 2] [--out runs/tta]
     .venv/bin/python bench/time_to_accuracy.py --summarize runs/tta/results.jsonl   # the table again
+    .venv/bin/python bench/time_to_accuracy.py --summarize bench/results/*.jsonl   # the published races' rows
 
 How the race is kept fair (issue #33):
 - Each system trains in a process of its own (``--worker``), with ``--threads`` torch threads. Ultralytics' trainer
