@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from time_to_accuracy import TASKS, task_data
+from time_to_accuracy import TASKS, precision, task_data
 from torch.utils.flop_counter import FlopCounterMode
 
 from detr.engine.config import TrainConfig
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     size = config.train_scales[0]
     print(
         f"{args.task} (data seed {seed}, {size} px, batch {config.batch_size}, {config.num_queries} queries"
-        f"{', ' + json.dumps(args.detr_overrides) if args.detr_overrides else ''}, {config.amp if config.amp != 'none' else 'float32'})"
-        f", {torch.get_num_threads()} torch threads"
+        f"{', ' + json.dumps(args.detr_overrides) if args.detr_overrides else ''}, {precision(config)}), "
+        f"{torch.get_num_threads()} torch threads"
     )
     spent, images_read = step_split(trainer, args.steps)
     total = sum(spent)

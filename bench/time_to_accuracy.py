@@ -212,6 +212,11 @@ class ThreadProbe:
         pass
 
 
+def precision(config: Any) -> str:
+    """What a run of ours (a ``TrainConfig``) trains in: ``float32``, or ``bf16 autocast`` / ``fp16 autocast``."""
+    return "float32" if config.amp == "none" else f"{config.amp} autocast"
+
+
 def train_detr(job: dict[str, Any]) -> dict[str, Any]:
     """Our scratch recipe for ``minutes`` (``overrides``: TrainConfig values over it, a candidate change)."""
     from detr.engine.config import TrainConfig
@@ -256,8 +261,7 @@ def train_detr(job: dict[str, Any]) -> dict[str, Any]:
         "threads_in_loop": sorted(probe.seen),
         "optimizer": f"AdamW lr {config.lr:g}, warm-up {config.warmup_steps} steps, {config.lr_schedule}",
         "settings": f"{config.model}, {config.num_queries} queries, {config.train_scales[0]} px, "
-        f"batch {config.batch_size}, {config.workers} loader workers, "
-        f"{'float32' if config.amp == 'none' else config.amp + ' autocast'}",
+        f"batch {config.batch_size}, {config.workers} loader workers, {precision(config)}",
     }
 
 
@@ -547,7 +551,10 @@ def main(argv: list[str] | None = None) -> int:
         help="TrainConfig values over the scratch recipe, as JSON (a candidate change, e.g. '{\"batch_size\": 8}')",
     )
     parser.add_argument(
-        "--summarize", nargs="+", metavar="RESULTS_JSONL", help="print the summary of recorded rows (one or more files) and stop"
+        "--summarize",
+        nargs="+",
+        metavar="RESULTS_JSONL",
+        help="print the summary of recorded rows (one or more files) and stop",
     )
     parser.add_argument("--worker", metavar="JOB_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -138,7 +138,12 @@ def test_summarize_reads_several_results_files(bench, tmp_path, capsys):
     """Rounds recorded in different files (one file a session, as bench/results/ keeps them) are one race:
     two rounds in one file and the third in another give the three-run verdict; one file alone gives two runs."""
     tta, _ = bench
-    first = [_row("detr", 0.70, 0), _row("yolov8n:tuned", 0.60, 0), _row("detr", 0.72, 1), _row("yolov8n:tuned", 0.62, 1)]
+    first = [
+        _row("detr", 0.70, 0),
+        _row("yolov8n:tuned", 0.60, 0),
+        _row("detr", 0.72, 1),
+        _row("yolov8n:tuned", 0.62, 1),
+    ]
     third = [_row("detr", 0.71, 2), _row("yolov8n:tuned", 0.64, 2)]
     for name, rows in (("a.jsonl", first), ("b.jsonl", third)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")  # a blank line is skipped
@@ -471,9 +476,7 @@ def test_published_tables_state_what_the_kept_rows_summarize_to(bench, results):
     assert stats["detr"][1] >= 3 and stats["yolov8n:tuned"][1] >= 3, stats
     task, seed = rows[0]["task"], rows[0]["data_seed"]
     for readme in (BENCH.parent / "README.md", BENCH / "README.md"):
-        table_rows = [
-            line for line in readme.read_text().splitlines() if line.startswith(f"| `{task}` ({seed})")
-        ]
+        table_rows = [line for line in readme.read_text().splitlines() if line.startswith(f"| `{task}` ({seed})")]
         assert len(table_rows) == 1, (readme.name, table_rows)
         cells = [cell.strip() for cell in table_rows[0].split("|")[2:]]
         assert cells[:3] == [stats["detr"][0], stats["yolov8n:tuned"][0], ratio], (readme.name, cells)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..data.coco import CocoDetection, CocoSplit
 from ..data.transforms import collate, eval_transforms
+from ..device import autocast
 from ..processing.postprocess import postprocess
 from ..processing.preprocess import ImagePreprocessor
 from ..processing.tiling import Tiling, predict_tiled
@@ -65,7 +66,7 @@ def predict_dataset(
     device = torch.device(device)
     for images, mask, targets in tqdm(loader, desc="eval", disable=not progress_bars(progress), leave=False):
         images, mask = images.to(device), mask.to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with autocast(device, autocast_dtype):
             logits, boxes = model.decode(images, mask, all_layers=False)
         if outputs is not None:
             outputs.append(

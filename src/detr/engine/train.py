@@ -23,7 +23,7 @@ from ..data.coco import CocoDetection
 from ..data.mosaic import Mosaic
 from ..data.tile_crop import TileCrop
 from ..data.transforms import collate, train_transforms
-from ..device import resolve_device
+from ..device import autocast, resolve_device
 from ..distributed import (
     DistInfo,
     ResumableSampler,
@@ -456,8 +456,7 @@ class Trainer:
 
     def autocast(self) -> torch.autocast:
         """The autocast a training forward runs under: ``config.amp``'s dtype, or off (float32)."""
-        dtype = self.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+        return autocast(self.device, self.autocast_dtype)
 
     def _optimizer_step(self) -> None:
         """One update from the gradients accumulated: clip, step, schedule, weight average, count."""
