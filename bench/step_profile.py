@@ -77,16 +77,19 @@ def our_flops(trainer: Trainer) -> dict[str, int]:
 
 
 def peer_flops(name: str, size: int, classes: int) -> int:
-    """Forward FLOPs of one ``size`` px image through the peer's network in training mode (its loss left out)."""
+    """Forward FLOPs of one ``size`` px image through the peer's network in training mode (its loss left out),
+    at the size the peer trains a ``size`` px task at: its own rounding up to a multiple of its stride (112 -> 128)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_VERBOSE", "False")
     from ultralytics.nn.tasks import DetectionModel, RTDETRDetectionModel
+    from ultralytics.utils.checks import check_imgsz
 
     family = RTDETRDetectionModel if name.startswith("rtdetr") else DetectionModel
     model = family(f"{name}.yaml", nc=classes, verbose=False).train()
+    side = check_imgsz(size, stride=int(model.stride.max()))
     counter = FlopCounterMode(display=False)
     with counter:
-        model(torch.rand(1, 3, size, size))
+        model(torch.rand(1, 3, side, side))
     return counter.get_total_flops()
 
 
