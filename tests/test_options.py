@@ -254,6 +254,48 @@ def test_backbone_width_is_torchvisions_blocks_at_fewer_channels(tmp_path):
     torch.testing.assert_close(loaded(x)[-1], model(x)[-1])
 
 
+def test_backbone_pyramid_adds_the_deeper_stages_top_down_into_the_output_stage(tmp_path):
+    """pyramid=True on a ResNet-18 cut at layer2: torchvision's own ResNet-18 with the same weights gives the
+    stages C2, C3, C4 (layer2-4), and the output is FPN's finest map written out here (Lin et al. 2017: 1x1
+    laterals, each added to the nearest-upsampled coarser sum, then a 3x3 conv, each conv with the backbone's
+    batch norm), at the cut's stride and channels; the model saves and loads with it, and a checkpoint without the pyramid is refused."""
+    torch.manual_seed(0)
+    backbone = detr.ResNetBackbone("resnet18", num_layers=2, norm="bn", pyramid=True).eval()
+    for module in backbone.modules():  # running statistics other than the initial ones, to catch a mix-up
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    reference = torchvision.models.resnet18(weights=None).eval()
+    missing, unexpected = reference.load_state_dict(backbone.body.state_dict(), strict=False)
+    assert (sorted(missing), unexpected) == (["fc.bias", "fc.weight"], [])  # every stage up to layer4 computed
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        r = reference
+        c2 = r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(x))))))  # (2, 128, 12, 8)
+        c3 = r.layer3(c2)  # (2, 256, 6, 4)
+        c4 = r.layer4(c3)  # (2, 512, 3, 2)
+        # conv + batch norm each: 1x1 laterals of C2, C3, C4, and 3x3 output convs
+        inner, outer = backbone.pyramid.inner_blocks, backbone.pyramid.layer_blocks
+        assert [block[0].kernel_size for block in [*inner, *outer]] == [(1, 1)] * 3 + [(3, 3)] * 3
+        assert all(isinstance(block[1], torch.nn.BatchNorm2d) for block in [*inner, *outer])
+        up = torch.nn.functional.interpolate
+        p4 = inner[2](c4)
+        p3 = inner[1](c3) + up(p4, size=c3.shape[-2:], mode="nearest")
+        p2 = inner[0](c2) + up(p3, size=c2.shape[-2:], mode="nearest")
+        torch.testing.assert_close(backbone(x), outer[0](p2), rtol=1e-4, atol=1e-4)
+    assert (backbone.stride, backbone.num_channels, backbone(x).shape) == (8, 128, (2, 128, 12, 8))
+    assert backbone.spec()["pyramid"] is True
+    model = small(backbone_layers=2, backbone_pyramid=True).eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = detr.DETR.from_pretrained(tmp_path / "m").eval()
+    assert loaded.backbone.pyramid is not None
+    torch.testing.assert_close(loaded(x)[-1], model(x)[-1])
+    with pytest.raises(ValueError, match="missing keys.*backbone.body.layer3"):
+        small(backbone_layers=2, backbone_pyramid=True, weights=small(backbone_layers=2).state_dict())
+    with pytest.raises(ValueError, match="pyramid adds the stages after the output one"):
+        detr.ResNetBackbone("resnet18", pyramid=True)
+
+
 @pytest.mark.parametrize("width", [0, 1.5, 0.3, "half"])
 def test_backbone_width_errors(width, tmp_path):
     with pytest.raises(ValueError, match="width must be in"):

@@ -55,6 +55,7 @@ def build_detr(
     backbone_layers: int = 4,
     backbone_blocks: int | None = None,
     backbone_width: float = 1.0,
+    backbone_pyramid: bool = False,
     masks: bool = False,
     freeze_detector: bool = False,
     **kwargs: Any,
@@ -83,6 +84,7 @@ def build_detr(
         num_layers=backbone_layers,
         blocks_per_stage=backbone_blocks,
         width=backbone_width,
+        pyramid=backbone_pyramid,
     )
     transformer = Transformer(
         d_model=d_model,
