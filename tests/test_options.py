@@ -258,7 +258,7 @@ def test_backbone_pyramid_adds_the_deeper_stages_top_down_into_the_output_stage(
     """pyramid=True on a ResNet-18 cut at layer2: torchvision's own ResNet-18 with the same weights gives the
     stages C2, C3, C4 (layer2-4), and the output is FPN's finest map written out here (Lin et al. 2017: 1x1
     laterals, each added to the nearest-upsampled coarser sum, then a 3x3 conv, each conv with the backbone's
-    batch norm), at the cut's stride and channels; the model saves and loads with it, and a checkpoint without the pyramid is refused."""
+    batch norm), at the cut's stride and channels; the model saves and loads with it, folds for inference, and a checkpoint without the pyramid is refused."""
     torch.manual_seed(0)
     backbone = detr.ResNetBackbone("resnet18", num_layers=2, norm="bn", pyramid=True).eval()
     for module in backbone.modules():  # running statistics other than the initial ones, to catch a mix-up
@@ -290,6 +290,10 @@ def test_backbone_pyramid_adds_the_deeper_stages_top_down_into_the_output_stage(
     loaded = detr.DETR.from_pretrained(tmp_path / "m").eval()
     assert loaded.backbone.pyramid is not None
     torch.testing.assert_close(loaded(x)[-1], model(x)[-1])
+    # the inference copy folds the pyramid's batch norms into its convolutions too, with the same outputs
+    inference = model.optimize_for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in inference.modules())
+    torch.testing.assert_close(inference(x), model(x)[-1], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="missing keys.*backbone.body.layer3"):
         small(backbone_layers=2, backbone_pyramid=True, weights=small(backbone_layers=2).state_dict())
     with pytest.raises(ValueError, match="pyramid adds the stages after the output one"):
