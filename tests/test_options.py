@@ -274,16 +274,21 @@ def test_backbone_pyramid_adds_the_deeper_stages_top_down_into_the_output_stage(
         c2 = r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(x))))))  # (2, 128, 12, 8)
         c3 = r.layer3(c2)  # (2, 256, 6, 4)
         c4 = r.layer4(c3)  # (2, 512, 3, 2)
-        # conv + batch norm each: 1x1 laterals of C2, C3, C4, and 3x3 output convs
+        # conv + batch norm each: 1x1 laterals of C2, C3, C4, and the 3x3 output conv of the finest level, the
+        # one output read (the coarser levels' output convs are not built)
         inner, outer = backbone.pyramid.inner_blocks, backbone.pyramid.layer_blocks
-        assert [block[0].kernel_size for block in [*inner, *outer]] == [(1, 1)] * 3 + [(3, 3)] * 3
-        assert all(isinstance(block[1], torch.nn.BatchNorm2d) for block in [*inner, *outer])
+        assert [block[0].kernel_size for block in [*inner, outer[0]]] == [(1, 1)] * 3 + [(3, 3)]
+        assert all(isinstance(block[1], torch.nn.BatchNorm2d) for block in [*inner, outer[0]])
+        assert all(isinstance(block, torch.nn.Identity) for block in outer[1:])
         up = torch.nn.functional.interpolate
         p4 = inner[2](c4)
         p3 = inner[1](c3) + up(p4, size=c3.shape[-2:], mode="nearest")
         p2 = inner[0](c2) + up(p3, size=c2.shape[-2:], mode="nearest")
         torch.testing.assert_close(backbone(x), outer[0](p2), rtol=1e-4, atol=1e-4)
     assert (backbone.stride, backbone.num_channels, backbone(x).shape) == (8, 128, (2, 128, 12, 8))
+    # every parameter of layer3, layer4 and the pyramid gets a gradient (DDP refuses parameters left without one)
+    backbone.train()(x).square().mean().backward()
+    assert [name for name, p in backbone.named_parameters() if p.requires_grad and p.grad is None] == []
     assert backbone.spec()["pyramid"] is True
     model = small(backbone_layers=2, backbone_pyramid=True).eval()
     model.save_pretrained(tmp_path / "m")

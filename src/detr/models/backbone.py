@@ -287,7 +287,8 @@ class ResNetBackbone(nn.Module):
         self.blocks_per_stage = blocks_per_stage
         self.width = width
         widths = [64, 128, 256, 512] if name in ("resnet18", "resnet34") else [256, 512, 1024, 2048]
-        self.level_channels = [int(c * width) for c in widths[:num_layers]]  # channels of layer1 ... layerN
+        stage_channels = [int(c * width) for c in widths]  # channels of layer1 ... layer4
+        self.level_channels = stage_channels[:num_layers]  # channels of layer1 ... layerN
         self.num_channels = self.level_channels[-1]
         self.name = name
         self.dilation = dilation
@@ -298,7 +299,6 @@ class ResNetBackbone(nn.Module):
             num_layers,
         )
         self.stride = 16 if dilation else 2 ** (num_layers + 1)
-        self.pyramid_on = pyramid
         computed = 4 if pyramid else num_layers  # the stages the forward runs
         for pname, param in resnet.named_parameters():
             in_stem = not pname.startswith(("layer2", "layer3", "layer4"))
@@ -308,13 +308,19 @@ class ResNetBackbone(nn.Module):
         self.body = IntermediateLayerGetter(
             resnet, return_layers={f"layer{i}": f"layer{i}" for i in range(1, computed + 1)}
         )
-        # output stage ... layer4, top-down into the output stage's channels
-        deeper = [int(c * width) for c in widths[num_layers - 1 :]]
-        # each conv followed by the backbone's norm: without it, from scratch at lr 1e-3 (scales, 160 px), the loss
-        # stopped falling at the warm-up's peak and stayed there (AP 0.004 after 9 minutes)
-        self.pyramid = FeaturePyramidNetwork(deeper, self.num_channels, norm_layer=norm_layer) if pyramid else None
-        if self.pyramid is not None and not train_backbone:
-            self.pyramid.requires_grad_(False)
+        # output stage ... layer4, top-down into the output stage's channels; each conv followed by the backbone's
+        # norm: without it, from scratch at lr 1e-3 (scales, 160 px), the loss stopped falling at the warm-up's
+        # peak and stayed there (AP 0.004 after 9 minutes)
+        self.pyramid = None
+        if pyramid:
+            self.pyramid = FeaturePyramidNetwork(
+                stage_channels[num_layers - 1 :], self.num_channels, norm_layer=norm_layer
+            )
+            # only the finest output is read: the coarser levels' output convs would run for nothing and leave
+            # parameters without a gradient (which DDP refuses unless told to look for them)
+            for i in range(1, len(self.pyramid.layer_blocks)):
+                self.pyramid.layer_blocks[i] = nn.Identity()
+            self.pyramid.requires_grad_(train_backbone)
         if norm == "frozen_bn":
             fuse_frozen_batch_norms(self.body)
         self.channels_last = channels_last
@@ -333,7 +339,7 @@ class ResNetBackbone(nn.Module):
             "channels_last": self.channels_last,
             "blocks_per_stage": self.blocks_per_stage,
             "width": self.width,
-            "pyramid": self.pyramid_on,
+            "pyramid": self.pyramid is not None,
         }
 
     @staticmethod
