@@ -46,6 +46,7 @@ def from_switches(
     denoising_label_noise: float = _default(DenoisingQueries, "label_noise"),
     box_refinement: bool = False,
     dense_aux_loss: bool = False,
+    dense_center_cells: float = _default(DenseHead, "center_cells"),
     two_stage: bool = False,
     two_stage_distinct_iou: float | None = _default(TwoStageAnchors, "distinct_iou"),
     deformable_decoder: bool = False,
@@ -60,7 +61,9 @@ def from_switches(
     if denoising_groups:
         options.append(DenoisingQueries(denoising_groups, denoising_box_noise, denoising_label_noise))
     if dense_aux_loss:
-        options.append(DenseHead())
+        options.append(DenseHead(center_cells=dense_center_cells))
+    elif dense_center_cells:
+        raise ValueError("dense_center_cells widens the dense head's positives: set dense_aux_loss=True with it")
     if two_stage:
         options.append(TwoStageAnchors(two_stage_distinct_iou))
     elif two_stage_distinct_iou is not None:

@@ -9,6 +9,9 @@ centre sampling (Tian et al., 2019):
 
 - a token is positive for a target when its cell centre lies in the target's central region
   (the box shrunk ``center_radius`` times around its centre) or is the cell the centre falls in;
+  with ``center_cells`` > 0 also every token whose cell centre is within that many cells of the
+  target's centre in both axes, inside the box or not (FCOS's radius of 1.5 strides: a 3 x 3
+  neighbourhood, so that an object smaller than a cell has nine positives, not one);
 - a token claimed by several targets goes to the one of smallest area;
 - every other valid (unpadded) token is background.
 
@@ -48,6 +51,7 @@ class DenseHead(DETROption):
             weights default to the model's ``bbox_loss_coef`` and ``giou_loss_coef``.
         center_radius: the central region of a target spans this fraction of its width and height.
         anchor_cells: side of each token's initial box, in cells (the head predicts corrections).
+        center_cells: tokens within this many cells of a target's centre are positive too (0: off).
     """
 
     name = "dense_head"
@@ -60,8 +64,12 @@ class DenseHead(DETROption):
         giou_coef: float | None = None,
         center_radius: float = 0.5,
         anchor_cells: float = 2.0,
+        center_cells: float = 0.0,
     ) -> None:
         super().__init__()
+        if center_cells < 0:
+            raise ValueError(f"center_cells must be >= 0 (0: off), got {center_cells}")
+        self.center_cells = center_cells
         self.class_coef, self.bbox_coef, self.giou_coef = class_coef, bbox_coef, giou_coef
         self.center_radius = center_radius
         self.anchor_cells = anchor_cells
@@ -73,6 +81,7 @@ class DenseHead(DETROption):
             "giou_coef": self.giou_coef,
             "center_radius": self.center_radius,
             "anchor_cells": self.anchor_cells,
+            "center_cells": self.center_cells,
         }
 
     def attach(self, model: DETR) -> None:
@@ -149,7 +158,8 @@ class DenseHead(DETROption):
         central = (offset < half * self.center_radius).all(-1)  # (T, N) ... and in its central region
         cell_half = anchors[:, None, 2:] / (2 * self.anchor_cells)  # (T, 1, 2) half a cell
         own_cell = (offset <= cell_half).all(-1)  # (T, N) the cell the target's centre falls in
-        candidate = ((inside & central) | own_cell) & valid[:, None]  # (T, N)
+        near = (offset < cell_half * 2 * self.center_cells).all(-1)  # (T, N) within center_cells of the centre
+        candidate = ((inside & central) | own_cell | near) & valid[:, None]  # (T, N)
         area = (boxes[:, 2] * boxes[:, 3])[None].expand_as(candidate)  # (T, N)
         area = torch.where(candidate, area, torch.full_like(area, math.inf))
         smallest = area.argmin(1)  # (T,)
