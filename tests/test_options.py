@@ -11,6 +11,7 @@ import torchvision
 import detr
 from detr.engine import TrainConfig, Trainer
 from detr.models.layers import box_sine_embedding
+from detr.options import from_switches
 from detr.options.dense import DenseHead
 from detr.processing.checks import pad_targets
 
@@ -408,6 +409,24 @@ def test_dense_head_assigns_tokens_by_centre_sampling():
     assert valid.sum() == 8 and anchors[0, 1, 0] == 0.75  # column 1's centre is 3/4 of the valid width
     assigned = head.assign(anchors[0], valid[0], target)
     assert (assigned[~valid[0]] == -1).all() and (assigned >= 0).any()
+
+
+def test_dense_head_center_cells_gives_a_small_object_its_neighbourhood():
+    anchors, valid = DenseHead().anchors(8, 8, None, torch.device("cpu"))  # cells 1/8 wide
+    # a box a fifth of a cell wide, its centre 0.2 cells right of cell (3, 4)'s centre (row 3, column 4)
+    target = {"class_id": torch.tensor([0]), "box": torch.tensor([[4.7 / 8, 3.5 / 8, 0.025, 0.025]])}
+    alone = DenseHead().assign(anchors[0], valid[0], target)
+    assert (alone == 0).nonzero().flatten().tolist() == [3 * 8 + 4]  # its own cell only
+    near = DenseHead(center_cells=1.5).assign(anchors[0], valid[0], target)
+    # within 1.5 cells in both axes: rows 2-4 (1, 0, 1 cell away), columns 3-5 (1.2, 0.2, 0.8 away)
+    rows, cols = (near == 0).nonzero().flatten().div(8, rounding_mode="floor"), (near == 0).nonzero().flatten() % 8
+    assert sorted(set(rows.tolist())) == [2, 3, 4] and sorted(set(cols.tolist())) == [3, 4, 5]
+    assert int((near == 0).sum()) == 9
+    with pytest.raises(ValueError, match="center_cells"):
+        DenseHead(center_cells=-1)
+    with pytest.raises(ValueError, match="dense_aux_loss=True"):
+        from_switches(dense_center_cells=1.5)
+    assert [o.spec()["center_cells"] for o in from_switches(dense_aux_loss=True, dense_center_cells=1.5)] == [1.5]
 
 
 def test_dense_aux_loss_trains_encoder_and_leaves_inference_alone(tmp_path):
