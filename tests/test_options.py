@@ -12,7 +12,7 @@ import detr
 from detr.engine import TrainConfig, Trainer
 from detr.models.layers import box_sine_embedding
 from detr.options import from_switches
-from detr.options.dense import DenseHead
+from detr.options.dense import DenseHead, varifocal_loss
 from detr.processing.checks import pad_targets
 
 from .conftest import random_targets
@@ -427,6 +427,35 @@ def test_dense_head_center_cells_gives_a_small_object_its_neighbourhood():
     with pytest.raises(ValueError, match="dense_aux_loss=True"):
         from_switches(dense_center_cells=1.5)
     assert [o.spec()["center_cells"] for o in from_switches(dense_aux_loss=True, dense_center_cells=1.5)] == [1.5]
+
+
+def test_varifocal_loss_weights_positives_by_quality_and_negatives_by_their_score():
+    logits = torch.tensor([[2.0, -1.0], [0.5, -3.0]])
+    quality = torch.tensor([[0.6, 0.0], [0.0, 0.0]])
+    p = 1 / (1 + torch.exp(-logits))
+    # VarifocalNet's eq. 2 written out: -q (q log p + (1 - q) log (1 - p)) on a positive, -alpha p^gamma log(1 - p)
+    positive = -0.6 * (0.6 * torch.log(p[0, 0]) + 0.4 * torch.log(1 - p[0, 0]))
+    negatives = -(0.75 * p[[0, 1, 1], [1, 0, 1]] ** 2 * torch.log(1 - p[[0, 1, 1], [1, 0, 1]])).sum()
+    torch.testing.assert_close(varifocal_loss(logits, quality), positive + negatives)
+
+
+def test_dense_head_varifocal_targets_are_the_positives_iou():
+    head = DenseHead(varifocal=True)
+    head.weights = {"loss_dense_ce": 1.0, "loss_dense_bbox": 5.0, "loss_dense_giou": 2.0}  # attach() sets them
+    anchors, valid = head.anchors(4, 4, None, torch.device("cpu"))
+    target = {"class_id": torch.tensor([1]), "box": torch.tensor([[0.375, 0.375, 0.5, 0.5]])}
+    logits = torch.zeros(1, 16, 2, requires_grad=True)
+    boxes = anchors.clone()  # each token's box its 2-cell anchor: the positive (cell 5) fits its target exactly
+    terms = head.loss(logits, boxes, anchors, valid, [target])
+    (grad,) = torch.autograd.grad(terms["loss_dense_ce"], logits)
+    # at p = 0.5 the gradient on a logit is weight * (p - target) / positives: the positive's target is its IoU, 1
+    assert grad[0, 5, 1] == pytest.approx(1.0 * (0.5 - 1.0) / 1)
+    assert grad[0, 5, 0] == pytest.approx(0.75 * 0.25 * 0.5)  # another class of it: a negative
+    boxes = anchors.clone()
+    boxes[0, 5, 2:] = 0.25  # half as wide and high: IoU 1/4
+    terms = head.loss(logits, boxes, anchors, valid, [target])
+    (grad,) = torch.autograd.grad(terms["loss_dense_ce"], logits)
+    assert grad[0, 5, 1] == pytest.approx(0.25 * (0.5 - 0.25))
 
 
 def test_dense_aux_loss_trains_encoder_and_leaves_inference_alone(tmp_path):

@@ -47,6 +47,7 @@ def from_switches(
     box_refinement: bool = False,
     dense_aux_loss: bool = False,
     dense_center_cells: float = _default(DenseHead, "center_cells"),
+    dense_varifocal: bool = _default(DenseHead, "varifocal"),
     two_stage: bool = False,
     two_stage_distinct_iou: float | None = _default(TwoStageAnchors, "distinct_iou"),
     deformable_decoder: bool = False,
@@ -61,9 +62,11 @@ def from_switches(
     if denoising_groups:
         options.append(DenoisingQueries(denoising_groups, denoising_box_noise, denoising_label_noise))
     if dense_aux_loss:
-        options.append(DenseHead(center_cells=dense_center_cells))
-    elif dense_center_cells:
-        raise ValueError("dense_center_cells widens the dense head's positives: set dense_aux_loss=True with it")
+        options.append(DenseHead(center_cells=dense_center_cells, varifocal=dense_varifocal))
+    elif dense_center_cells or dense_varifocal:
+        raise ValueError(
+            "dense_center_cells and dense_varifocal change the dense head: set dense_aux_loss=True with them"
+        )
     if two_stage:
         options.append(TwoStageAnchors(two_stage_distinct_iou))
     elif two_stage_distinct_iou is not None:

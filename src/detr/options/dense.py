@@ -16,7 +16,9 @@ centre sampling (Tian et al., 2019):
 - every other valid (unpadded) token is background.
 
 Adds: ``class_head`` (d -> K) and ``box_head`` (MLP d -> 4). Loss: sigmoid focal loss
-(torchvision's) over all valid tokens and classes, L1 and GIoU on the positive tokens' boxes, each
+(torchvision's) over all valid tokens and classes (or, with ``varifocal``, VarifocalNet's loss (Zhang
+et al., 2021): a positive's target on its class is the IoU of its box with the target's, so that the
+score ranks proposals by how well their boxes fit, which is what two-stage anchors take), L1 and GIoU on the positive tokens' boxes, each
 divided by the number of positives (averaged over processes under DDP): ``loss_dense_ce``,
 ``loss_dense_bbox``, ``loss_dense_giou``. Inference does not use the head, unless the model's
 two-stage anchors (:mod:`detr.options.two_stage`) take its best proposals as the decoder's anchors.
@@ -30,10 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..distributed import mean_count_across_processes
-from ..models.layers import MLP, inverse_sigmoid
+from ..models.layers import MLP, broadcast_box_iou, inverse_sigmoid
 from ..processing.checks import Target
 from .base import DETROption, OptionState
 
@@ -41,6 +44,15 @@ if TYPE_CHECKING:
     from ..models.detr import DETR
 
 Proposals = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def varifocal_loss(logits: Tensor, quality: Tensor, alpha: float = 0.75, gamma: float = 2.0) -> Tensor:
+    """VarifocalNet's loss, summed: logits and quality (N, K), quality the IoU target on a positive's class and
+    0 elsewhere. A positive's binary cross-entropy is weighted by its quality, a negative's down-weighted as
+    focal loss does (alpha * p^gamma); alpha and gamma as in the paper (and RT-DETR)."""
+    p = logits.sigmoid().detach()
+    weight = torch.where(quality > 0, quality, alpha * p.pow(gamma))  # (N, K)
+    return F.binary_cross_entropy_with_logits(logits, quality, weight=weight, reduction="sum")
 
 
 class DenseHead(DETROption):
@@ -52,6 +64,7 @@ class DenseHead(DETROption):
         center_radius: the central region of a target spans this fraction of its width and height.
         anchor_cells: side of each token's initial box, in cells (the head predicts corrections).
         center_cells: tokens within this many cells of a target's centre are positive too (0: off).
+        varifocal: the varifocal class loss (IoU targets on positives) instead of the focal one.
     """
 
     name = "dense_head"
@@ -65,11 +78,13 @@ class DenseHead(DETROption):
         center_radius: float = 0.5,
         anchor_cells: float = 2.0,
         center_cells: float = 0.0,
+        varifocal: bool = False,
     ) -> None:
         super().__init__()
         if center_cells < 0:
             raise ValueError(f"center_cells must be >= 0 (0: off), got {center_cells}")
         self.center_cells = center_cells
+        self.varifocal = varifocal
         self.class_coef, self.bbox_coef, self.giou_coef = class_coef, bbox_coef, giou_coef
         self.center_radius = center_radius
         self.anchor_cells = anchor_cells
@@ -82,6 +97,7 @@ class DenseHead(DETROption):
             "center_radius": self.center_radius,
             "anchor_cells": self.anchor_cells,
             "center_cells": self.center_cells,
+            "varifocal": self.varifocal,
         }
 
     def attach(self, model: DETR) -> None:
@@ -179,13 +195,15 @@ class DenseHead(DETROption):
             classes[b, pos, target["class_id"][assigned[b, pos]]] = 1.0
             matched_box[b, pos] = target["box"][assigned[b, pos]].to(boxes.dtype)
         num_pos = mean_count_across_processes(positive.sum().float())
-        focal = sigmoid_focal_loss(logits[valid], classes[valid], alpha=0.25, gamma=2.0, reduction="sum") / num_pos
         pred, true = boxes[positive], matched_box[positive]  # (P, 4)
+        pred_xyxy, true_xyxy = box_convert(pred, "cxcywh", "xyxy"), box_convert(true, "cxcywh", "xyxy")
+        if self.varifocal:
+            classes[positive] *= broadcast_box_iou(pred_xyxy.detach(), true_xyxy)[:, None]  # (P, K): IoU on its class
+            focal = varifocal_loss(logits[valid], classes[valid]) / num_pos
+        else:
+            focal = sigmoid_focal_loss(logits[valid], classes[valid], alpha=0.25, gamma=2.0, reduction="sum") / num_pos
         l1 = (pred - true).abs().sum() / num_pos
-        giou = (
-            generalized_box_iou_loss(box_convert(pred, "cxcywh", "xyxy"), box_convert(true, "cxcywh", "xyxy"), "sum")
-            / num_pos
-        )
+        giou = generalized_box_iou_loss(pred_xyxy, true_xyxy, "sum") / num_pos
         terms = {"loss_dense_ce": focal, "loss_dense_bbox": l1, "loss_dense_giou": giou}
         terms["loss"] = sum(self.weights[name] * value for name, value in terms.items())
         return terms
