@@ -422,6 +422,13 @@ def test_dense_head_center_cells_gives_a_small_object_its_neighbourhood():
     rows, cols = (near == 0).nonzero().flatten().div(8, rounding_mode="floor"), (near == 0).nonzero().flatten() % 8
     assert sorted(set(rows.tolist())) == [2, 3, 4] and sorted(set(cols.tolist())) == [3, 4, 5]
     assert int((near == 0).sum()) == 9
+    # a larger box whose central region covers cell (2, 4) keeps it: the neighbourhood takes unclaimed tokens only
+    target = {
+        "class_id": torch.tensor([0, 1]),
+        "box": torch.cat([target["box"], torch.tensor([[4.5 / 8, 2.5 / 8, 0.2, 0.2]])]),
+    }
+    shared = DenseHead(center_cells=1.5).assign(anchors[0], valid[0], target)
+    assert shared[2 * 8 + 4] == 1 and int((shared == 0).sum()) == 8 and shared[3 * 8 + 4] == 0
     with pytest.raises(ValueError, match="center_cells"):
         DenseHead(center_cells=-1)
     with pytest.raises(ValueError, match="dense_aux_loss=True"):

@@ -11,7 +11,8 @@ centre sampling (Tian et al., 2019):
   (the box shrunk ``center_radius`` times around its centre) or is the cell the centre falls in;
   with ``center_cells`` > 0 also every token whose cell centre is within that many cells of the
   target's centre in both axes, inside the box or not (FCOS's radius of 1.5 strides: a 3 x 3
-  neighbourhood, so that an object smaller than a cell has nine positives, not one);
+  neighbourhood, so that an object smaller than a cell has nine positives, not one), among the
+  tokens that no target's central region or centre cell claims;
 - a token claimed by several targets goes to the one of smallest area;
 - every other valid (unpadded) token is background.
 
@@ -174,8 +175,10 @@ class DenseHead(DETROption):
         central = (offset < half * self.center_radius).all(-1)  # (T, N) ... and in its central region
         cell_half = anchors[:, None, 2:] / (2 * self.anchor_cells)  # (T, 1, 2) half a cell
         own_cell = (offset <= cell_half).all(-1)  # (T, N) the cell the target's centre falls in
-        near = (offset < cell_half * 2 * self.center_cells).all(-1)  # (T, N) within center_cells of the centre
-        candidate = ((inside & central) | own_cell | near) & valid[:, None]  # (T, N)
+        candidate = ((inside & central) | own_cell) & valid[:, None]  # (T, N)
+        if self.center_cells > 0:  # the neighbourhood only takes tokens no target's central region holds
+            near = (offset < cell_half * 2 * self.center_cells).all(-1) & valid[:, None]  # (T, N)
+            candidate = candidate | (near & ~candidate.any(1, keepdim=True))
         area = (boxes[:, 2] * boxes[:, 3])[None].expand_as(candidate)  # (T, N)
         area = torch.where(candidate, area, torch.full_like(area, math.inf))
         smallest = area.argmin(1)  # (T,)
