@@ -19,9 +19,9 @@ centre sampling (Tian et al., 2019):
 Adds: ``class_head`` (d -> K) and ``box_head`` (MLP d -> 4). Loss: sigmoid focal loss
 (torchvision's) over all valid tokens and classes (or, with ``varifocal``, VarifocalNet's loss (Zhang
 et al., 2021): a positive's target on its class is the IoU of its box with the target's, so that the
-score ranks proposals by how well their boxes fit, which is what two-stage anchors take), L1 and GIoU on the positive tokens' boxes, each
-divided by the number of positives (averaged over processes under DDP): ``loss_dense_ce``,
-``loss_dense_bbox``, ``loss_dense_giou``. Inference does not use the head, unless the model's
+score ranks proposals by how well their boxes fit, which is what two-stage anchors take), L1 and
+GIoU on the positive tokens' boxes, each divided by the number of positives (averaged over processes
+under DDP): ``loss_dense_ce``, ``loss_dense_bbox``, ``loss_dense_giou``. Inference does not use the head, unless the model's
 two-stage anchors (:mod:`detr.options.two_stage`) take its best proposals as the decoder's anchors.
 """
 
@@ -177,7 +177,8 @@ class DenseHead(DETROption):
         own_cell = (offset <= cell_half).all(-1)  # (T, N) the cell the target's centre falls in
         candidate = ((inside & central) | own_cell) & valid[:, None]  # (T, N)
         if self.center_cells > 0:  # the neighbourhood only takes tokens no target's central region holds
-            near = (offset < cell_half * 2 * self.center_cells).all(-1) & valid[:, None]  # (T, N)
+            radius = cell_half * (2 * self.center_cells)  # (T, 1, 2) center_cells cells
+            near = (offset < radius).all(-1) & valid[:, None]  # (T, N)
             candidate = candidate | (near & ~candidate.any(1, keepdim=True))
         area = (boxes[:, 2] * boxes[:, 3])[None].expand_as(candidate)  # (T, N)
         area = torch.where(candidate, area, torch.full_like(area, math.inf))
