@@ -433,6 +433,8 @@ def test_dense_head_center_cells_gives_a_small_object_its_neighbourhood():
         DenseHead(center_cells=-1)
     with pytest.raises(ValueError, match="dense_aux_loss=True"):
         from_switches(dense_center_cells=1.5)
+    with pytest.raises(ValueError, match="dense_aux_loss=True"):
+        from_switches(dense_varifocal=True)
     assert [o.spec()["center_cells"] for o in from_switches(dense_aux_loss=True, dense_center_cells=1.5)] == [1.5]
 
 
