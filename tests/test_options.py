@@ -467,6 +467,47 @@ def test_dense_head_varifocal_targets_are_the_positives_iou():
     assert grad[0, 5, 1] == pytest.approx(0.25 * (0.5 - 0.25))
 
 
+def test_dense_head_cells_coding_moves_a_box_the_same_pixels_anywhere():
+    """The box head's output (dx, dy, dw, dh) in cells: the centre moves dx cells, the width scales by e^dw."""
+    memory = torch.randn(1, 4 * 8, 16)  # a 4 x 8 map: cells 1/8 wide, 1/4 high
+    heads = {coding: DenseHead(box_coding=coding) for coding in ("logit", "cells")}
+    for head in heads.values():
+        head.class_head, head.box_head = torch.nn.Linear(16, 3), torch.nn.Linear(16, 4)  # attach() makes them
+        torch.nn.init.zeros_(head.box_head.weight)
+        torch.nn.init.zeros_(head.box_head.bias)
+        _, boxes, anchors, _ = head(memory, 4, 8, None)
+        torch.testing.assert_close(boxes, anchors)  # zero corrections: every box its token's anchor
+        with torch.no_grad():
+            head.box_head.bias.copy_(torch.tensor([1.0, -0.5, math.log(2.0), 0.0]))
+    _, boxes, anchors, _ = heads["cells"](memory, 4, 8, None)
+    # every token's box one cell right and half a cell up of its own centre, twice its anchor's width
+    torch.testing.assert_close(boxes[..., 0] - anchors[..., 0], torch.full((1, 32), 1 / 8))
+    torch.testing.assert_close(boxes[..., 1] - anchors[..., 1], torch.full((1, 32), -0.5 / 4))
+    torch.testing.assert_close(boxes[..., 2:], anchors[..., 2:] * torch.tensor([2.0, 1.0]))
+    # logit space moves a box by an amount that depends on where it is: the border's tokens less than the middle's
+    _, boxes, anchors, _ = heads["logit"](memory, 4, 8, None)
+    shift = boxes[0, :8, 0] - anchors[0, :8, 0]  # the first row, left to right
+    assert shift[0] < 0.6 * shift[3]
+    with pytest.raises(ValueError, match="box_coding must be one of 'logit', 'cells'"):
+        DenseHead(box_coding="ltrb")
+    with pytest.raises(ValueError, match="dense_aux_loss=True"):
+        from_switches(dense_box_coding="cells")
+    assert [o.spec()["box_coding"] for o in from_switches(dense_aux_loss=True, dense_box_coding="cells")] == ["cells"]
+
+
+def test_dense_head_cells_coding_trains_saves_and_loads(tmp_path):
+    model = small(box_refinement=True, dense_aux_loss=True, two_stage=True, dense_box_coding="cells", backbone_layers=2)
+    x = torch.randn(2, 3, 64, 64)
+    model.get_loss(x, random_targets(2, 4, counts=(2, 1))).backward()
+    assert model.dense_head.box_head.layers[-1].weight.grad.abs().sum() > 0
+    model.eval()
+    model.save_pretrained(tmp_path / "m")
+    again = detr.DETR.from_pretrained(tmp_path / "m").eval()
+    assert again.dense_head.box_coding == "cells"
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[-1], model(x)[-1])
+
+
 def test_dense_aux_loss_trains_encoder_and_leaves_inference_alone(tmp_path):
     model = small(dense_aux_loss=True, denoising_groups=2).train()
     x = torch.randn(2, 3, 64, 96)

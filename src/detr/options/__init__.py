@@ -48,6 +48,7 @@ def from_switches(
     dense_aux_loss: bool = False,
     dense_center_cells: float = _default(DenseHead, "center_cells"),
     dense_varifocal: bool = _default(DenseHead, "varifocal"),
+    dense_box_coding: str = _default(DenseHead, "box_coding"),
     two_stage: bool = False,
     two_stage_distinct_iou: float | None = _default(TwoStageAnchors, "distinct_iou"),
     deformable_decoder: bool = False,
@@ -62,10 +63,13 @@ def from_switches(
     if denoising_groups:
         options.append(DenoisingQueries(denoising_groups, denoising_box_noise, denoising_label_noise))
     if dense_aux_loss:
-        options.append(DenseHead(center_cells=dense_center_cells, varifocal=dense_varifocal))
-    elif dense_center_cells or dense_varifocal:
+        options.append(
+            DenseHead(center_cells=dense_center_cells, varifocal=dense_varifocal, box_coding=dense_box_coding)
+        )
+    elif dense_center_cells or dense_varifocal or dense_box_coding != _default(DenseHead, "box_coding"):
         raise ValueError(
-            "dense_center_cells and dense_varifocal change the dense head: set dense_aux_loss=True with them"
+            "dense_center_cells, dense_varifocal and dense_box_coding change the dense head: "
+            "set dense_aux_loss=True with them"
         )
     if two_stage:
         options.append(TwoStageAnchors(two_stage_distinct_iou))

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from ..models.detr import DETR
 
 Proposals = tuple[Tensor, Tensor, Tensor, Tensor]
+BOX_CODINGS = ("logit", "cells")
+# "cells": the most a side may grow or shrink from its anchor's, as a log-scale (e^5: 148x), so that exp stays finite
+MAX_LOG_SCALE = 5.0
 
 
 def varifocal_loss(logits: Tensor, quality: Tensor, alpha: float = 0.75, gamma: float = 2.0) -> Tensor:
@@ -66,6 +69,10 @@ class DenseHead(DETROption):
         anchor_cells: side of each token's initial box, in cells (the head predicts corrections).
         center_cells: tokens within this many cells of a target's centre are positive too (0: off).
         varifocal: the varifocal class loss (IoU targets on positives) instead of the focal one.
+        box_coding: how the box head's four outputs make a box from a token's anchor: ``"logit"`` (Deformable
+            DETR's: added to the anchor's cx, cy, w, h in logit space) or ``"cells"`` (the centre moved by
+            that many cells, the sides scaled by their exponentials, as one-stage detectors do: the same
+            output moves a box the same pixels anywhere in the image).
     """
 
     name = "dense_head"
@@ -80,8 +87,12 @@ class DenseHead(DETROption):
         anchor_cells: float = 2.0,
         center_cells: float = 0.0,
         varifocal: bool = False,
+        box_coding: str = "logit",
     ) -> None:
         super().__init__()
+        if box_coding not in BOX_CODINGS:
+            raise ValueError(f"box_coding must be one of {', '.join(map(repr, BOX_CODINGS))}, got {box_coding!r}")
+        self.box_coding = box_coding
         if center_cells < 0:
             raise ValueError(f"center_cells must be >= 0 (0: off), got {center_cells}")
         self.center_cells = center_cells
@@ -99,6 +110,7 @@ class DenseHead(DETROption):
             "anchor_cells": self.anchor_cells,
             "center_cells": self.center_cells,
             "varifocal": self.varifocal,
+            "box_coding": self.box_coding,
         }
 
     def attach(self, model: DETR) -> None:
@@ -148,7 +160,14 @@ class DenseHead(DETROption):
         batch = memory.shape[0]
         anchors, valid = self.anchors(h, w, feat_mask, memory.device)
         anchors, valid = anchors.expand(batch, -1, -1), valid.expand(batch, -1)  # (B, h*w, 4), (B, h*w)
-        boxes = (self.box_head(memory).float() + inverse_sigmoid(anchors.clamp(max=1.0))).sigmoid()
+        delta = self.box_head(memory).float()  # (B, h*w, 4)
+        if self.box_coding == "cells":
+            cell = anchors[..., 2:] / self.anchor_cells  # (B, h*w, 2) one cell's normalized width and height
+            centre = anchors[..., :2] + delta[..., :2] * cell  # (B, h*w, 2)
+            sides = anchors[..., 2:] * delta[..., 2:].clamp(-MAX_LOG_SCALE, MAX_LOG_SCALE).exp()  # (B, h*w, 2)
+            boxes = torch.cat([centre, sides], dim=-1)  # (B, h*w, 4), may reach past the image (the targets do not)
+        else:
+            boxes = (delta + inverse_sigmoid(anchors.clamp(max=1.0))).sigmoid()
         return self.class_head(memory).float(), boxes, anchors, valid
 
     def propose(self, state: OptionState) -> Proposals:
