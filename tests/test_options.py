@@ -467,6 +467,33 @@ def test_dense_head_varifocal_targets_are_the_positives_iou():
     assert grad[0, 5, 1] == pytest.approx(0.25 * (0.5 - 0.25))
 
 
+def test_dense_head_per_target_weighs_each_target_once_in_the_box_terms():
+    weights = {"loss_dense_ce": 1.0, "loss_dense_bbox": 1.0, "loss_dense_giou": 1.0}  # attach() sets them
+    anchors, valid = DenseHead().anchors(4, 4, None, torch.device("cpu"))
+    a, b = [0.375, 0.375, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]
+    # image 0: a owns token 5 (its anchor, a's box exactly), b tokens 6, 9, 10; image 1: b alone, tokens 5, 6, 9, 10
+    targets = [
+        {"class_id": torch.tensor([0, 1]), "box": torch.tensor([a, b])},
+        {"class_id": torch.tensor([1]), "box": torch.tensor([b])},
+    ]
+    logits = torch.zeros(2, 16, 2)
+    boxes = anchors.expand(2, -1, -1).clone()  # every token's box its anchor: half b's side, a cell off its centre
+    terms = {}
+    for per_target in (False, True):
+        head = DenseHead(per_target=per_target)
+        head.weights = weights
+        terms[per_target] = head.loss(logits, boxes, anchors.expand(2, -1, -1), valid.expand(2, -1), targets)
+    # a b token's L1: 1/8 + 1/8 + 1/2 + 1/2; its GIoU loss: 1 - 1/4 (inside b, a quarter of it); a's token: 0
+    assert terms[False]["loss_dense_bbox"] == pytest.approx(7 * 1.25 / 8)  # eight positive tokens
+    assert terms[False]["loss_dense_giou"] == pytest.approx(7 * 0.75 / 8)
+    assert terms[True]["loss_dense_bbox"] == pytest.approx(2 * 1.25 / 3)  # three targets: a, b and image 1's b
+    assert terms[True]["loss_dense_giou"] == pytest.approx(2 * 0.75 / 3)
+    assert terms[True]["loss_dense_ce"] == terms[False]["loss_dense_ce"]  # the class term is the tokens' still
+    with pytest.raises(ValueError, match="dense_aux_loss=True"):
+        from_switches(dense_per_target=True)
+    assert [o.spec()["per_target"] for o in from_switches(dense_aux_loss=True, dense_per_target=True)] == [True]
+
+
 def test_dense_head_cells_coding_moves_a_box_the_same_pixels_anywhere():
     """The box head's output (dx, dy, dw, dh) in cells: the centre moves dx cells, the width scales by e^dw."""
     memory = torch.randn(1, 4 * 8, 16)  # a 4 x 8 map: cells 1/8 wide, 1/4 high

@@ -49,6 +49,7 @@ def from_switches(
     dense_center_cells: float = _default(DenseHead, "center_cells"),
     dense_varifocal: bool = _default(DenseHead, "varifocal"),
     dense_box_coding: str = _default(DenseHead, "box_coding"),
+    dense_per_target: bool = _default(DenseHead, "per_target"),
     two_stage: bool = False,
     two_stage_distinct_iou: float | None = _default(TwoStageAnchors, "distinct_iou"),
     deformable_decoder: bool = False,
@@ -64,11 +65,21 @@ def from_switches(
         options.append(DenoisingQueries(denoising_groups, denoising_box_noise, denoising_label_noise))
     if dense_aux_loss:
         options.append(
-            DenseHead(center_cells=dense_center_cells, varifocal=dense_varifocal, box_coding=dense_box_coding)
+            DenseHead(
+                center_cells=dense_center_cells,
+                varifocal=dense_varifocal,
+                box_coding=dense_box_coding,
+                per_target=dense_per_target,
+            )
         )
-    elif dense_center_cells or dense_varifocal or dense_box_coding != _default(DenseHead, "box_coding"):
+    elif (
+        dense_center_cells
+        or dense_varifocal
+        or dense_per_target
+        or dense_box_coding != _default(DenseHead, "box_coding")
+    ):
         raise ValueError(
-            "dense_center_cells, dense_varifocal and dense_box_coding change the dense head: "
+            "dense_center_cells, dense_varifocal, dense_box_coding and dense_per_target change the dense head: "
             "set dense_aux_loss=True with them"
         )
     if two_stage:

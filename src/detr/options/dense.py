@@ -21,8 +21,8 @@ Adds: ``class_head`` (d -> K) and ``box_head`` (MLP d -> 4). Loss: sigmoid focal
 et al., 2021): a positive's target on its class is the IoU of its box with the target's, so that the
 score ranks proposals by how well their boxes fit, which is what two-stage anchors take), L1 and
 GIoU on the positive tokens' boxes, each divided by the number of positives (averaged over processes
-under DDP): ``loss_dense_ce``, ``loss_dense_bbox``, ``loss_dense_giou``. Inference does not use the head, unless the model's
-two-stage anchors (:mod:`detr.options.two_stage`) take its best proposals as the decoder's anchors.
+under DDP; with ``per_target``, each target's tokens averaged first, then the targets): ``loss_dense_ce``,
+``loss_dense_bbox``, ``loss_dense_giou``. Inference does not use the head, unless the model's two-stage anchors (:mod:`detr.options.two_stage`) take its best proposals as the decoder's anchors.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ class DenseHead(DETROption):
             DETR's: added to the anchor's cx, cy, w, h in logit space) or ``"cells"`` (the centre moved by
             that many cells, the sides scaled by their exponentials, as one-stage detectors do: the same
             output moves a box the same pixels anywhere in the image).
+        per_target: the box terms average each target's positive tokens first, then the targets, so that an
+            object of one positive token weighs as much as one of fifty (default: every positive token alike).
     """
 
     name = "dense_head"
@@ -88,11 +90,13 @@ class DenseHead(DETROption):
         center_cells: float = 0.0,
         varifocal: bool = False,
         box_coding: str = "logit",
+        per_target: bool = False,
     ) -> None:
         super().__init__()
         if box_coding not in BOX_CODINGS:
             raise ValueError(f"box_coding must be one of {', '.join(map(repr, BOX_CODINGS))}, got {box_coding!r}")
         self.box_coding = box_coding
+        self.per_target = per_target
         if center_cells < 0:
             raise ValueError(f"center_cells must be >= 0 (0: off), got {center_cells}")
         self.center_cells = center_cells
@@ -111,6 +115,7 @@ class DenseHead(DETROption):
             "center_cells": self.center_cells,
             "varifocal": self.varifocal,
             "box_coding": self.box_coding,
+            "per_target": self.per_target,
         }
 
     def attach(self, model: DETR) -> None:
@@ -225,8 +230,15 @@ class DenseHead(DETROption):
             focal = varifocal_loss(logits[valid], classes[valid]) / num_pos
         else:
             focal = sigmoid_focal_loss(logits[valid], classes[valid], alpha=0.25, gamma=2.0, reduction="sum") / num_pos
-        l1 = (pred - true).abs().sum() / num_pos
-        giou = generalized_box_iou_loss(pred_xyxy, true_xyxy, "sum") / num_pos
+        weight, norm = torch.ones_like(pred[:, 0]), num_pos  # (P,): every positive token alike
+        if self.per_target:  # each target's tokens share one weight; the norm: the targets that have positives
+            image = torch.arange(len(targets), device=assigned.device)[:, None].expand_as(assigned)  # (B, h*w)
+            key = image[positive] * (int(assigned.max()) + 1) + assigned[positive]  # (P,) one id per image's target
+            _, which, count = torch.unique(key, return_inverse=True, return_counts=True)  # which: (P,)
+            weight = 1.0 / count[which].to(pred.dtype)  # (P,)
+            norm = mean_count_across_processes(torch.tensor(float(len(count)), device=pred.device))
+        l1 = (weight * (pred - true).abs().sum(-1)).sum() / norm
+        giou = (weight * generalized_box_iou_loss(pred_xyxy, true_xyxy)).sum() / norm
         terms = {"loss_dense_ce": focal, "loss_dense_bbox": l1, "loss_dense_giou": giou}
         terms["loss"] = sum(self.weights[name] * value for name, value in terms.items())
         return terms
