@@ -22,7 +22,8 @@ et al., 2021): a positive's target on its class is the IoU of its box with the t
 score ranks proposals by how well their boxes fit, which is what two-stage anchors take), L1 and
 GIoU on the positive tokens' boxes, each divided by the number of positives (averaged over processes
 under DDP; with ``per_target``, each target's tokens averaged first, then the targets): ``loss_dense_ce``,
-``loss_dense_bbox``, ``loss_dense_giou``. Inference does not use the head, unless the model's two-stage anchors (:mod:`detr.options.two_stage`) take its best proposals as the decoder's anchors.
+``loss_dense_bbox``, ``loss_dense_giou``. Inference does not use the head, unless the model's two-stage anchors
+(:mod:`detr.options.two_stage`) take its best proposals as the decoder's anchors.
 """
 
 from __future__ import annotations
