@@ -63,21 +63,16 @@ def from_switches(
         options.append(AnchorRefinement())
     if denoising_groups:
         options.append(DenoisingQueries(denoising_groups, denoising_box_noise, denoising_label_noise))
+    # the dense head's switches, by its constructor's names: one list to build it and to refuse them without it
+    dense = {
+        "center_cells": dense_center_cells,
+        "varifocal": dense_varifocal,
+        "box_coding": dense_box_coding,
+        "per_target": dense_per_target,
+    }
     if dense_aux_loss:
-        options.append(
-            DenseHead(
-                center_cells=dense_center_cells,
-                varifocal=dense_varifocal,
-                box_coding=dense_box_coding,
-                per_target=dense_per_target,
-            )
-        )
-    elif (
-        dense_center_cells
-        or dense_varifocal
-        or dense_per_target
-        or dense_box_coding != _default(DenseHead, "box_coding")
-    ):
+        options.append(DenseHead(**dense))
+    elif any(value != _default(DenseHead, name) for name, value in dense.items()):
         raise ValueError(
             "dense_center_cells, dense_varifocal, dense_box_coding and dense_per_target change the dense head: "
             "set dense_aux_loss=True with them"
