@@ -63,7 +63,7 @@ def from_switches(
         options.append(AnchorRefinement())
     if denoising_groups:
         options.append(DenoisingQueries(denoising_groups, denoising_box_noise, denoising_label_noise))
-    # the dense head's switches, by its constructor's names: one list to build it and to refuse them without it
+    # the dense head's switches, by its constructor's names: one dict to build it and to refuse them without it
     dense = {
         "center_cells": dense_center_cells,
         "varifocal": dense_varifocal,
