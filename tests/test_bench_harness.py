@@ -463,20 +463,25 @@ def test_step_profile_counts_the_backbone_as_its_convolutions(tmp_path, monkeypa
 @pytest.mark.parametrize("results", sorted((BENCH / "results").glob("*.jsonl")), ids=lambda p: p.stem)
 def test_published_tables_state_what_the_kept_rows_summarize_to(bench, results):
     """Each race kept in bench/results/ appears in the summary tables of README.md and bench/README.md with the
-    means, spreads and ratio its rows summarize to (three runs a side, as a claim needs)."""
+    means, spreads, ratio, images a second and updates its rows summarize to (three runs a side, as a claim
+    needs)."""
     tta, _ = bench
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     lines = tta.summarize(rows)
     stats = {}
     for line in lines[1:]:
-        found = re.match(r"  (\S+)\s+AP mean ([\d.]+)  spread ([\d.]+-[\d.]+)  \((\d+) runs", line)
+        found = re.match(
+            r"  (\S+)\s+AP mean ([\d.]+)  spread ([\d.]+-[\d.]+)  \((\d+) runs;.* ([\d.]+) img/s; updates (\d+)\)", line
+        )
         if found:
-            stats[found[1]] = (f"{found[2]} ({found[3]})", int(found[4]))
+            stats[found[1]] = (f"{found[2]} ({found[3]})", int(found[4]), found[5], found[6])
     ratio = re.search(r"mean AP: ([\d.]+)", _verdict(lines)[0])[1]
-    assert stats["detr"][1] >= 3 and stats["yolov8n:tuned"][1] >= 3, stats
+    ours, peer = stats["detr"], stats["yolov8n:tuned"]
+    assert ours[1] >= 3 and peer[1] >= 3, stats
+    expected = [ours[0], peer[0], ratio, f"{ours[2]} / {peer[2]}", f"{ours[3]} / {peer[3]}"]
     task, seed = rows[0]["task"], rows[0]["data_seed"]
     for readme in (BENCH.parent / "README.md", BENCH / "README.md"):
         table_rows = [line for line in readme.read_text().splitlines() if line.startswith(f"| `{task}` ({seed})")]
         assert len(table_rows) == 1, (readme.name, table_rows)
         cells = [cell.strip() for cell in table_rows[0].split("|")[2:]]
-        assert cells[:3] == [stats["detr"][0], stats["yolov8n:tuned"][0], ratio], (readme.name, cells)
+        assert cells[:5] == expected, (readme.name, cells)
